@@ -1,0 +1,3 @@
+from ebk.cli import main
+
+main()

@@ -1,0 +1,226 @@
+"""Taking a backup: source -> compress -> encrypt -> hash -> storage, then the manifest.
+
+Fail closed: every byte of database content passes through PayloadWriter; the
+only other objects are the wrapped key and the manifest.  On any failure the
+open upload is aborted and the objects written so far are removed, so nothing
+is listed and nothing is left for the next backup to trip on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+import ebk
+from ebk.config import Config
+from ebk.format.payload import HashingWriter, PayloadWriter
+from ebk.format.stream import VERSION as FORMAT_VERSION
+from ebk.keys.base import KeyProvider
+from ebk.keys.envelope import new_data_key
+from ebk.manifest import Manifest, StoredObject
+from ebk.postgres.basebackup import ArchiveStart, BaseBackup, ManifestStart
+from ebk.postgres.connection import ClusterInfo, cluster_info, list_databases
+from ebk.postgres.dump import READ_SIZE, dump_process
+from ebk.progress import Progress
+from ebk.repository import Repository, new_backup_id, object_name
+from ebk.storage.base import ObjectWriter
+
+log = structlog.get_logger("ebk.backup")
+
+
+def stream_context(backup_id: str, name: str) -> bytes:
+    """Associated data of an object's stream: moving it elsewhere breaks authentication."""
+    return f"ebk/{backup_id}/{name}".encode()
+
+
+@dataclass
+class ObjectSink:
+    """One encrypted object being uploaded."""
+
+    name: str
+    role: str
+    upload: ObjectWriter
+    hasher: HashingWriter
+    payload: PayloadWriter
+    extra: dict[str, str | None]
+
+    def write(self, data: bytes) -> None:
+        self.payload.write(data)
+
+    def finish(self) -> StoredObject:
+        self.payload.close()
+        self.upload.commit()
+        return StoredObject(
+            name=self.name,
+            role=self.role,
+            plain_size=self.payload.bytes_in,
+            stored_size=self.hasher.size,
+            sha256=self.hasher.hexdigest(),
+            **self.extra,  # type: ignore[arg-type]
+        )
+
+
+class BackupRun:
+    """State of one backup while it is written; cleans up after itself on failure."""
+
+    def __init__(
+        self,
+        config: Config,
+        repo: Repository,
+        providers: Sequence[KeyProvider],
+        *,
+        kind: str,
+        progress: Progress | None = None,
+    ) -> None:
+        self.config = config
+        self.repo = repo
+        self.providers = providers
+        self.kind = kind
+        self.backup_id = new_backup_id()
+        self.progress = progress or Progress(f"backup {self.backup_id}", enabled=False)
+        self.objects: list[StoredObject] = []
+        self._open: ObjectSink | None = None
+        self._dek = b""
+        self._dek_id = ""
+        self.log = log.bind(backup_id=self.backup_id, kind=kind)
+
+    def open_object(self, name: str, role: str, **extra: str | None) -> ObjectSink:
+        upload = self.repo.storage.open_write(object_name(self.backup_id, name))
+        hasher = HashingWriter(upload)
+        payload = PayloadWriter(
+            hasher,
+            self._dek,
+            key_id=self._dek_id,
+            associated_data=stream_context(self.backup_id, name),
+            level=self.config.backup.compression_level,
+            threads=self.config.backup.compression_threads,
+        )
+        self._open = ObjectSink(name, role, upload, hasher, payload, dict(extra))
+        return self._open
+
+    def close_object(self) -> None:
+        if self._open is not None:
+            sink, self._open = self._open, None
+            stored = sink.finish()
+            self.objects.append(stored)
+            self.log.info("object stored", object=stored.name, plain_bytes=stored.plain_size,
+                          stored_bytes=stored.stored_size)
+
+    def run(self, produce: Callable[[BackupRun], dict[str, object]]) -> Manifest:
+        started = datetime.now(UTC)
+        info = cluster_info(self.config.postgres)
+        self.info = info
+        dek, key_object = new_data_key(
+            self.providers, backup_id=self.backup_id, cluster=info.system_identifier
+        )
+        self._dek, self._dek_id = dek, key_object.dek_id
+        self.log.info("backup started", repository=self.repo.storage.url,
+                      cluster=info.system_identifier)
+        try:
+            self.repo.write_key_object(key_object)
+            facts = produce(self)
+            self.close_object()
+            manifest = Manifest(
+                backup_id=self.backup_id,
+                kind=self.kind,
+                ebk_version=ebk.__version__,
+                format_version=FORMAT_VERSION,
+                system_identifier=info.system_identifier,
+                server_version=info.server_version,
+                start_time=started.isoformat(timespec="seconds"),
+                stop_time=datetime.now(UTC).isoformat(timespec="seconds"),
+                dek_id=key_object.dek_id,
+                key_slots=[f"{s.provider}/{s.kek_id}" for s in key_object.slots],
+                objects=self.objects,
+                **facts,  # type: ignore[arg-type]
+            )
+            manifest.seal(dek)
+            self.repo.write_manifest(manifest)
+        except BaseException:
+            self._cleanup()
+            raise
+        finally:
+            self.progress.finish()
+        self.log.info("backup complete", stored_bytes=manifest.stored_size,
+                      plain_bytes=manifest.plain_size)
+        return manifest
+
+    def _cleanup(self) -> None:
+        if self._open is not None:
+            self._open.upload.abort()
+            self._open = None
+        try:
+            self.repo.delete_backup(self.backup_id)
+        except Exception as exc:  # cleanup must not hide the original error
+            self.log.warning("cleanup of the failed backup was incomplete; `ebk repo check "
+                             "--clean` removes the rest", error=str(exc))
+        self.log.error("backup failed; nothing was listed")
+
+
+def produce_physical(run: BackupRun) -> dict[str, object]:
+    cfg = run.config.postgres
+    with BaseBackup(cfg, label=f"ebk {run.backup_id}") as base:
+        locations = {t.oid: t.location for t in base.tablespaces}
+        sink: ObjectSink | None = None
+        for event in base.events():
+            if isinstance(event, bytes):
+                assert sink is not None
+                sink.write(event)
+                run.progress.advance(len(event))
+            elif isinstance(event, ArchiveStart):
+                run.close_object()
+                oid = event.name.removesuffix(".tar")
+                is_base = event.name == "base.tar"
+                sink = run.open_object(
+                    f"{event.name}.ebk",
+                    "base" if is_base else "tablespace",
+                    tablespace_oid=None if is_base else oid,
+                    tablespace_location=None if is_base else locations.get(oid, event.tablespace_location),
+                )
+            elif isinstance(event, ManifestStart):
+                run.close_object()
+                sink = run.open_object("backup_manifest.ebk", "backup_manifest")
+        run.close_object()
+        return {"start_lsn": base.start_lsn, "stop_lsn": base.stop_lsn, "timeline": base.timeline}
+
+
+def _dump_into(run: BackupRun, info: ClusterInfo, name: str, role: str,
+               database: str | None, globals_only: bool) -> None:
+    sink = run.open_object(name, role, database=database)
+    with dump_process(run.config.postgres, info.major, database=database,
+                      globals_only=globals_only) as out:
+        while chunk := out.read(READ_SIZE):
+            sink.write(chunk)
+            run.progress.advance(len(chunk))
+    run.close_object()
+
+
+def produce_logical(run: BackupRun, databases: Sequence[str] = ()) -> dict[str, object]:
+    info = run.info
+    selected = list(databases) or list(run.config.backup.databases)
+    everything = not selected
+    if everything:
+        selected = list_databases(run.config.postgres)
+        _dump_into(run, info, "globals.sql.ebk", "globals", None, globals_only=True)
+    for index, database in enumerate(selected, start=1):
+        _dump_into(run, info, f"dump-{index:04d}.ebk", "dump", database, globals_only=False)
+    return {"databases": selected}
+
+
+def take_backup(
+    config: Config,
+    repo: Repository,
+    providers: Sequence[KeyProvider],
+    *,
+    kind: str,
+    databases: Sequence[str] = (),
+    progress: bool | None = None,
+) -> Manifest:
+    run = BackupRun(config, repo, providers, kind=kind)
+    run.progress = Progress(f"backup {run.backup_id}", enabled=progress)
+    if kind == "physical":
+        return run.run(produce_physical)
+    return run.run(lambda r: produce_logical(r, databases))

@@ -1,0 +1,115 @@
+"""A backup object's payload: zstd compression inside the v1 encrypted stream.
+
+Compression happens before encryption (ciphertext does not compress), and the
+stream header records it, so a reader needs nothing but the data key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import BinaryIO
+
+import zstandard
+
+from ebk.errors import IntegrityError
+from ebk.format.stream import (
+    COMPRESSION_NONE,
+    COMPRESSION_ZSTD,
+    DEFAULT_CHUNK_SIZE,
+    DecryptingReader,
+    EncryptingWriter,
+    Writable,
+)
+
+
+class HashingWriter:
+    """Counts and hashes (SHA-256) what passes through to ``dest``."""
+
+    def __init__(self, dest: Writable) -> None:
+        self._dest = dest
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._hash.update(data)
+        self.size += len(data)
+        self._dest.write(data)
+        return len(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+class PayloadWriter:
+    """Compress (zstd, ``level`` 0 = off) and encrypt into ``dest``.
+
+    ``close()`` finishes the compressed frame and the final chunk; it does not
+    close ``dest``.  ``threads`` > 0 lets zstd compress on worker threads that
+    run outside the GIL, so compression overlaps with reading and encryption.
+    """
+
+    def __init__(
+        self,
+        dest: Writable,
+        data_key: bytes,
+        *,
+        key_id: str,
+        associated_data: bytes,
+        level: int,
+        threads: int = 0,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        self.encryptor = EncryptingWriter(
+            dest,
+            data_key,
+            key_id=key_id,
+            associated_data=associated_data,
+            compression=COMPRESSION_ZSTD if level > 0 else COMPRESSION_NONE,
+            chunk_size=chunk_size,
+        )
+        self._compressor: zstandard.ZstdCompressionWriter | None = None
+        if level > 0:
+            cctx = zstandard.ZstdCompressor(level=level, threads=threads)
+            self._compressor = cctx.stream_writer(
+                self.encryptor, closefd=False, write_return_read=True
+            )
+        self.bytes_in = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.bytes_in += len(data)
+        if self._compressor is not None:
+            self._compressor.write(data)
+        else:
+            self.encryptor.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        if self._compressor is not None:
+            self._compressor.flush(zstandard.FLUSH_FRAME)
+        self.encryptor.close()
+
+
+class PayloadReader:
+    """Authenticate, decrypt and decompress a payload; ``read()`` returns plaintext."""
+
+    def __init__(self, source: BinaryIO, data_key: bytes, *, associated_data: bytes) -> None:
+        self.decryptor = DecryptingReader(source, data_key, associated_data=associated_data)
+        self.key_id = self.decryptor.header.key_id
+        self._reader: BinaryIO
+        if self.decryptor.header.compression == COMPRESSION_ZSTD:
+            dctx = zstandard.ZstdDecompressor()
+            self._reader = dctx.stream_reader(  # type: ignore[assignment]
+                self.decryptor, read_across_frames=True, closefd=False
+            )
+        else:
+            self._reader = self.decryptor  # type: ignore[assignment]
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._reader.read(size)
+        except zstandard.ZstdError as exc:
+            # Authenticated bytes that do not decompress mean a writer bug, not tampering.
+            raise IntegrityError(f"backup object decrypted but did not decompress: {exc}") from exc
+
+    def readable(self) -> bool:
+        return True

@@ -1,0 +1,1 @@
+"""PostgreSQL tooling: connections, the replication-protocol base backup, pg_dump."""

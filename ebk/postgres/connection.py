@@ -1,0 +1,108 @@
+"""Connections to the source cluster and facts about it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from ebk.config import PostgresConfig
+from ebk.errors import ConfigError, PostgresError
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    system_identifier: str
+    server_version: str
+    server_version_num: int
+    data_directory: str
+
+    @property
+    def major(self) -> int:
+        return self.server_version_num // 10000
+
+
+def _password(cfg: PostgresConfig) -> str | None:
+    """A password only ever comes from a 0600 file or libpq's own PGPASSWORD/PGPASSFILE."""
+    if not cfg.password_file:
+        return None
+    path = Path(cfg.password_file)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"postgres.password_file {path}: {exc.strerror}") from None
+    if st.st_mode & 0o077:
+        raise ConfigError(
+            f"postgres.password_file {path} is readable by group or others",
+            hint=f"run `chmod 600 {path}`",
+        )
+    return path.read_text().strip()
+
+
+def conninfo(cfg: PostgresConfig, *, replication: bool = False, dbname: str | None = None) -> str:
+    params: dict[str, object] = {
+        "host": cfg.host,
+        "port": cfg.port,
+        "user": cfg.user,
+        "dbname": dbname or cfg.dbname,
+        "application_name": "ebk",
+        "connect_timeout": 10,
+    }
+    password = _password(cfg)
+    if password is not None:
+        params["password"] = password
+    if replication:
+        params["replication"] = "true"
+    return make_conninfo(**params)  # type: ignore[arg-type]
+
+
+def libpq_env(cfg: PostgresConfig, dbname: str | None = None) -> dict[str, str]:
+    """Environment for pg_dump/pg_restore/psql: nothing secret goes on a command line."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "PGHOST": cfg.host,
+            "PGPORT": str(cfg.port),
+            "PGUSER": cfg.user,
+            "PGDATABASE": dbname or cfg.dbname,
+            "PGAPPNAME": "ebk",
+            "PGCONNECT_TIMEOUT": "10",
+        }
+    )
+    password = _password(cfg)
+    if password is not None:
+        env["PGPASSWORD"] = password
+    return env
+
+
+def connect(cfg: PostgresConfig, *, dbname: str | None = None) -> psycopg.Connection:
+    try:
+        return psycopg.connect(conninfo(cfg, dbname=dbname), autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise PostgresError(
+            f"cannot connect to PostgreSQL at {cfg.host}:{cfg.port} as {cfg.user}: "
+            f"{str(exc).strip()}",
+            hint="check [postgres] host/port/user in the config and that the server is running",
+        ) from None
+
+
+def cluster_info(cfg: PostgresConfig) -> ClusterInfo:
+    with connect(cfg) as conn:
+        row = conn.execute(
+            "SELECT system_identifier::text, current_setting('server_version'),"
+            " current_setting('server_version_num')::int, current_setting('data_directory')"
+            " FROM pg_control_system()"
+        ).fetchone()
+    assert row is not None
+    return ClusterInfo(row[0], row[1], row[2], row[3])
+
+
+def list_databases(cfg: PostgresConfig) -> list[str]:
+    with connect(cfg) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1"
+        ).fetchall()
+    return [r[0] for r in rows]

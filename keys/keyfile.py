@@ -1,0 +1,159 @@
+"""The embedded default KEK: a local key file created by ``ebk init``.
+
+File format (JSON, mode 0600):
+    {"type": "ebk-kek-file", "version": 1, "primary": "<kek id>",
+     "keys": [{"id": "<kek id>", "created": "<iso8601>", "key": "<base64, 32 bytes>"}]}
+
+Rotation appends a key and moves ``primary``; old keys stay so that wrapped
+DEKs can be rewrapped.  A slot is nonce(12) | AES-256-GCM(kek, dek, aad), with
+aad = "ebk/keyfile/v1" | canonical context.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ebk.errors import KeyProviderError, WrongKey
+from ebk.keys.base import WrappedKey, canonical_context
+
+FILE_TYPE = "ebk-kek-file"
+_AAD_LABEL = b"ebk/keyfile/v1"
+
+
+def _new_kek_id() -> str:
+    return f"kek-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(4)}"
+
+
+def _entry(kek_id: str) -> dict[str, str]:
+    return {
+        "id": kek_id,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "key": base64.b64encode(secrets.token_bytes(32)).decode(),
+    }
+
+
+def _write_private(path: Path, document: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(document, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def create_key_file(path: Path) -> str:
+    """Create a new key file with mode 0600; refuse to overwrite one."""
+    if path.exists():
+        raise KeyProviderError(
+            f"key file {path} already exists; refusing to overwrite a key",
+            hint="losing a KEK makes every backup it wraps unreadable; pick another path",
+        )
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    kek_id = _new_kek_id()
+    _write_private(path, {"type": FILE_TYPE, "version": 1, "primary": kek_id, "keys": [_entry(kek_id)]})
+    return kek_id
+
+
+class KeyFileProvider:
+    """KEKs held in a local file; the file must be readable by its owner only."""
+
+    name = "keyfile"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._primary, self._keys = self._load()
+
+    def _load(self) -> tuple[str, dict[str, bytes]]:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            raise KeyProviderError(
+                f"key file {self.path} does not exist",
+                hint="create one with `ebk init`, or set keys.keyfile to the right path",
+            ) from None
+        except PermissionError:
+            raise KeyProviderError(f"key file {self.path} is not readable by this user") from None
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyProviderError(
+                f"key file {self.path} is accessible by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); refusing to use it",
+                hint=f"run `chmod 600 {self.path}` and check who could have copied it",
+            )
+        try:
+            doc = json.loads(self.path.read_text())
+            if doc.get("type") != FILE_TYPE or doc.get("version") != 1:
+                raise ValueError("not an ebk key file")
+            keys = {k["id"]: base64.b64decode(k["key"], validate=True) for k in doc["keys"]}
+            primary = doc["primary"]
+            if primary not in keys or any(len(v) != 32 for v in keys.values()):
+                raise ValueError("inconsistent key file")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KeyProviderError(
+                f"key file {self.path} is not a valid ebk key file ({exc})",
+                hint="restore it from your key backup; `ebk init` creates new ones",
+            ) from None
+        return primary, keys
+
+    @property
+    def primary_kek_id(self) -> str:
+        return self._primary
+
+    def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
+        return self._wrap_with(self._primary, dek, context)
+
+    def _wrap_with(self, kek_id: str, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
+        nonce = secrets.token_bytes(12)
+        sealed = AESGCM(self._keys[kek_id]).encrypt(
+            nonce, dek, _AAD_LABEL + canonical_context(context)
+        )
+        return WrappedKey(self.name, kek_id, nonce + sealed)
+
+    def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
+        kek = self._keys.get(wrapped.kek_id)
+        if kek is None:
+            raise WrongKey(
+                f"the data key is wrapped by KEK {wrapped.kek_id}, which is not in {self.path}",
+                hint="use the key file (or its backup) that was in use when the backup was taken",
+            )
+        try:
+            return AESGCM(kek).decrypt(
+                wrapped.ciphertext[:12], wrapped.ciphertext[12:], _AAD_LABEL + canonical_context(context)
+            )
+        except InvalidTag:
+            raise WrongKey(
+                f"the data key does not unwrap with KEK {wrapped.kek_id}: the key object was "
+                "modified or belongs to another backup",
+                hint="the key object must come from the same backup as its data",
+            ) from None
+
+    def rewrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> WrappedKey:
+        return self.wrap(self.unwrap(wrapped, context), context)
+
+    def owns(self, wrapped: WrappedKey) -> bool:
+        return wrapped.provider == self.name
+
+    def describe(self) -> dict[str, str]:
+        return {"provider": self.name, "path": str(self.path), "kek_id": self._primary}
+
+    def rotate(self) -> str:
+        """Add a new KEK and make it primary; old KEKs stay for unwrapping."""
+        doc = json.loads(self.path.read_text())
+        kek_id = _new_kek_id()
+        doc["keys"].append(_entry(kek_id))
+        doc["primary"] = kek_id
+        _write_private(self.path, doc)
+        self._primary, self._keys = self._load()
+        return kek_id

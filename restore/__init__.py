@@ -1,0 +1,1 @@
+"""Restoring backups: physical into an empty data directory, logical through pg_restore."""

@@ -1,0 +1,78 @@
+"""Read one stored object back: hash the ciphertext, authenticate, decrypt, decompress."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+from ebk.backup import stream_context
+from ebk.errors import IntegrityError, WrongKey
+from ebk.format.payload import PayloadReader
+from ebk.manifest import Manifest, StoredObject
+from ebk.repository import Repository, object_name
+
+
+class HashingReader:
+    """Hashes and counts the stored bytes as the decryptor pulls them."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        self._hash.update(data)
+        self.size += len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+class ObjectReader:
+    """Plaintext of one object; ``finish()`` drains it and checks size and SHA-256."""
+
+    def __init__(self, source: BinaryIO, stored: StoredObject, manifest: Manifest, dek: bytes) -> None:
+        self.stored = stored
+        self._hashing = HashingReader(source)
+        self._payload = PayloadReader(
+            self._hashing, dek, associated_data=stream_context(manifest.backup_id, stored.name)
+        )
+        if self._payload.key_id != manifest.dek_id:
+            raise WrongKey(
+                f"object {stored.name} was encrypted with data key {self._payload.key_id}, "
+                f"but backup {manifest.backup_id} uses {manifest.dek_id}",
+                hint="an object was copied in from another backup; restore from another backup",
+            )
+        self.plain_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._payload.read(size)
+        self.plain_bytes += len(data)
+        return data
+
+    def finish(self) -> None:
+        while self.read(1024 * 1024):
+            pass
+        if self._hashing.size != self.stored.stored_size or (
+            self._hashing.hexdigest() != self.stored.sha256
+        ):
+            raise IntegrityError(
+                f"object {self.stored.name} does not match its manifest entry "
+                f"({self._hashing.size} bytes read, {self.stored.stored_size} expected)",
+                hint="the stored object was replaced or damaged; restore from another backup",
+            )
+
+
+@contextmanager
+def open_object(
+    repo: Repository, manifest: Manifest, stored: StoredObject, dek: bytes
+) -> Iterator[ObjectReader]:
+    source = repo.storage.open_read(object_name(manifest.backup_id, stored.name))
+    try:
+        yield ObjectReader(source, stored, manifest, dek)
+    finally:
+        source.close()

@@ -1,0 +1,1 @@
+"""Repository storage backends behind one seam (see ebk.storage.base)."""
