@@ -1,0 +1,1 @@
+"""Shared test support: real PostgreSQL clusters, ebk configs, CLI runner."""
