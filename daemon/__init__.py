@@ -1,0 +1,1 @@
+"""The long-running ebk daemon: scheduled jobs, retention, locks, health endpoints."""

@@ -32,6 +32,16 @@ class RepositoryConfig:
 
 
 @dataclass
+class StorageConfig:
+    """Backend options for object stores (credentials come from each SDK's chain)."""
+
+    # Owned by the object-storage work (issue 3): endpoint, region, addressing
+    # style, parts in flight, retries, server-side encryption, object lock.
+    endpoint_url: str = ""
+    region: str = ""
+
+
+@dataclass
 class KeysConfig:
     """Which KEK wraps the per-backup data keys."""
 
@@ -44,6 +54,55 @@ class KeysConfig:
                 f"keys.provider = {self.provider!r} is not a known provider",
                 hint="use one of: keyfile",
             )
+
+
+@dataclass
+class VaultConfig:
+    """Vault / OpenBao Transit (keys.provider = "vault"); the token never goes here."""
+
+    # Owned by the KMS work (issue 4).
+    address: str = ""
+    transit_key: str = ""
+
+
+@dataclass
+class AwsKmsConfig:
+    """AWS KMS (keys.provider = "awskms")."""
+
+    # Owned by the KMS work (issue 4).
+    key_id: str = ""
+    region: str = ""
+    endpoint_url: str = ""
+
+
+@dataclass
+class PreflightConfig:
+    """Volume-encryption preflight: require | warn | off."""
+
+    # Owned by the preflight work (issue 5).
+    policy: str = "warn"
+
+    def validate(self) -> None:
+        if self.policy not in ("require", "warn", "off"):
+            raise ConfigError(
+                f"preflight.policy = {self.policy!r}", hint="use require, warn or off"
+            )
+
+
+@dataclass
+class DaemonConfig:
+    """The long-running scheduler (`ebk daemon`)."""
+
+    # Owned by the daemon work (issue 6).
+    listen: str = "127.0.0.1:9187"
+
+
+@dataclass
+class RetentionConfig:
+    """Which complete backups `ebk retention` and the daemon keep."""
+
+    # Owned by the daemon work (issue 6).
+    keep_last: int = 7
 
 
 @dataclass
@@ -98,7 +157,13 @@ class LogConfig:
 @dataclass
 class Config:
     repository: RepositoryConfig = field(default_factory=RepositoryConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
+    vault: VaultConfig = field(default_factory=VaultConfig)
+    awskms: AwsKmsConfig = field(default_factory=AwsKmsConfig)
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     postgres: PostgresConfig = field(default_factory=PostgresConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
     log: LogConfig = field(default_factory=LogConfig)

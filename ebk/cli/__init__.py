@@ -78,9 +78,9 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 
 def _register() -> None:
-    from ebk.cli import backup, repo, restore, setup
+    from ebk.cli import backup, daemon, keys, preflight, repo, repocheck, restore, setup
 
-    for module in (setup, backup, repo, restore):
+    for module in (setup, backup, repo, restore, repocheck, keys, preflight, daemon):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -8,6 +8,9 @@ import click
 
 from ebk.backup import take_backup
 from ebk.cli.output import emit_json
+from ebk.daemon.locks import cluster_backup_lock
+from ebk.keys.check import check_providers
+from ebk.preflight.gate import enforce
 from ebk.progress import human_bytes
 from ebk.runtime import Runtime
 
@@ -43,13 +46,16 @@ def backup(config_path: Path | None, kind: str, databases: tuple[str, ...], json
     runtime = Runtime.load(config_path)
     if databases and kind != "logical":
         raise click.UsageError("--database applies to --type logical only")
-    manifest = take_backup(
-        runtime.config,
-        runtime.repository,
-        runtime.key_providers,
-        kind=kind,
-        databases=databases,
-    )
+    enforce(runtime.config, purpose="backup")
+    check_providers(runtime.key_providers)
+    with cluster_backup_lock(runtime.config.postgres):
+        manifest = take_backup(
+            runtime.config,
+            runtime.repository,
+            runtime.key_providers,
+            kind=kind,
+            databases=databases,
+        )
     if json_output:
         emit_json(manifest.to_public())
     else:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ebk.preflight.gate import enforce
 from ebk.restore.logical import restore_logical
 from ebk.restore.physical import restore_physical
 from ebk.runtime import Runtime
@@ -80,6 +81,7 @@ def restore(
     if (target is None) == (target_db is None):
         raise click.UsageError("give exactly one of --to DIR (physical) or --to-db NAME (logical)")
     runtime = Runtime.load(config_path)
+    enforce(runtime.config, purpose="restore", restore_target=target)
     manifest = runtime.repository.resolve(backup_id)
     if target is not None:
         restore_physical(
