@@ -8,7 +8,9 @@ is listed and nothing is left for the next backup to trip on.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,6 +18,7 @@ import structlog
 
 import ebk
 from ebk.config import Config
+from ebk.errors import Interrupted
 from ebk.format.payload import HashingWriter, PayloadWriter
 from ebk.format.stream import VERSION as FORMAT_VERSION
 from ebk.keys.base import KeyProvider
@@ -24,6 +27,7 @@ from ebk.manifest import Manifest, StoredObject
 from ebk.postgres.basebackup import ArchiveStart, BaseBackup, ManifestStart
 from ebk.postgres.connection import ClusterInfo, cluster_info, list_databases
 from ebk.postgres.dump import READ_SIZE, dump_process
+from ebk.pipeline import prefetch
 from ebk.progress import Progress
 from ebk.repository import Repository, new_backup_id, object_name
 from ebk.storage.base import ObjectWriter
@@ -46,8 +50,11 @@ class ObjectSink:
     hasher: HashingWriter
     payload: PayloadWriter
     extra: dict[str, str | None]
+    cancel: threading.Event | None = None
 
     def write(self, data: bytes) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Interrupted("the backup was cancelled (shutdown); its upload was aborted")
         self.payload.write(data)
 
     def finish(self) -> StoredObject:
@@ -74,8 +81,10 @@ class BackupRun:
         *,
         kind: str,
         progress: Progress | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.config = config
+        self.cancel = cancel  # set by the daemon on SIGTERM; checked per chunk
         self.repo = repo
         self.providers = providers
         self.kind = kind
@@ -98,7 +107,7 @@ class BackupRun:
             level=self.config.backup.compression_level,
             threads=self.config.backup.compression_threads,
         )
-        self._open = ObjectSink(name, role, upload, hasher, payload, dict(extra))
+        self._open = ObjectSink(name, role, upload, hasher, payload, dict(extra), self.cancel)
         return self._open
 
     def close_object(self) -> None:
@@ -165,24 +174,25 @@ def produce_physical(run: BackupRun) -> dict[str, object]:
     with BaseBackup(cfg, label=f"ebk {run.backup_id}") as base:
         locations = {t.oid: t.location for t in base.tablespaces}
         sink: ObjectSink | None = None
-        for event in base.events():
-            if isinstance(event, bytes):
-                assert sink is not None
-                sink.write(event)
-                run.progress.advance(len(event))
-            elif isinstance(event, ArchiveStart):
-                run.close_object()
-                oid = event.name.removesuffix(".tar")
-                is_base = event.name == "base.tar"
-                sink = run.open_object(
-                    f"{event.name}.ebk",
-                    "base" if is_base else "tablespace",
-                    tablespace_oid=None if is_base else oid,
-                    tablespace_location=None if is_base else locations.get(oid, event.tablespace_location),
-                )
-            elif isinstance(event, ManifestStart):
-                run.close_object()
-                sink = run.open_object("backup_manifest.ebk", "backup_manifest")
+        with closing(prefetch(base.events())) as events:
+            for event in events:
+                if isinstance(event, bytes):
+                    assert sink is not None
+                    sink.write(event)
+                    run.progress.advance(len(event))
+                elif isinstance(event, ArchiveStart):
+                    run.close_object()
+                    oid = event.name.removesuffix(".tar")
+                    is_base = event.name == "base.tar"
+                    sink = run.open_object(
+                        f"{event.name}.ebk",
+                        "base" if is_base else "tablespace",
+                        tablespace_oid=None if is_base else oid,
+                        tablespace_location=None if is_base else locations.get(oid, event.tablespace_location),
+                    )
+                elif isinstance(event, ManifestStart):
+                    run.close_object()
+                    sink = run.open_object("backup_manifest.ebk", "backup_manifest")
         run.close_object()
         return {"start_lsn": base.start_lsn, "stop_lsn": base.stop_lsn, "timeline": base.timeline}
 
@@ -218,8 +228,9 @@ def take_backup(
     kind: str,
     databases: Sequence[str] = (),
     progress: bool | None = None,
+    cancel: threading.Event | None = None,
 ) -> Manifest:
-    run = BackupRun(config, repo, providers, kind=kind)
+    run = BackupRun(config, repo, providers, kind=kind, cancel=cancel)
     run.progress = Progress(f"backup {run.backup_id}", enabled=progress)
     if kind == "physical":
         return run.run(produce_physical)

@@ -10,6 +10,7 @@ never listed as restorable.
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from ebk.keys.envelope import KeyObject
 from ebk.manifest import Manifest
 from ebk.storage.base import Storage
 
+MARKER = "ebk-repository.json"
 BACKUPS = "backups/"
 KEY_OBJECT = "key.json"
 MANIFEST = "manifest.json"
@@ -44,6 +46,15 @@ class IncompleteBackup:
 class Repository:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+
+    def initialize(self) -> bool:
+        """Write the repository marker; returns False when it already existed."""
+        if self.storage.exists(MARKER):
+            return False
+        doc = {"format": "ebk-repository", "version": 1,
+               "created": datetime.now(UTC).isoformat(timespec="seconds")}
+        self.storage.put_bytes(MARKER, json.dumps(doc, indent=2).encode() + b"\n")
+        return True
 
     def write_key_object(self, key_object: KeyObject) -> None:
         self.storage.put_bytes(object_name(key_object.backup_id, KEY_OBJECT), key_object.to_json())

@@ -72,17 +72,13 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = f"file://{root}"
-        try:
-            root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
+
+    def _require_root(self) -> None:
+        """Reading a repository that is not there is an error, not an empty list."""
+        if not self.root.is_dir():
             raise StorageError(
-                f"cannot create the repository directory {root}: {exc.strerror}",
-                hint="create it, or point repository.url at a writable directory",
-            ) from exc
-        if not os.access(root, os.W_OK | os.X_OK):
-            raise StorageError(
-                f"the repository directory {root} is not writable by this user",
-                hint="fix its ownership or permissions (ebk needs rwx on it)",
+                f"the repository directory {self.root} does not exist",
+                hint="create the repository with `ebk init`, or fix repository.url",
             )
 
     def _path(self, name: str) -> Path:
@@ -90,6 +86,7 @@ class LocalStorage:
 
     def open_write(self, name: str) -> LocalWriter:
         try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             return LocalWriter(self._path(name))
         except OSError as exc:
             raise StorageError(f"cannot create {self._path(name)}: {exc.strerror}") from exc
@@ -112,6 +109,7 @@ class LocalStorage:
             return f.read()
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self._require_root()
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames.sort()
             for filename in sorted(filenames):

@@ -26,8 +26,9 @@ def init(config_path: Path | None) -> None:
         kek_id = create_key_file(Path(cfg.keys.keyfile))
         click.echo(f"created key file {cfg.keys.keyfile} (KEK {kek_id}, mode 0600)")
         click.echo("  back it up outside the repository: without it no backup can be restored")
-    runtime.storage  # noqa: B018 - opening creates and checks the repository
-    click.echo(f"repository ready at {runtime.storage.url}")
+    created = runtime.repository.initialize()
+    state = "created" if created else "already initialised"
+    click.echo(f"repository {state} at {runtime.storage.url}")
 
 
 COMMANDS = [init]

@@ -1,0 +1,94 @@
+"""ebk backup --type physical vs pg_basebackup -Ft --compress=client-zstd:1, side by side.
+
+Usage: .venv/bin/python bench/physical_backup.py [--scale 50] [--rounds 3] [--level 1]
+
+One pgbench database (scale 50 ~ 750 MiB), runs interleaved (baseline, ebk,
+baseline, ebk, ...) so that a noisy machine affects both alike; prints the
+median times, the ratio ebk/baseline and ebk's peak RSS.  Both write to a
+local directory; both compress with zstd level 1; ebk also encrypts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Sample, median, timed  # noqa: E402
+
+from tests.support.postgres import PG_BIN, init_cluster  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--level", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    cluster = init_cluster()
+    work = Path(tempfile.mkdtemp(prefix="ebk-bench-"))
+    try:
+        env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(cluster.port), PGUSER="postgres")
+        import subprocess
+
+        subprocess.run([str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "postgres"],
+                       env=env, check=True, capture_output=True)
+        cluster.psql("CHECKPOINT")
+        db_bytes = int(cluster.psql("SELECT pg_database_size('postgres')"))
+        keyfile = work / "kek.json"
+        config = work / "ebk.toml"
+        config.write_text(
+            f'[repository]\nurl = "file://{work}/repo"\n[keys]\nkeyfile = "{keyfile}"\n'
+            f"{cluster.config_section()}\n[backup]\ncompression_level = {args.level}\n"
+            f"compression_threads = {args.threads}\n[log]\nlevel = \"warning\"\n"
+        )
+        ebk = [sys.executable, "-m", "ebk", "--config", str(config)]
+        timed([*ebk, "init"])
+        base: list[Sample] = []
+        ours: list[Sample] = []
+        for i in range(args.rounds):
+            target = work / f"pgbb-{i}"
+            base.append(timed([str(PG_BIN / "pg_basebackup"), "-D", str(target), "-Ft", "-X",
+                               "fetch", f"--compress=client-zstd:{args.level}", "-c", "fast"],
+                              env=env))
+            shutil.rmtree(target)
+            ours.append(timed([*ebk, "backup", "--type", "physical"]))
+            shutil.rmtree(work / "repo" / "backups")
+        result = {
+            "database_bytes": db_bytes,
+            "scale": args.scale,
+            "rounds": args.rounds,
+            "zstd_level": args.level,
+            "baseline_seconds": [round(s.seconds, 3) for s in base],
+            "ebk_seconds": [round(s.seconds, 3) for s in ours],
+            "baseline_median": round(median([s.seconds for s in base]), 3),
+            "ebk_median": round(median([s.seconds for s in ours]), 3),
+            "ratio": round(median([s.seconds for s in ours]) / median([s.seconds for s in base]), 3),
+            "ebk_peak_rss_mib": round(max(s.peak_rss_mib for s in ours), 1),
+            "baseline_peak_rss_mib": round(max(s.peak_rss_mib for s in base), 1),
+        }
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            mib = db_bytes / 2**20
+            print(f"database: {mib:.0f} MiB (pgbench scale {args.scale}), {args.rounds} rounds, zstd:{args.level}")
+            print(f"pg_basebackup -Ft client-zstd: median {result['baseline_median']} s {result['baseline_seconds']}")
+            print(f"ebk backup --type physical:    median {result['ebk_median']} s {result['ebk_seconds']}")
+            print(f"ratio ebk/baseline: {result['ratio']}   (target <= 1.02)")
+            print(f"peak RSS: ebk {result['ebk_peak_rss_mib']} MiB (target <= 150), "
+                  f"pg_basebackup {result['baseline_peak_rss_mib']} MiB")
+    finally:
+        cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
