@@ -31,14 +31,70 @@ class RepositoryConfig:
     url: str = "file:///var/lib/ebk/repository"
 
 
+MIB = 1024 * 1024
+
+
 @dataclass
 class StorageConfig:
-    """Backend options for object stores (credentials come from each SDK's chain)."""
+    """Backend options for object stores.
 
-    # Owned by the object-storage work (issue 3): endpoint, region, addressing
-    # style, parts in flight, retries, server-side encryption, object lock.
-    endpoint_url: str = ""
-    region: str = ""
+    Credentials never go here: each SDK's standard chain supplies them (AWS env,
+    profiles and instance roles; Google ADC and workload identity; Azure
+    AZURE_STORAGE_CONNECTION_STRING or azure-identity's DefaultAzureCredential).
+    Upload memory is about part_size * (parts_in_flight + 1) per object.
+    """
+
+    endpoint_url: str = ""  # S3-compatible endpoint (MinIO, Ceph) or GCS API endpoint
+    region: str = ""  # S3 region; empty = the SDK's chain (AWS_REGION, profile)
+    addressing_style: str = "auto"  # S3: auto | path | virtual
+    part_size: int = 8 * MIB  # bytes per multipart part / resumable chunk / block
+    parts_in_flight: int = 4  # parts uploaded concurrently per object
+    max_retries: int = 5  # retries of throttling, timeouts, 5xx (never of permanent errors)
+    retry_base_delay: float = 0.5  # seconds; exponential backoff with full jitter
+    retry_max_delay: float = 20.0  # seconds; cap of one backoff
+    timeout: float = 60.0  # seconds to connect / per read
+    sse_kms_key_id: str = ""  # S3 SSE-KMS key id or ARN (defence in depth)
+    gcs_kms_key_name: str = ""  # GCS CMEK: projects/P/locations/L/keyRings/R/cryptoKeys/K
+    azure_account_url: str = ""  # https://ACCOUNT.blob.core.windows.net (or Azurite's URL)
+    azure_encryption_scope: str = ""  # Azure encryption scope name
+    object_lock_days: int = 0  # S3 Object Lock retention per object; 0 = off
+    object_lock_mode: str = "governance"  # governance | compliance
+
+    def validate(self) -> None:
+        if self.addressing_style not in ("auto", "path", "virtual"):
+            raise ConfigError(
+                f"storage.addressing_style = {self.addressing_style!r}",
+                hint="use auto, path (MinIO, most S3-compatible stores) or virtual",
+            )
+        if not 5 * MIB <= self.part_size <= 4096 * MIB or self.part_size % (256 * 1024):
+            raise ConfigError(
+                f"storage.part_size = {self.part_size} bytes is not usable",
+                hint="use a multiple of 256 KiB between 5 MiB (5242880) and 4 GiB; "
+                "8 MiB (8388608) is the default",
+            )
+        if not 1 <= self.parts_in_flight <= 64:
+            raise ConfigError(
+                f"storage.parts_in_flight = {self.parts_in_flight}", hint="use 1..64 (4 is typical)"
+            )
+        if not 0 <= self.max_retries <= 30:
+            raise ConfigError(f"storage.max_retries = {self.max_retries}", hint="use 0..30")
+        if self.retry_base_delay < 0 or self.retry_max_delay < self.retry_base_delay:
+            raise ConfigError(
+                "storage.retry_base_delay must be >= 0 and <= storage.retry_max_delay"
+            )
+        if self.timeout <= 0:
+            raise ConfigError(f"storage.timeout = {self.timeout}", hint="use seconds > 0, e.g. 60")
+        if not 0 <= self.object_lock_days <= 36500:
+            raise ConfigError(
+                f"storage.object_lock_days = {self.object_lock_days}",
+                hint="use 0 (off) or the number of days each object must stay undeletable",
+            )
+        if self.object_lock_mode not in ("governance", "compliance"):
+            raise ConfigError(
+                f"storage.object_lock_mode = {self.object_lock_mode!r}",
+                hint="use governance (bypassable with s3:BypassGovernanceRetention) or "
+                "compliance (nobody, not even the account root, can delete early)",
+            )
 
 
 @dataclass
@@ -47,32 +103,68 @@ class KeysConfig:
 
     provider: str = "keyfile"
     keyfile: str = "/etc/ebk/kek.json"
+    # Offline recovery keys: X25519 public recipients ("ebkrecovery1..."), each
+    # gets a slot in every new backup; `ebk keys recovery-keygen` makes one.
+    recovery_recipients: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
-        if self.provider not in ("keyfile",):
+        if self.provider not in ("keyfile", "vault", "awskms"):
             raise ConfigError(
                 f"keys.provider = {self.provider!r} is not a known provider",
-                hint="use one of: keyfile",
+                hint="use one of: keyfile, vault, awskms",
             )
+        from ebk.keys.recovery import parse_recipient
+
+        for recipient in self.recovery_recipients:
+            parse_recipient(recipient, where="keys.recovery_recipients")
 
 
 @dataclass
 class VaultConfig:
     """Vault / OpenBao Transit (keys.provider = "vault"); the token never goes here."""
 
-    # Owned by the KMS work (issue 4).
-    address: str = ""
-    transit_key: str = ""
+    address: str = ""  # empty: $VAULT_ADDR
+    mount: str = "transit"
+    transit_key: str = ""  # created with derived=true (see docs/key-management.md)
+    namespace: str = ""
+    auth: str = "token"  # token | approle | kubernetes
+    token_file: str = ""  # auth=token: a 0600 file; empty: $VAULT_TOKEN
+    auth_mount: str = ""  # empty: "approle" or "kubernetes"
+    role_id: str = ""  # auth=approle
+    secret_id_file: str = ""  # auth=approle: a 0600 file; empty: $VAULT_SECRET_ID
+    kubernetes_role: str = ""  # auth=kubernetes
+    jwt_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ca_cert: str = ""  # PEM bundle for TLS; empty: the system store
+    timeout: float = 10.0  # seconds per request
+    retries: int = 2  # extra attempts when unreachable or 5xx (never when sealed)
+
+    def validate(self) -> None:
+        if self.auth not in ("token", "approle", "kubernetes"):
+            raise ConfigError(
+                f"vault.auth = {self.auth!r}", hint="use token, approle or kubernetes"
+            )
+        if not 0 < self.timeout <= 300:
+            raise ConfigError(f"vault.timeout = {self.timeout}", hint="use 0 < seconds <= 300")
+        if not 0 <= self.retries <= 10:
+            raise ConfigError(f"vault.retries = {self.retries}", hint="use 0..10")
 
 
 @dataclass
 class AwsKmsConfig:
     """AWS KMS (keys.provider = "awskms")."""
 
-    # Owned by the KMS work (issue 4).
-    key_id: str = ""
-    region: str = ""
-    endpoint_url: str = ""
+    key_id: str = ""  # key id, alias/NAME or ARN; credentials come from the AWS chain
+    region: str = ""  # empty: the AWS chain (AWS_REGION, profile)
+    endpoint_url: str = ""  # a VPC endpoint, or a test server
+    profile: str = ""
+    timeout: float = 10.0  # seconds, connect and read
+    retries: int = 2  # extra attempts (botocore standard mode)
+
+    def validate(self) -> None:
+        if not 0 < self.timeout <= 300:
+            raise ConfigError(f"awskms.timeout = {self.timeout}", hint="use 0 < seconds <= 300")
+        if not 0 <= self.retries <= 10:
+            raise ConfigError(f"awskms.retries = {self.retries}", hint="use 0..10")
 
 
 @dataclass
@@ -81,28 +173,144 @@ class PreflightConfig:
 
     # Owned by the preflight work (issue 5).
     policy: str = "warn"
+    """require: backup/restore refuse when a path is not proven encrypted; warn: log; off."""
+    extra_paths: list[str] = field(default_factory=list)
+    """More directories that hold database bytes (archive_command targets, dumps, logs)."""
+    spool_dir: str = ""
+    """ebk's own spool/state directory, checked when set (the core streams and spools nothing)."""
+    cloud: bool = True
+    """Ask EC2 / GCE / Azure APIs about cloud disks (only for disks sysfs identifies)."""
+    aws_region: str = ""
+    ec2_endpoint_url: str = ""
+    kubernetes: bool = True
+    """Inside a pod, follow PVC -> PV -> StorageClass through the API server."""
+    timeout: float = 5.0
+    """Seconds per metadata/API request."""
 
     def validate(self) -> None:
         if self.policy not in ("require", "warn", "off"):
             raise ConfigError(
                 f"preflight.policy = {self.policy!r}", hint="use require, warn or off"
             )
+        for path in [*self.extra_paths, *([self.spool_dir] if self.spool_dir else [])]:
+            if not path.startswith("/"):
+                raise ConfigError(
+                    f"preflight path {path!r} is not absolute",
+                    hint="give extra_paths and spool_dir as absolute paths",
+                )
+        if not 0 < self.timeout <= 120:
+            raise ConfigError("preflight.timeout must be between 0 and 120 seconds")
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, where: str) -> float:
+    """Seconds from "90s", "15m", "36h", "7d", "2w" or a bare number of seconds."""
+    raw = text.strip().lower()
+    unit = raw[-1:] if raw[-1:] in _DURATION_UNITS else "s"
+    number = raw[:-1] if raw[-1:] in _DURATION_UNITS else raw
+    try:
+        value = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        value = -1.0
+    if value < 0 or value != value:
+        raise ConfigError(f"{where} = {text!r} is not a duration",
+                          hint='write a number with a unit: "90s", "15m", "36h", "7d", "2w"')
+    return value
+
+
+@dataclass
+class JobConfig:
+    """One scheduled job: a `[[daemon.jobs]]` table.
+
+    kind: physical | logical | retention (later issues register more kinds).
+    Exactly one of cron (5 fields "min hour dom month dow", or 6 fields with
+    seconds first, in daemon.timezone; day of week 0 and 7 are Sunday as in
+    crontab) or interval_seconds.  name defaults to the kind and must be unique.
+    """
+
+    kind: str = ""
+    name: str = ""
+    cron: str = ""
+    interval_seconds: int = 0
+    databases: list[str] = field(default_factory=list)  # logical: as `ebk backup --database`
+
+    def validate(self) -> None:
+        if not self.kind:
+            raise ConfigError("a [[daemon.jobs]] table has no kind",
+                              hint='set kind = "physical", "logical" or "retention"')
+        self.name = self.name or self.kind
+        if not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ConfigError(f"daemon job name {self.name!r} has characters other than "
+                              "letters, digits, '-', '_' and '.'")
+        if bool(self.cron.strip()) == (self.interval_seconds > 0):
+            raise ConfigError(f"daemon job {self.name!r} needs exactly one of cron and "
+                              "interval_seconds",
+                              hint='e.g. cron = "0 2 * * *" (daily 02:00) or '
+                              "interval_seconds = 3600")
+        if self.interval_seconds < 0:
+            raise ConfigError(f"daemon job {self.name!r}: interval_seconds must be positive")
+        if not all(isinstance(d, str) and d for d in self.databases):
+            raise ConfigError(f"daemon job {self.name!r}: databases must be database names")
 
 
 @dataclass
 class DaemonConfig:
     """The long-running scheduler (`ebk daemon`)."""
 
-    # Owned by the daemon work (issue 6).
-    listen: str = "127.0.0.1:9187"
+    listen: str = "127.0.0.1:9187"  # /healthz, /readyz, /metrics; loopback unless you mean it
+    state_dir: str = "/var/lib/ebk/daemon"  # last run per job, so a missed run runs once at start
+    timezone: str = "UTC"  # of the cron expressions
+    # A run delayed longer than this (the one worker busy with a long job) is skipped;
+    # 0: never skipped, it runs late (coalesced, so never more than once).
+    misfire_grace_seconds: int = 0
+    shutdown_timeout_seconds: float = 10.0  # SIGTERM: time for a running job to clean up
+    jobs: list[JobConfig] = field(default_factory=list)
+
+    def validate(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"daemon.listen = {self.listen!r} is not HOST:PORT",
+                              hint='e.g. "127.0.0.1:9187", or "[::1]:9187"')
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"daemon.timezone = {self.timezone!r} is not a known time zone",
+                              hint='use an IANA name such as "UTC" or "Europe/Berlin"') from None
+        if self.misfire_grace_seconds < 0:
+            raise ConfigError("daemon.misfire_grace_seconds must be >= 0")
+        if not 0 < self.shutdown_timeout_seconds <= 3600:
+            raise ConfigError("daemon.shutdown_timeout_seconds must be > 0 and <= 3600")
+        seen: set[str] = set()
+        for job in self.jobs:
+            if job.name in seen:
+                raise ConfigError(f"two daemon jobs are named {job.name!r}",
+                                  hint="give each [[daemon.jobs]] table a distinct name")
+            seen.add(job.name)
 
 
 @dataclass
 class RetentionConfig:
-    """Which complete backups `ebk retention` and the daemon keep."""
+    """Which complete backups `ebk retention` and the daemon's retention job keep.
 
-    # Owned by the daemon work (issue 6).
-    keep_last: int = 7
+    Applied per kind and cluster.  A backup is kept when any rule keeps it; the
+    newest complete backup is always kept.  Days, ISO weeks and months are UTC.
+    """
+
+    keep_last: int = 7  # the N newest
+    keep_daily: int = 7  # the newest of each of the N most recent days that have a backup
+    keep_weekly: int = 4  # ... of each of the N most recent ISO weeks with a backup
+    keep_monthly: int = 6  # ... of each of the N most recent months with a backup
+    min_age: str = "1d"  # backups younger than this are never deleted ("0" disables)
+
+    def validate(self) -> None:
+        for key in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly"):
+            if not 0 <= getattr(self, key) <= 100000:
+                raise ConfigError(f"retention.{key} = {getattr(self, key)} must be 0..100000")
+        parse_duration(self.min_age, "retention.min_age")
 
 
 @dataclass
@@ -218,6 +426,17 @@ def _build_section(cls: type, values: dict[str, Any], section: str) -> Any:
                 f"{section}.{key} must be a {kinds[0].__name__}, got {type(value).__name__}",
                 hint="see config.example.toml for every key with its type",
             )
+    values = dict(values)
+    for key, value in values.items():
+        item_type = (typing.get_args(hints[key]) or (None,))[0]
+        if isinstance(value, list) and dataclasses.is_dataclass(item_type):
+            # An array of tables ([[daemon.jobs]]): each item is built like a section.
+            for i, item in enumerate(value):
+                if not isinstance(item, dict):
+                    raise ConfigError(f"{section}.{key}[{i}] must be a table, not {item!r}",
+                                      hint=f"write it as a [[{section}.{key}]] table")
+            values[key] = [_build_section(item_type, item, f"{section}.{key}[{i}]")  # type: ignore[arg-type]
+                           for i, item in enumerate(value)]
     instance = cls(**values)
     validate = getattr(instance, "validate", None)
     if validate is not None:

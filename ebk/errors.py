@@ -62,6 +62,18 @@ class ObjectLocked(StorageError):
     """A repository object is under retention (object lock) and cannot be deleted yet."""
 
 
+class StorageCredentialsError(StorageError):
+    """The object store rejected the credentials: missing, wrong, expired."""
+
+
+class StoragePermissionDenied(StorageError):
+    """The credentials are valid but lack a permission on the bucket or object."""
+
+
+class BucketNotFound(StorageError):
+    """The bucket (S3, GCS) or container (Azure) named by repository.url does not exist."""
+
+
 class IntegrityError(EbkError):
     """Stored data failed authentication or checksum: corrupted, truncated, tampered.
 

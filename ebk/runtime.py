@@ -29,7 +29,7 @@ class Runtime:
 
     @cached_property
     def storage(self) -> Storage:
-        return open_storage(self.config.repository.url)
+        return open_storage(self.config.repository.url, self.config.storage)
 
     @cached_property
     def repository(self) -> Repository:
@@ -37,4 +37,5 @@ class Runtime:
 
     @cached_property
     def key_providers(self) -> list[KeyProvider]:
-        return build_providers(self.config.keys)
+        return build_providers(self.config.keys, vault=self.config.vault,
+                               awskms=self.config.awskms)

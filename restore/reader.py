@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import BinaryIO
 
 from ebk.backup import stream_context
-from ebk.errors import IntegrityError, WrongKey
+from ebk.errors import IntegrityError
 from ebk.format.payload import PayloadReader
 from ebk.manifest import Manifest, StoredObject
 from ebk.repository import Repository, object_name
@@ -35,22 +35,37 @@ class HashingReader:
 class ObjectReader:
     """Plaintext of one object; ``finish()`` drains it and checks size and SHA-256."""
 
-    def __init__(self, source: BinaryIO, stored: StoredObject, manifest: Manifest, dek: bytes) -> None:
+    def __init__(
+        self, source: BinaryIO, stored: StoredObject, manifest: Manifest, dek: bytes
+    ) -> None:
         self.stored = stored
         self._hashing = HashingReader(source)
-        self._payload = PayloadReader(
-            self._hashing, dek, associated_data=stream_context(manifest.backup_id, stored.name)
-        )
+        try:
+            self._payload = PayloadReader(
+                self._hashing, dek, associated_data=stream_context(manifest.backup_id, stored.name)
+            )
+        except IntegrityError as exc:
+            raise self._named(exc) from None
+        # The header is not authenticated yet: a mismatch is damage or an object
+        # copied from another backup (integrity), never a key problem.
         if self._payload.key_id != manifest.dek_id:
-            raise WrongKey(
-                f"object {stored.name} was encrypted with data key {self._payload.key_id}, "
+            raise IntegrityError(
+                f"object {stored.name} names data key {self._payload.key_id}, "
                 f"but backup {manifest.backup_id} uses {manifest.dek_id}",
-                hint="an object was copied in from another backup; restore from another backup",
+                hint="the object was modified or copied in from another backup; "
+                "restore from another backup",
             )
         self.plain_bytes = 0
 
+    def _named(self, exc: IntegrityError) -> IntegrityError:
+        """The stream layer knows no object names; the operator needs one."""
+        return IntegrityError(f"object {self.stored.name}: {exc.message}", hint=exc.hint)
+
     def read(self, size: int = -1) -> bytes:
-        data = self._payload.read(size)
+        try:
+            data = self._payload.read(size)
+        except IntegrityError as exc:
+            raise self._named(exc) from None
         self.plain_bytes += len(data)
         return data
 

@@ -1,7 +1,108 @@
-"""CLI commands: keys (filled in by its issue)."""
+"""`ebk keys`: prove the key providers work, make the offline recovery key, rewrap on rotation."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from ebk.cli.output import emit_json, emit_table
+from ebk.errors import BackupNotFound, EbkError
+from ebk.keys.check import check_providers
+from ebk.keys.envelope import rewrap_key_object
+from ebk.keys.keyfile import KeyFileProvider
+from ebk.keys.recovery import write_identity_file
+from ebk.runtime import Runtime
+
+
+@click.group()
+def keys() -> None:
+    """Key providers (keyfile, Vault/OpenBao Transit, AWS KMS) and the offline recovery key."""
+
+
+@keys.command()
+@click.option("--json", "json_output", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def check(config_path: Path | None, json_output: bool) -> None:
+    """Prove the key provider round trip: wrap, unwrap, and refuse a foreign context.
+
+    Recovery recipients are proven by wrapping (their private key is offline).
+    Exit code 0 when every provider works, 3 when one does not; `ebk backup`
+    runs the same check and refuses to start on failure.
+    """
+    runtime = Runtime.load(config_path, json_output=json_output)
+    try:
+        results = check_providers(runtime.key_providers)
+    except EbkError as exc:
+        if json_output:
+            emit_json({"ok": False, "error": exc.message, "hint": exc.hint,
+                       "exit_code": exc.exit_code})
+        raise
+    if json_output:
+        emit_json({"ok": True, "providers": results})
+        return
+    rows = [(r["provider"], r.get("kek_id", ""), r["check"], f'{r["ms"]} ms') for r in results]
+    emit_table(["PROVIDER", "KEK", "CHECK", "TIME"], rows)
+
+
+@keys.command("recovery-keygen")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Where to write the private identity (mode 0600; never overwritten).")
+def recovery_keygen(out: Path) -> None:
+    """Create an offline recovery key: a private identity file and its public recipient.
+
+    Put the printed recipient in keys.recovery_recipients: every new backup
+    then gets a slot that only the identity file opens, so `ebk restore
+    --recovery-key FILE` works without the KMS. Move the file OFFLINE (a safe,
+    a password manager), and test it with a restore now and then.
+    """
+    recipient = write_identity_file(out)
+    click.echo(f"wrote the recovery identity to {out} (mode 0600): keep it offline")
+    click.echo("add its recipient to the config:")
+    click.echo(f'  [keys]\n  recovery_recipients = ["{recipient}"]')
+
+
+@keys.command("rotate-rewrap")
+@click.option("--dry-run", is_flag=True, help="Only list the key objects that would change.")
+@click.option("--rotate-keyfile", is_flag=True,
+              help="keys.provider = keyfile: first add a new KEK to the key file and make it "
+              "primary (old KEKs stay in the file).")
+@click.pass_obj
+def rotate_rewrap(config_path: Path | None, dry_run: bool, rotate_keyfile: bool) -> None:
+    """Rewrap every backup's data key under the provider's current KEK.
+
+    Run after rotating the KEK (`vault write -f transit/keys/NAME/rotate`;
+    a new KMS key in awskms.key_id; or --rotate-keyfile). Only the small key
+    objects are rewritten; data is never touched. With Vault and AWS KMS the
+    data key never leaves the KMS. Recovery slots stay as they are.
+    """
+    runtime = Runtime.load(config_path)
+    primary = runtime.key_providers[0]
+    if rotate_keyfile:
+        if not isinstance(primary, KeyFileProvider):
+            raise click.UsageError("--rotate-keyfile applies to keys.provider = keyfile only")
+        if not dry_run:
+            click.echo(f"new primary KEK {primary.rotate()} in {primary.path}")
+    repo = runtime.repository
+    rows = []
+    for manifest in repo.list_backups():
+        try:
+            key_object = repo.read_key_object(manifest.backup_id)
+        except BackupNotFound:
+            continue
+        before = [f"{s.provider}/{s.kek_id}" for s in key_object.slots]
+        if dry_run:
+            rows.append((manifest.backup_id, ", ".join(before), "(dry run)"))
+            continue
+        updated = rewrap_key_object(key_object, {primary.name: primary})
+        after = [f"{s.provider}/{s.kek_id}" for s in updated.slots]
+        if after != before or any(
+            a.ciphertext != b.ciphertext for a, b in zip(updated.slots, key_object.slots,
+                                                         strict=True)
+        ):
+            repo.write_key_object(updated)
+        rows.append((manifest.backup_id, ", ".join(before), ", ".join(after)))
+    emit_table(["BACKUP", "SLOTS BEFORE", "SLOTS AFTER"], rows)
+
+
+COMMANDS: list[click.Command] = [keys]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from ebk.keys.base import KeyProvider
+from ebk.keys.recovery import RecoveryIdentity
 from ebk.preflight.gate import enforce
 from ebk.restore.logical import restore_logical
 from ebk.restore.physical import restore_physical
@@ -53,6 +55,10 @@ def _owner(name: str | None) -> tuple[int, int] | None:
 @click.option("--create", is_flag=True, help="Logical: create the target database first.")
 @click.option("--with-globals", is_flag=True,
               help="Logical: restore roles and tablespaces (pg_dumpall -g) first.")
+@click.option("--recovery-key", "recovery_key", type=click.Path(path_type=Path),
+              metavar="FILE",
+              help="Unwrap the data key with this offline recovery identity only "
+              "(`ebk keys recovery-keygen`), without the KMS or key file.")
 @click.pass_obj
 def restore(
     config_path: Path | None,
@@ -65,6 +71,7 @@ def restore(
     database: str | None,
     create: bool,
     with_globals: bool,
+    recovery_key: Path | None,
 ) -> None:
     """Restore a backup: physical into a directory, logical into a database.
 
@@ -81,13 +88,16 @@ def restore(
     if (target is None) == (target_db is None):
         raise click.UsageError("give exactly one of --to DIR (physical) or --to-db NAME (logical)")
     runtime = Runtime.load(config_path)
+    providers: list[KeyProvider] = (
+        [RecoveryIdentity(recovery_key)] if recovery_key is not None else runtime.key_providers
+    )
     enforce(runtime.config, purpose="restore", restore_target=target)
     manifest = runtime.repository.resolve(backup_id)
     if target is not None:
         restore_physical(
             runtime.repository,
             manifest,
-            runtime.key_providers,
+            providers,
             target,
             tablespace_map=_parse_tablespace_map(tablespace_map),
             owner=_owner(owner),
@@ -103,7 +113,7 @@ def restore(
         restore_logical(
             runtime.repository,
             manifest,
-            runtime.key_providers,
+            providers,
             runtime.config.postgres,
             target_db=target_db,
             database=database,

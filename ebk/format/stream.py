@@ -229,10 +229,11 @@ def read_header(source: BinaryIO) -> tuple[StreamHeader, bytes]:
     rest = _read_exact(source, key_id_len + SALT_SIZE)
     if len(rest) < key_id_len + SALT_SIZE:
         raise IntegrityError("ebk stream is truncated inside its header")
-    try:
-        key_id = rest[:key_id_len].decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise IntegrityError("stream header holds a key id that is not ASCII") from exc
+    # Printable ASCII without space, as written: the unauthenticated key id may
+    # reach an error message, so control characters must never get that far.
+    if any(not 0x21 <= b <= 0x7E for b in rest[:key_id_len]):
+        raise IntegrityError("stream header holds a key id that is not printable ASCII")
+    key_id = rest[:key_id_len].decode("ascii")
     header = StreamHeader(compression, chunk_size, key_id, rest[key_id_len:])
     return header, fixed + rest
 

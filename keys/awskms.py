@@ -1,0 +1,161 @@
+"""AWS KMS: the KEK is a KMS key; ebk calls Encrypt, Decrypt and ReEncrypt with the DEK.
+
+Binding: the backup's context is the KMS EncryptionContext, which KMS
+authenticates with the ciphertext (and writes to CloudTrail), so a wrapped key
+moved to another backup fails with InvalidCiphertextException.
+
+Slot: provider "awskms", kek_id the key ARN KMS reports, ciphertext the blob.
+Decrypt names that ARN (KeyId), as AWS recommends, so an alias re-pointed to
+another key still opens old backups.  Credentials come from the AWS chain
+(environment, profile, instance or pod role), never from the ebk config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from ebk.config import AwsKmsConfig
+from ebk.errors import (
+    ConfigError,
+    KeyAccessDenied,
+    KeyProviderError,
+    KeyProviderUnavailable,
+    WrongKey,
+)
+from ebk.keys.base import WrappedKey
+
+if TYPE_CHECKING:
+    from mypy_boto3_kms import KMSClient
+
+T = TypeVar("T")
+
+_DENIED = {"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
+           "ExpiredTokenException", "ExpiredToken", "InvalidClientTokenId",
+           "IncompleteSignature", "InvalidGrantTokenException"}
+_DISABLED = {"DisabledException", "KMSInvalidStateException", "InvalidKeyUsageException",
+             "KeyUnavailableException"}
+_NOT_FOUND = {"NotFoundException", "InvalidArnException"}
+_WRONG = {"InvalidCiphertextException", "IncorrectKeyException"}
+_TRANSIENT = {"KMSInternalException", "DependencyTimeoutException", "ThrottlingException",
+              "LimitExceededException", "ServiceUnavailable", "InternalFailure"}
+
+
+class AwsKmsProvider:
+    """One KMS key wraps the DEKs; one KMS request per wrap, unwrap or rewrap."""
+
+    name = "awskms"
+
+    def __init__(self, cfg: AwsKmsConfig) -> None:
+        if not cfg.key_id:
+            raise ConfigError("keys.provider = 'awskms' but awskms.key_id is empty",
+                              hint="set it to a key id, alias/NAME or key ARN")
+        self.cfg = cfg
+        self._client: KMSClient | None = None
+
+    def _kms(self) -> KMSClient:
+        if self._client is None:
+            cfg = self.cfg
+            session = boto3.session.Session(profile_name=cfg.profile or None,
+                                            region_name=cfg.region or None)
+            config = botocore.config.Config(
+                connect_timeout=cfg.timeout, read_timeout=cfg.timeout,
+                retries={"max_attempts": cfg.retries + 1, "mode": "standard"},
+            )
+            try:
+                self._client = session.client("kms", endpoint_url=cfg.endpoint_url or None,
+                                              config=config)
+            except botocore.exceptions.NoRegionError:
+                raise ConfigError("AWS KMS needs a region",
+                                  hint="set awskms.region or AWS_REGION") from None
+            except botocore.exceptions.ProfileNotFound:
+                raise ConfigError(f"awskms.profile = {cfg.profile!r} does not exist") from None
+        return self._client
+
+    def _call(self, what: str, op: Callable[[KMSClient], T]) -> T:
+        where = f"KMS key {self.cfg.key_id}"
+        try:
+            return op(self._kms())
+        except botocore.exceptions.ClientError as exc:
+            raise map_client_error(exc, what, where) from None
+        except (botocore.exceptions.NoCredentialsError,
+                botocore.exceptions.PartialCredentialsError):
+            raise KeyAccessDenied(
+                f"no AWS credentials to {what} with {where}",
+                hint="provide them through the AWS chain: environment, profile, instance or "
+                "pod role; never in the ebk config",
+            ) from None
+        except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
+            raise KeyProviderUnavailable(
+                f"AWS KMS is unreachable ({type(exc).__name__}) after "
+                f"{self.cfg.retries + 1} attempt(s): cannot {what}",
+                hint="check awskms.region / awskms.endpoint_url and the network; a restore can "
+                "use --recovery-key meanwhile",
+            ) from None
+
+    def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
+        resp = self._call("wrap a data key", lambda k: k.encrypt(
+            KeyId=self.cfg.key_id, Plaintext=dek, EncryptionContext=dict(context)))
+        return WrappedKey(self.name, resp["KeyId"], resp["CiphertextBlob"])
+
+    def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
+        resp = self._call("unwrap a data key", lambda k: k.decrypt(
+            CiphertextBlob=wrapped.ciphertext, KeyId=wrapped.kek_id,
+            EncryptionContext=dict(context)))
+        return bytes(resp["Plaintext"])
+
+    def rewrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> WrappedKey:
+        """ReEncrypt inside KMS onto the configured key; the DEK is not returned to ebk."""
+        resp = self._call("rewrap a data key", lambda k: k.re_encrypt(
+            CiphertextBlob=wrapped.ciphertext, SourceKeyId=wrapped.kek_id,
+            SourceEncryptionContext=dict(context), DestinationKeyId=self.cfg.key_id,
+            DestinationEncryptionContext=dict(context)))
+        return WrappedKey(self.name, resp["KeyId"], resp["CiphertextBlob"])
+
+    def owns(self, wrapped: WrappedKey) -> bool:
+        return wrapped.provider == self.name
+
+    def describe(self) -> dict[str, str]:
+        out = {"provider": self.name, "key": self.cfg.key_id}
+        if self.cfg.region:
+            out["region"] = self.cfg.region
+        if self.cfg.endpoint_url:
+            out["endpoint_url"] = self.cfg.endpoint_url
+        return out
+
+
+def map_client_error(exc: botocore.exceptions.ClientError, what: str,
+                     where: str) -> KeyProviderError:
+    """KMS error codes to the seam's errors; AWS messages carry no secrets."""
+    err: Any = exc.response.get("Error", {})
+    code = str(err.get("Code", ""))
+    message = str(err.get("Message", ""))[:300]
+    detail = f"{code}: {message}" if message else code
+    if code in _WRONG:
+        return WrongKey(
+            f"AWS KMS could not {what} with {where} ({code}): the wrapped key was made by "
+            "another key, modified, or belongs to another backup",
+            hint="the key object must come from the same backup as its data",
+        )
+    if code in _DENIED:
+        return KeyAccessDenied(
+            f"AWS KMS denied {what} with {where} ({detail})",
+            hint="the key policy / IAM policy must allow kms:Encrypt, kms:Decrypt and "
+            "kms:ReEncrypt* for this principal (see docs/key-management.md)",
+        )
+    if code in _DISABLED:
+        return KeyAccessDenied(
+            f"{where} is disabled, pending deletion or unusable ({detail})",
+            hint="enable the key (aws kms enable-key) or cancel its deletion; a restore can "
+            "use --recovery-key meanwhile",
+        )
+    if code in _NOT_FOUND:
+        return KeyAccessDenied(f"{where} does not exist ({detail})",
+                               hint="check awskms.key_id and awskms.region")
+    if code in _TRANSIENT:
+        return KeyProviderUnavailable(f"AWS KMS is unavailable: cannot {what} ({detail})")
+    return KeyProviderError(f"AWS KMS rejected the request to {what} with {where} ({detail})")
