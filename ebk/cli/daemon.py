@@ -1,7 +1,121 @@
-"""CLI commands: daemon (filled in by its issue)."""
+"""`ebk daemon` (scheduled jobs as a service) and `ebk retention` (apply the policy now)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from ebk.cli.output import emit_json, emit_table
+from ebk.progress import human_bytes
+from ebk.runtime import Runtime
+
+
+@click.command()
+@click.option("--check", "check_only", is_flag=True,
+              help="Run the startup checks and exit: 0 means the daemon would start.")
+@click.pass_obj
+def daemon(config_path: Path | None, check_only: bool) -> None:
+    """Run scheduled backups and retention until SIGTERM.
+
+    Jobs come from [[daemon.jobs]] tables in the config, each with a kind
+    (physical, logical, retention) and either cron (5 fields, or 6 with
+    seconds first; in daemon.timezone, default UTC) or interval_seconds:
+
+    \b
+      [[daemon.jobs]]
+      kind = "physical"
+      cron = "0 2 * * *"          # daily at 02:00
+      [[daemon.jobs]]
+      kind = "retention"
+      cron = "30 3 * * *"
+
+    A run missed while the daemon was down runs once at start. Backups go the
+    same way as `ebk backup` (preflight, key check, cluster lock). The daemon
+    refuses to start (exit 2/3/4/6, as below) unless the config is valid, the
+    key provider round trip works, the repository is reachable and the
+    preflight passes.
+
+    \b
+    Signals: SIGTERM/SIGINT stop scheduling and abort a running backup (its
+    upload is discarded, nothing is listed); exit 0 within
+    daemon.shutdown_timeout_seconds (10), else 130. SIGHUP reloads the config;
+    an invalid one is logged and the running one kept.
+
+    \b
+    HTTP on daemon.listen (127.0.0.1:9187): /healthz, /readyz (the reason
+    when not ready), /metrics (Prometheus: ebk_job_last_success_timestamp_seconds,
+    ebk_job_last_duration_seconds, ebk_job_last_bytes, ebk_job_failures_total,
+    ebk_job_next_run_timestamp_seconds, ... per job).
+
+    \b
+    For a Kubernetes CronJob use `ebk backup` instead; its exit codes:
+      0 complete · 2 config · 3 key provider · 4 storage · 6 preflight
+      7 PostgreSQL · 8 another backup of the cluster is running (lock busy)
+      130 interrupted (cleaned up). Only 0 means a backup was listed.
+    """
+    from ebk.daemon.service import Daemon
+
+    service = Daemon(config_path)
+    if check_only:
+        for name, detail in service.check(service.load()):
+            click.echo(f"ok  {name}: {detail}")
+        click.echo("the daemon would start")
+        return
+    code = service.serve()
+    if code:
+        sys.exit(code)
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Only show what would be deleted, and why.")
+@click.option("--json", "json_output", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def retention(config_path: Path | None, dry_run: bool, json_output: bool) -> None:
+    """Delete the complete backups that [retention] does not keep.
+
+    Per kind (and cluster): the newest backup is always kept; keep_last N,
+    keep_daily/keep_weekly/keep_monthly N (the newest of each of the N most
+    recent UTC days/ISO weeks/months that have a backup) and min_age each keep
+    backups. Every kept backup is shown with each rule that keeps it.
+    Deletion takes the repository lease (locks/delete.json), so two deleters
+    never run at once; exit 8 if another holds it.
+    """
+    from ebk.daemon.retention import RetentionPolicy, apply_retention
+
+    runtime = Runtime.load(config_path)
+    policy = RetentionPolicy.from_config(runtime.config.retention)
+    result = apply_retention(runtime.repository, policy, dry_run=dry_run,
+                             purpose="ebk retention")
+    doomed = [d for d in result.decisions if not d.keep]
+    freed = sum(d.size for d in doomed)
+    if json_output:
+        emit_json({
+            "policy": policy.describe(),
+            "dry_run": dry_run,
+            "decisions": [d.to_json() for d in result.decisions],
+            "deleted": result.deleted,
+            "freed_bytes": result.freed_bytes,
+        })
+        return
+    click.echo(f"policy: {policy.describe()}")
+    if not result.decisions:
+        click.echo(f"no complete backups in {runtime.storage.url}")
+        return
+    emit_table(
+        ["ID", "KIND", "STARTED", "ACTION", "WHY"],
+        [[d.backup_id, d.kind, d.time.isoformat(timespec="seconds") if d.time else "?",
+          "keep" if d.keep else "would delete" if dry_run
+          else "deleted" if d.backup_id in result.deleted else "already gone", d.why]
+         for d in result.decisions],
+    )
+    if dry_run:
+        click.echo(f"would delete {len(doomed)} of {len(result.decisions)} backups "
+                   f"({human_bytes(freed)} stored)")
+    else:
+        click.echo(f"deleted {len(result.deleted)} of {len(result.decisions)} backups "
+                   f"({human_bytes(result.freed_bytes)} freed)")
+
+
+COMMANDS: list[click.Command] = [daemon, retention]

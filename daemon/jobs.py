@@ -1,0 +1,105 @@
+"""Job kinds: what a `[[daemon.jobs]]` table with a given ``kind`` does.
+
+A registry maps kind -> JobKind; the daemon builds one with ``default_registry()``
+and later work (restore verification, key rotation, WAL housekeeping) adds
+entries the same way: ``registry["verify"] = JobKind(run_verify, validate=...)``.
+A job's ``run`` gets a JobContext (the current Runtime, its JobConfig, the
+daemon's cancel flag) and returns a JobResult; it raises EbkError on failure
+and Interrupted when it stopped because ``cancel`` was set.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ebk.backup import take_backup
+from ebk.config import Config, JobConfig
+from ebk.daemon.locks import cluster_backup_lock
+from ebk.daemon.retention import RetentionPolicy, apply_retention
+from ebk.errors import ConfigError, Interrupted
+from ebk.keys.check import check_providers
+from ebk.preflight.gate import enforce
+from ebk.runtime import Runtime
+
+
+@dataclass
+class JobContext:
+    runtime: Runtime
+    job: JobConfig
+    cancel: threading.Event
+    log: Any  # a structlog logger bound to the job
+
+
+@dataclass
+class JobResult:
+    nbytes: int = 0  # the figure ebk_job_last_bytes reports
+    backup_id: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class JobKind:
+    run: Callable[[JobContext], JobResult]
+    validate: Callable[[JobConfig, Config], None] | None = None
+    uses_cluster: bool = False  # startup runs the preflight gate when a job touches the cluster
+    summary: str = ""
+
+
+Registry = dict[str, JobKind]
+
+
+def run_backup(ctx: JobContext) -> JobResult:
+    """The same path as `ebk backup`: preflight, key check, cluster lock, backup."""
+    config = ctx.runtime.config
+    if ctx.cancel.is_set():
+        raise Interrupted("the daemon is shutting down; the backup was not started")
+    enforce(config, purpose="backup")
+    check_providers(ctx.runtime.key_providers)
+    with cluster_backup_lock(config.postgres):
+        manifest = take_backup(
+            config,
+            ctx.runtime.repository,
+            ctx.runtime.key_providers,
+            kind=ctx.job.kind,
+            databases=ctx.job.databases,
+            progress=False,
+            cancel=ctx.cancel,
+        )
+    return JobResult(manifest.stored_size, manifest.backup_id,
+                     f"{manifest.kind} backup of {manifest.plain_size} bytes")
+
+
+def run_retention(ctx: JobContext) -> JobResult:
+    policy = RetentionPolicy.from_config(ctx.runtime.config.retention)
+    result = apply_retention(ctx.runtime.repository, policy, cancel=ctx.cancel,
+                             purpose=f"daemon job {ctx.job.name}")
+    kept = sum(1 for d in result.decisions if d.keep)
+    return JobResult(result.freed_bytes, None,
+                     f"deleted {len(result.deleted)} backups, kept {kept} ({policy.describe()})")
+
+
+def _validate_physical(job: JobConfig, config: Config) -> None:
+    del config
+    if job.databases:
+        raise ConfigError(f"daemon job {job.name!r}: databases applies to logical jobs only")
+
+
+def _validate_retention(job: JobConfig, config: Config) -> None:
+    del config
+    if job.databases:
+        raise ConfigError(f"daemon job {job.name!r}: retention takes no databases",
+                          hint="retention applies [retention] to every complete backup")
+
+
+def default_registry() -> Registry:
+    return {
+        "physical": JobKind(run_backup, _validate_physical, uses_cluster=True,
+                            summary="physical base backup (as `ebk backup --type physical`)"),
+        "logical": JobKind(run_backup, None, uses_cluster=True,
+                           summary="pg_dump of databases (as `ebk backup --type logical`)"),
+        "retention": JobKind(run_retention, _validate_retention,
+                             summary="delete backups [retention] does not keep"),
+    }
