@@ -93,7 +93,7 @@ class LocalStorage:
 
     def open_read(self, name: str) -> BinaryIO:
         try:
-            return open(self._path(name), "rb")  # noqa: SIM115
+            return open(self._path(name), "rb")
         except FileNotFoundError:
             raise ObjectNotFound(f"object {name} does not exist in {self.url}") from None
         except OSError as exc:

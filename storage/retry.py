@@ -1,0 +1,306 @@
+"""Retries for object-store calls, and the bounded-memory machinery they share.
+
+Object stores fail transiently (throttling, 5xx, timeouts, dropped
+connections) and permanently (bad credentials, missing permission, missing
+bucket).  Each backend supplies a ``classify`` function that turns an SDK
+exception into a :class:`Failure`; :class:`Retrier` retries only transient
+ones, with exponential backoff and full jitter, and raises the StorageError
+the backend chose.  Anything a backend does not recognise (a bug) propagates
+unchanged.
+
+:class:`PartPipeline` turns a stream of writes into fixed-size parts that are
+uploaded by a small thread pool, so memory stays near
+``part_size * (parts_in_flight + 1)`` however large the object is.
+:class:`RangeReader` reads an object in ranged chunks with read-ahead, so a
+dropped connection costs one chunk, not the restore.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import structlog
+
+from ebk.config import StorageConfig
+from ebk.errors import StorageError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = structlog.get_logger("ebk.storage")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How a backend judged an exception: retry it, or raise ``error``."""
+
+    transient: bool
+    error: StorageError
+
+
+Classifier = Callable[[Exception, str], Failure | None]
+
+
+@dataclass
+class Retrier:
+    """Runs calls with retries of transient failures only.
+
+    ``classify(exc, what)`` returns None for exceptions that are not the
+    store's (they propagate as they are).  ``sleep`` and ``rng`` are injectable
+    so tests run without waiting.
+    """
+
+    classify: Classifier
+    max_retries: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+    sleep: Callable[[float], None] = time.sleep
+    rng: random.Random = field(default_factory=random.Random)
+
+    @classmethod
+    def from_config(cls, classify: Classifier, config: StorageConfig) -> Retrier:
+        return cls(classify, config.max_retries, config.retry_base_delay, config.retry_max_delay)
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2**attempt)]."""
+        return self.rng.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except Exception as exc:
+                failure = self.classify(exc, what)
+                if failure is None:
+                    raise
+                if not failure.transient:
+                    raise failure.error from exc
+                if attempt >= self.max_retries:
+                    failure.error.message += f" (gave up after {attempt + 1} attempts)"
+                    raise failure.error from exc
+                wait = self.delay(attempt)
+                attempt += 1
+                log.warning("storage call failed, retrying", what=what, attempt=attempt,
+                            wait_s=round(wait, 3), error=failure.error.message)
+                self.sleep(wait)
+
+
+class PartPipeline(Generic[R]):
+    """Cuts written bytes into parts and uploads them on a bounded pool.
+
+    ``upload(number, data)`` is called for parts 1, 2, ... (with ``workers``
+    threads; ``workers=1`` keeps them in order, for resumable uploads).  The
+    producer blocks while ``in_flight`` parts are queued or uploading, so at
+    most ``in_flight + 1`` parts exist at once.  ``part_size(number)`` may grow
+    with the part number (S3 allows 10,000 parts).  The first upload error is
+    re-raised to the producer on its next write or at ``finish()``.
+    """
+
+    def __init__(
+        self,
+        upload: Callable[[int, bytearray], R],
+        *,
+        part_size: Callable[[int], int],
+        in_flight: int,
+        workers: int,
+        name: str,
+    ) -> None:
+        self._upload = upload
+        self._part_size = part_size
+        self._slots = threading.BoundedSemaphore(in_flight)
+        self._pool = ThreadPoolExecutor(max_workers=min(workers, in_flight),
+                                        thread_name_prefix=f"ebk-upload-{name}")
+        self._futures: list[Future[R]] = []
+        self._number = 0
+        self._buffer = bytearray()
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self.buffered = 0  # bytes held by parts not yet uploaded, plus the open buffer
+        self.peak_buffered = 0
+        self.parts_sent = 0
+
+    @property
+    def submitted(self) -> int:
+        """How many parts were handed to the pool so far."""
+        return self._number
+
+    @property
+    def pending(self) -> bytearray:
+        """The bytes written since the last full part (the last part, at finish)."""
+        return self._buffer
+
+    def _account(self, delta: int) -> None:
+        with self._lock:
+            self.buffered += delta
+            self.peak_buffered = max(self.peak_buffered, self.buffered)
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._check()
+        view = memoryview(data).cast("B")
+        total = len(view)
+        while view:
+            want = self._part_size(self._number + 1) - len(self._buffer)
+            piece = view[:want]
+            self._buffer += piece
+            self._account(len(piece))
+            view = view[len(piece):]
+            if len(self._buffer) >= self._part_size(self._number + 1):
+                self.submit(self._buffer)
+                self._buffer = bytearray()
+        return total
+
+    def submit(self, part: bytearray) -> Future[R]:
+        """Queue one part (blocks while ``in_flight`` parts are pending)."""
+        self._slots.acquire()
+        self._number += 1
+        if self._error is not None:
+            self._slots.release()
+            raise self._error
+        number = self._number
+        size = len(part)
+
+        def run() -> R:
+            try:
+                if self._error is not None:
+                    raise self._error
+                return self._upload(number, part)
+            except BaseException as exc:
+                if self._error is None:
+                    self._error = exc
+                raise
+            finally:
+                self.parts_sent += 1
+                self._account(-size)
+                self._slots.release()
+
+        future = self._pool.submit(run)
+        self._futures.append(future)
+        return future
+
+    def drain(self) -> list[R]:
+        """Wait for every submitted part; results in part order."""
+        results = [f.result() for f in self._futures] if self._error is None else []
+        self._check()
+        return results
+
+    def take_pending(self) -> bytearray:
+        part, self._buffer = self._buffer, bytearray()
+        return part
+
+    def finish(self, *, send_last: bool = True) -> list[R]:
+        """Send the last part (if ``send_last`` and non-empty) and wait for all."""
+        self._check()
+        if send_last and (self._buffer or self._number == 0):
+            self.submit(self.take_pending())
+        return self.drain()
+
+    def cancel(self) -> None:
+        """Stop: queued parts are skipped, running ones finish; the pool is released."""
+        if self._error is None:
+            self._error = StorageError("upload cancelled")
+        for future in self._futures:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._account(-len(self._buffer))
+        self._buffer = bytearray()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class RangeReader:
+    """A read-only stream over ``fetch(start, end_inclusive) -> bytes`` ranges.
+
+    Chunks are fetched ahead on a small pool (each fetch retried by the
+    caller's Retrier), so memory is about ``chunk * (ahead + 1)``.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[int, int], bytes],
+        size: int,
+        *,
+        chunk: int,
+        ahead: int,
+        name: str,
+    ) -> None:
+        self._fetch = fetch
+        self.size = size
+        self._chunk = chunk
+        self._ahead = max(1, ahead)
+        self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            max_workers=self._ahead, thread_name_prefix=f"ebk-read-{name}")
+        self._queue: list[Future[bytes]] = []
+        self._next = 0  # offset of the next chunk to schedule
+        self._current = memoryview(b"")
+        self.position = 0
+        self.closed = False
+
+    def _schedule(self) -> None:
+        assert self._pool is not None
+        while len(self._queue) < self._ahead and self._next < self.size:
+            start = self._next
+            end = min(self.size, start + self._chunk) - 1
+            self._queue.append(self._pool.submit(self._fetch_checked, start, end))
+            self._next = end + 1
+
+    def _fetch_checked(self, start: int, end: int) -> bytes:
+        data = self._fetch(start, end)
+        if len(data) != end - start + 1:
+            raise StorageError(
+                f"the object store returned {len(data)} bytes for range {start}-{end}; "
+                "the object changed or was truncated while it was read"
+            )
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        if self.closed:
+            raise ValueError("read of a closed object stream")
+        if size is None or size < 0:
+            parts = []
+            while chunk := self.read(self._chunk):
+                parts.append(chunk)
+            return b"".join(parts)
+        out = bytearray()
+        while len(out) < size:
+            if not self._current:
+                self._schedule()
+                if not self._queue:
+                    break
+                self._current = memoryview(self._queue.pop(0).result())
+                self._schedule()
+            take = self._current[: size - len(out)]
+            out += take
+            self._current = self._current[len(take):]
+        self.position += len(out)
+        return bytes(out)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            for future in self._queue:
+                future.cancel()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+            self._queue.clear()
+            self._current = memoryview(b"")
+
+    def __enter__(self) -> RangeReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
