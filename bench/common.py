@@ -19,6 +19,7 @@ if str(REPO) not in sys.path:
 class Sample:
     seconds: float
     peak_rss_mib: float
+    cpu_seconds: float = 0.0
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> Sample:
@@ -30,7 +31,7 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> Sample:
     stderr = proc.stderr.read().decode() if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{argv[0]} failed: {stderr[-2000:]}")
-    return Sample(elapsed, usage.ru_maxrss / 1024)
+    return Sample(elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def median(values: list[float]) -> float:

@@ -72,6 +72,8 @@ def main() -> None:
             "baseline_median": round(median([s.seconds for s in base]), 3),
             "ebk_median": round(median([s.seconds for s in ours]), 3),
             "ratio": round(median([s.seconds for s in ours]) / median([s.seconds for s in base]), 3),
+            "baseline_cpu_median": round(median([s.cpu_seconds for s in base]), 3),
+            "ebk_cpu_median": round(median([s.cpu_seconds for s in ours]), 3),
             "ebk_peak_rss_mib": round(max(s.peak_rss_mib for s in ours), 1),
             "baseline_peak_rss_mib": round(max(s.peak_rss_mib for s in base), 1),
         }
@@ -83,6 +85,8 @@ def main() -> None:
             print(f"pg_basebackup -Ft client-zstd: median {result['baseline_median']} s {result['baseline_seconds']}")
             print(f"ebk backup --type physical:    median {result['ebk_median']} s {result['ebk_seconds']}")
             print(f"ratio ebk/baseline: {result['ratio']}   (target <= 1.02)")
+            print(f"client CPU seconds (user+sys, median): pg_basebackup "
+                  f"{result['baseline_cpu_median']}, ebk {result['ebk_cpu_median']}")
             print(f"peak RSS: ebk {result['ebk_peak_rss_mib']} MiB (target <= 150), "
                   f"pg_basebackup {result['baseline_peak_rss_mib']} MiB")
     finally:
