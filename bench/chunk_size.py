@@ -60,12 +60,13 @@ class Sink:
 def encrypt(source: bytes, total: int, chunk_size: int, dest: io.BytesIO | Sink) -> float:
     view = memoryview(source)
     start = time.process_time()
-    writer = EncryptingWriter(dest, KEY, key_id="dek-bench", associated_data=AD,
-                              chunk_size=chunk_size)
+    writer = EncryptingWriter(
+        dest, KEY, key_id="dek-bench", associated_data=AD, chunk_size=chunk_size
+    )
     done = 0
     while done < total:
         offset = done % len(source)
-        piece = view[offset:offset + min(IO_SIZE, total - done)]
+        piece = view[offset : offset + min(IO_SIZE, total - done)]
         writer.write(piece)
         done += len(piece)
     writer.close()
@@ -84,7 +85,7 @@ def decrypt(ciphertext: bytes, repeat: int) -> tuple[float, int]:
 
 def raw_aesgcm(source: bytes, total: int) -> float:
     aead = AESGCM(KEY)
-    block = source[:4 * MiB]
+    block = source[: 4 * MiB]
     nonce = bytes(12)
     start = time.process_time()
     for _ in range(total // len(block)):
@@ -95,8 +96,12 @@ def raw_aesgcm(source: bytes, total: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--total-mib", type=int, default=512,
-                        help="MiB encrypted and decrypted per chunk size (default 512)")
+    parser.add_argument(
+        "--total-mib",
+        type=int,
+        default=512,
+        help="MiB encrypted and decrypted per chunk size (default 512)",
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -131,26 +136,43 @@ def main() -> int:
     results = {}
     for cs in CHUNK_SIZES:
         e, d = statistics.median(enc[cs]), statistics.median(dec[cs])
-        results[cs] = {"encrypt_mb_s": e, "decrypt_mb_s": d,
-                       "combined_mb_s": 2 / (1 / e + 1 / d),
-                       "minor_faults_per_mib": statistics.median(faults[cs])}
+        results[cs] = {
+            "encrypt_mb_s": e,
+            "decrypt_mb_s": d,
+            "combined_mb_s": 2 / (1 / e + 1 / d),
+            "minor_faults_per_mib": statistics.median(faults[cs]),
+        }
     base = results[1 * MiB]["combined_mb_s"]
     ceiling = statistics.median(raw)
     if args.json:
-        print(json.dumps({"chunk_sizes": {str(cs): r for cs, r in results.items()},
-                          "raw_aesgcm_mb_s": ceiling, "total_mib": args.total_mib,
-                          "rounds": args.rounds}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "chunk_sizes": {str(cs): r for cs, r in results.items()},
+                    "raw_aesgcm_mb_s": ceiling,
+                    "total_mib": args.total_mib,
+                    "rounds": args.rounds,
+                },
+                indent=2,
+            )
+        )
         return 0
-    print(f"stream layer, no compression: {args.total_mib} MiB per size and direction, "
-          f"{args.rounds} interleaved rounds, {IO_SIZE // KiB} KiB writes/reads, "
-          "CPU-time MB/s (median)")
-    print(f"{'chunk':>8} {'encrypt MB/s':>13} {'decrypt MB/s':>13} {'combined':>9} "
-          f"{'vs 1 MiB':>9} {'vs raw':>7} {'faults/MiB':>11}")
+    print(
+        f"stream layer, no compression: {args.total_mib} MiB per size and direction, "
+        f"{args.rounds} interleaved rounds, {IO_SIZE // KiB} KiB writes/reads, "
+        "CPU-time MB/s (median)"
+    )
+    print(
+        f"{'chunk':>8} {'encrypt MB/s':>13} {'decrypt MB/s':>13} {'combined':>9} "
+        f"{'vs 1 MiB':>9} {'vs raw':>7} {'faults/MiB':>11}"
+    )
     for cs, r in results.items():
         label = f"{cs // MiB} MiB" if cs >= MiB else f"{cs // KiB} KiB"
-        print(f"{label:>8} {r['encrypt_mb_s']:13.0f} {r['decrypt_mb_s']:13.0f} "
-              f"{r['combined_mb_s']:9.0f} {r['combined_mb_s'] / base:9.3f} "
-              f"{r['combined_mb_s'] / ceiling:7.3f} {r['minor_faults_per_mib']:11.1f}")
+        print(
+            f"{label:>8} {r['encrypt_mb_s']:13.0f} {r['decrypt_mb_s']:13.0f} "
+            f"{r['combined_mb_s']:9.0f} {r['combined_mb_s'] / base:9.3f} "
+            f"{r['combined_mb_s'] / ceiling:7.3f} {r['minor_faults_per_mib']:11.1f}"
+        )
     print(f"raw AESGCM, 4 MiB per call, encrypt+decrypt: {ceiling:.0f} MB/s")
     return 0
 

@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Sample, median, timed  # noqa: E402
+from common import Sample, median, timed
 
-from tests.support.postgres import PG_BIN, init_cluster  # noqa: E402
+from tests.support.postgres import PG_BIN, init_cluster
 
 
 def main() -> None:
@@ -39,8 +39,12 @@ def main() -> None:
         env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(cluster.port), PGUSER="postgres")
         import subprocess
 
-        subprocess.run([str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "postgres"],
-                       env=env, check=True, capture_output=True)
+        subprocess.run(
+            [str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "postgres"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         cluster.psql("CHECKPOINT")
         db_bytes = int(cluster.psql("SELECT pg_database_size('postgres')"))
         keyfile = work / "kek.json"
@@ -48,7 +52,7 @@ def main() -> None:
         config.write_text(
             f'[repository]\nurl = "file://{work}/repo"\n[keys]\nkeyfile = "{keyfile}"\n'
             f"{cluster.config_section()}\n[backup]\ncompression_level = {args.level}\n"
-            f"compression_threads = {args.threads}\n[log]\nlevel = \"warning\"\n"
+            f'compression_threads = {args.threads}\n[log]\nlevel = "warning"\n'
         )
         ebk = [sys.executable, "-m", "ebk", "--config", str(config)]
         timed([*ebk, "init"])
@@ -56,9 +60,22 @@ def main() -> None:
         ours: list[Sample] = []
         for i in range(args.rounds):
             target = work / f"pgbb-{i}"
-            base.append(timed([str(PG_BIN / "pg_basebackup"), "-D", str(target), "-Ft", "-X",
-                               "fetch", f"--compress=client-zstd:{args.level}", "-c", "fast"],
-                              env=env))
+            base.append(
+                timed(
+                    [
+                        str(PG_BIN / "pg_basebackup"),
+                        "-D",
+                        str(target),
+                        "-Ft",
+                        "-X",
+                        "fetch",
+                        f"--compress=client-zstd:{args.level}",
+                        "-c",
+                        "fast",
+                    ],
+                    env=env,
+                )
+            )
             shutil.rmtree(target)
             ours.append(timed([*ebk, "backup", "--type", "physical"]))
             shutil.rmtree(work / "repo" / "backups")
@@ -71,7 +88,9 @@ def main() -> None:
             "ebk_seconds": [round(s.seconds, 3) for s in ours],
             "baseline_median": round(median([s.seconds for s in base]), 3),
             "ebk_median": round(median([s.seconds for s in ours]), 3),
-            "ratio": round(median([s.seconds for s in ours]) / median([s.seconds for s in base]), 3),
+            "ratio": round(
+                median([s.seconds for s in ours]) / median([s.seconds for s in base]), 3
+            ),
             "baseline_cpu_median": round(median([s.cpu_seconds for s in base]), 3),
             "ebk_cpu_median": round(median([s.cpu_seconds for s in ours]), 3),
             "ebk_peak_rss_mib": round(max(s.peak_rss_mib for s in ours), 1),
@@ -81,14 +100,27 @@ def main() -> None:
             print(json.dumps(result, indent=2))
         else:
             mib = db_bytes / 2**20
-            print(f"database: {mib:.0f} MiB (pgbench scale {args.scale}), {args.rounds} rounds, zstd:{args.level}")
-            print(f"pg_basebackup -Ft client-zstd: median {result['baseline_median']} s {result['baseline_seconds']}")
-            print(f"ebk backup --type physical:    median {result['ebk_median']} s {result['ebk_seconds']}")
+            print(
+                f"database: {mib:.0f} MiB (pgbench scale {args.scale}), {args.rounds} rounds, "
+                f"zstd:{args.level}"
+            )
+            print(
+                f"pg_basebackup -Ft client-zstd: median {result['baseline_median']} s "
+                f"{result['baseline_seconds']}"
+            )
+            print(
+                f"ebk backup --type physical:    median {result['ebk_median']} s "
+                f"{result['ebk_seconds']}"
+            )
             print(f"ratio ebk/baseline: {result['ratio']}   (target <= 1.02)")
-            print(f"client CPU seconds (user+sys, median): pg_basebackup "
-                  f"{result['baseline_cpu_median']}, ebk {result['ebk_cpu_median']}")
-            print(f"peak RSS: ebk {result['ebk_peak_rss_mib']} MiB (target <= 150), "
-                  f"pg_basebackup {result['baseline_peak_rss_mib']} MiB")
+            print(
+                f"client CPU seconds (user+sys, median): pg_basebackup "
+                f"{result['baseline_cpu_median']}, ebk {result['ebk_cpu_median']}"
+            )
+            print(
+                f"peak RSS: ebk {result['ebk_peak_rss_mib']} MiB (target <= 150), "
+                f"pg_basebackup {result['baseline_peak_rss_mib']} MiB"
+            )
     finally:
         cluster.destroy()
         shutil.rmtree(work, ignore_errors=True)

@@ -16,21 +16,21 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Sample, median, timed  # noqa: E402
-from tls_proxy import TlsProxy  # noqa: E402
+from common import Sample, median, timed
+from tls_proxy import TlsProxy
 
-from tests.support.net import free_port, wait_for_port  # noqa: E402
-from tests.support.postgres import PG_BIN, give_to_postgres, init_cluster, make_postgres_dir  # noqa: E402
+from tests.support.net import free_port, wait_for_port
+from tests.support.postgres import PG_BIN, give_to_postgres, init_cluster, make_postgres_dir
 
 VENV_BIN = Path(sys.executable).parent
 
 
-def pgbackrest_conf(directory: Path, port: int, cluster_dir: Path, pg_port: int,
-                    socket_dir: Path) -> Path:
+def pgbackrest_conf(
+    directory: Path, port: int, cluster_dir: Path, pg_port: int, socket_dir: Path
+) -> Path:
     conf = directory / "pgbackrest.conf"
     conf.write_text(f"""[global]
 repo1-type=s3
@@ -72,8 +72,11 @@ def main() -> None:
     args = parser.parse_args()
 
     moto_port, tls_port = free_port(), free_port()
-    moto = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    moto = subprocess.Popen(
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     work = make_postgres_dir("ebk-s3-bench-")
     cluster = init_cluster()
     proxy = None
@@ -86,19 +89,37 @@ def main() -> None:
         import boto3
 
         endpoint = f"https://127.0.0.1:{tls_port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, verify=str(proxy.cert), region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            verify=str(proxy.cert),
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
         for bucket in ("bench-pgbackrest", "bench-ebk"):
             s3.create_bucket(Bucket=bucket)
 
         pg_env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(cluster.port), PGUSER="postgres")
-        subprocess.run([str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "postgres"],
-                       env=pg_env, check=True, capture_output=True)
+        subprocess.run(
+            [str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "postgres"],
+            env=pg_env,
+            check=True,
+            capture_output=True,
+        )
         cluster.psql("CHECKPOINT")
         db_bytes = int(cluster.psql("SELECT sum(pg_database_size(datname)) FROM pg_database"))
 
         conf = pgbackrest_conf(work, tls_port, cluster.data_dir, cluster.port, cluster.socket_dir)
-        brest = ["runuser", "-u", "postgres", "--", "pgbackrest", f"--config={conf}", "--stanza=bench"]
+        brest = [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "pgbackrest",
+            f"--config={conf}",
+            "--stanza=bench",
+        ]
         subprocess.run([*brest, "stanza-create"], check=True, capture_output=True)
 
         config = work / "ebk.toml"
@@ -108,8 +129,12 @@ def main() -> None:
             f'[keys]\nkeyfile = "{work}/kek.json"\n{cluster.config_section()}\n'
             f'[preflight]\npolicy = "off"\n[log]\nlevel = "warning"\n'
         )
-        ebk_env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
-                       AWS_CA_BUNDLE=str(proxy.cert))
+        ebk_env = dict(
+            os.environ,
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+            AWS_CA_BUNDLE=str(proxy.cert),
+        )
         ebk = [str(VENV_BIN / "ebk"), "--config", str(config)]
         subprocess.run([*ebk, "init"], check=True, capture_output=True, env=ebk_env)
 
@@ -126,7 +151,9 @@ def main() -> None:
             "ebk_seconds": [round(s.seconds, 2) for s in ours],
             "pgbackrest_median": round(median([s.seconds for s in theirs]), 2),
             "ebk_median": round(median([s.seconds for s in ours]), 2),
-            "speedup": round(median([s.seconds for s in theirs]) / median([s.seconds for s in ours]), 2),
+            "speedup": round(
+                median([s.seconds for s in theirs]) / median([s.seconds for s in ours]), 2
+            ),
             "ebk_throughput_mib_s": round(mib / median([s.seconds for s in ours]), 1),
             "pgbackrest_throughput_mib_s": round(mib / median([s.seconds for s in theirs]), 1),
             "ebk_peak_rss_mib": round(max(s.peak_rss_mib for s in ours), 1),
@@ -135,12 +162,19 @@ def main() -> None:
         if args.json:
             print(json.dumps(result, indent=2))
         else:
-            print(f"database: {mib:.0f} MiB (pgbench scale {args.scale}), {args.rounds} rounds, "
-                  "moto S3 behind nginx TLS")
-            print(f"pgBackRest 2.45 aes-256-cbc zst process-max=2: median {result['pgbackrest_median']} s "
-                  f"{result['pgbackrest_seconds']} ({result['pgbackrest_throughput_mib_s']} MiB/s)")
-            print(f"ebk backup --type physical:                    median {result['ebk_median']} s "
-                  f"{result['ebk_seconds']} ({result['ebk_throughput_mib_s']} MiB/s)")
+            print(
+                f"database: {mib:.0f} MiB (pgbench scale {args.scale}), {args.rounds} rounds, "
+                "moto S3 behind nginx TLS"
+            )
+            print(
+                "pgBackRest 2.45 aes-256-cbc zst process-max=2: median "
+                f"{result['pgbackrest_median']} s "
+                f"{result['pgbackrest_seconds']} ({result['pgbackrest_throughput_mib_s']} MiB/s)"
+            )
+            print(
+                f"ebk backup --type physical:                    median {result['ebk_median']} s "
+                f"{result['ebk_seconds']} ({result['ebk_throughput_mib_s']} MiB/s)"
+            )
             print(f"speed-up pgBackRest/ebk: {result['speedup']}x (target >= 4)")
             print(f"ebk peak RSS: {result['ebk_peak_rss_mib']} MiB (target <= 150)")
     finally:

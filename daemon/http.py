@@ -32,8 +32,9 @@ class _Server(ThreadingHTTPServer):
 class StatusServer:
     """Serves the probes until ``close()``."""
 
-    def __init__(self, listen: str, *, health: Probe, ready: Probe,
-                 metrics: Callable[[], bytes]) -> None:
+    def __init__(
+        self, listen: str, *, health: Probe, ready: Probe, metrics: Callable[[], bytes]
+    ) -> None:
         host, port = parse_listen(listen)
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,12 +47,18 @@ class StatusServer:
                     self._send(200, metrics(), CONTENT_TYPE_LATEST)
                 elif path in ("/healthz", "/readyz"):
                     ok, reason = (health if path == "/healthz" else ready)()
-                    body = ("ok\n" if ok else f"not ready: {reason}\n") if path == "/readyz" \
+                    body = (
+                        ("ok\n" if ok else f"not ready: {reason}\n")
+                        if path == "/readyz"
                         else ("ok\n" if ok else f"unhealthy: {reason}\n")
+                    )
                     self._send(200 if ok else 503, body.encode(), "text/plain; charset=utf-8")
                 else:
-                    self._send(404, b"not found: try /healthz, /readyz or /metrics\n",
-                               "text/plain; charset=utf-8")
+                    self._send(
+                        404,
+                        b"not found: try /healthz, /readyz or /metrics\n",
+                        "text/plain; charset=utf-8",
+                    )
 
             def _send(self, code: int, body: bytes, ctype: str) -> None:
                 self.send_response(code)
@@ -64,8 +71,11 @@ class StatusServer:
             def log_message(self, format: str, *args: object) -> None:
                 return  # probes every few seconds would drown the job logs
 
-        server_cls = type("Server", (_Server,), {
-            "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
+        server_cls = type(
+            "Server",
+            (_Server,),
+            {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET},
+        )
         try:
             self._server = server_cls((host, port), Handler)
         except OSError as exc:
@@ -75,9 +85,12 @@ class StatusServer:
                 "the metrics)",
             ) from None
         self.address = self._server.server_address
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.25},
-                                        name="ebk-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.25},
+            name="ebk-http",
+            daemon=True,
+        )
 
     @property
     def url(self) -> str:

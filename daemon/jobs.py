@@ -68,17 +68,24 @@ def run_backup(ctx: JobContext) -> JobResult:
             progress=False,
             cancel=ctx.cancel,
         )
-    return JobResult(manifest.stored_size, manifest.backup_id,
-                     f"{manifest.kind} backup of {manifest.plain_size} bytes")
+    return JobResult(
+        manifest.stored_size,
+        manifest.backup_id,
+        f"{manifest.kind} backup of {manifest.plain_size} bytes",
+    )
 
 
 def run_retention(ctx: JobContext) -> JobResult:
     policy = RetentionPolicy.from_config(ctx.runtime.config.retention)
-    result = apply_retention(ctx.runtime.repository, policy, cancel=ctx.cancel,
-                             purpose=f"daemon job {ctx.job.name}")
+    result = apply_retention(
+        ctx.runtime.repository, policy, cancel=ctx.cancel, purpose=f"daemon job {ctx.job.name}"
+    )
     kept = sum(1 for d in result.decisions if d.keep)
-    return JobResult(result.freed_bytes, None,
-                     f"deleted {len(result.deleted)} backups, kept {kept} ({policy.describe()})")
+    return JobResult(
+        result.freed_bytes,
+        None,
+        f"deleted {len(result.deleted)} backups, kept {kept} ({policy.describe()})",
+    )
 
 
 def _validate_physical(job: JobConfig, config: Config) -> None:
@@ -90,16 +97,27 @@ def _validate_physical(job: JobConfig, config: Config) -> None:
 def _validate_retention(job: JobConfig, config: Config) -> None:
     del config
     if job.databases:
-        raise ConfigError(f"daemon job {job.name!r}: retention takes no databases",
-                          hint="retention applies [retention] to every complete backup")
+        raise ConfigError(
+            f"daemon job {job.name!r}: retention takes no databases",
+            hint="retention applies [retention] to every complete backup",
+        )
 
 
 def default_registry() -> Registry:
     return {
-        "physical": JobKind(run_backup, _validate_physical, uses_cluster=True,
-                            summary="physical base backup (as `ebk backup --type physical`)"),
-        "logical": JobKind(run_backup, None, uses_cluster=True,
-                           summary="pg_dump of databases (as `ebk backup --type logical`)"),
-        "retention": JobKind(run_retention, _validate_retention,
-                             summary="delete backups [retention] does not keep"),
+        "physical": JobKind(
+            run_backup,
+            _validate_physical,
+            uses_cluster=True,
+            summary="physical base backup (as `ebk backup --type physical`)",
+        ),
+        "logical": JobKind(
+            run_backup,
+            None,
+            uses_cluster=True,
+            summary="pg_dump of databases (as `ebk backup --type logical`)",
+        ),
+        "retention": JobKind(
+            run_retention, _validate_retention, summary="delete backups [retention] does not keep"
+        ),
     }

@@ -106,9 +106,15 @@ def cluster_backup_lock(cfg: PostgresConfig) -> Iterator[None]:
     key = advisory_key()
     app = f"ebk-lock {host} pid {pid}"[:63]
     try:
-        conn = psycopg.connect(conninfo(cfg), autocommit=True, application_name=app,
-                               keepalives=1, keepalives_idle=30, keepalives_interval=10,
-                               keepalives_count=6)
+        conn = psycopg.connect(
+            conninfo(cfg),
+            autocommit=True,
+            application_name=app,
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=6,
+        )
     except psycopg.OperationalError as exc:
         raise PostgresError(
             f"cannot connect to PostgreSQL at {cfg.host}:{cfg.port} as {cfg.user} to take the "
@@ -150,8 +156,10 @@ class LeaseRecord:
 
     def describe(self) -> str:
         until = datetime.fromtimestamp(self.expires, UTC).isoformat(timespec="seconds")
-        return (f"{self.owner} on {self.host} (pid {self.pid}, {self.purpose}), "
-                f"taken {self.acquired}, expires {until}")
+        return (
+            f"{self.owner} on {self.host} (pid {self.pid}, {self.purpose}), "
+            f"taken {self.acquired}, expires {until}"
+        )
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
@@ -223,9 +231,15 @@ class RepositoryLease:
         user, host, pid = _identity()
         now = self._clock()
         self._expires = now + self.seconds
-        return LeaseRecord(self.token, user, host, pid, self.purpose,
-                           datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
-                           self._expires)
+        return LeaseRecord(
+            self.token,
+            user,
+            host,
+            pid,
+            self.purpose,
+            datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+            self._expires,
+        )
 
     def _read(self) -> LeaseRecord | None:
         try:
@@ -236,8 +250,7 @@ class RepositoryLease:
             return LeaseRecord.from_json(raw)
         except (ValueError, KeyError, TypeError):
             raise LockBusy(
-                f"the repository deletion lease {LEASE_OBJECT} in {self.storage.url} is "
-                "unreadable",
+                f"the repository deletion lease {LEASE_OBJECT} in {self.storage.url} is unreadable",
                 hint=f"if no ebk deletion (retention, repo check --clean) is running, delete "
                 f"{LEASE_OBJECT} from the repository",
             ) from None
@@ -259,8 +272,9 @@ class RepositoryLease:
             try:
                 return _link_exclusive(root, LEASE_OBJECT, data)
             except OSError as exc:
-                raise StorageError(f"cannot create the lease {LEASE_OBJECT}: {exc.strerror}") \
-                    from exc
+                raise StorageError(
+                    f"cannot create the lease {LEASE_OBJECT}: {exc.strerror}"
+                ) from exc
         return None
 
     def _remove_stale(self, stale: LeaseRecord) -> None:
@@ -299,9 +313,15 @@ class RepositoryLease:
         created = self._create(record)
         if created is False:
             holder = self._read()
-            raise self._busy(holder) if holder else LockBusy(
-                f"the repository deletion lease in {self.storage.url} changed hands while "
-                "taking it", hint="try again")
+            raise (
+                self._busy(holder)
+                if holder
+                else LockBusy(
+                    f"the repository deletion lease in {self.storage.url} changed hands while "
+                    "taking it",
+                    hint="try again",
+                )
+            )
         takeover_race = current is not None and _local_root(self.storage) is None
         if created is None or takeover_race:
             if created is None:
@@ -310,9 +330,15 @@ class RepositoryLease:
             self._sleep(self.settle)
             after = self._read()
             if after is None or after.token != self.token:
-                raise self._busy(after) if after else LockBusy(
-                    f"the repository deletion lease in {self.storage.url} vanished while "
-                    "taking it", hint="another process may be taking it; try again")
+                raise (
+                    self._busy(after)
+                    if after
+                    else LockBusy(
+                        f"the repository deletion lease in {self.storage.url} vanished while "
+                        "taking it",
+                        hint="another process may be taking it; try again",
+                    )
+                )
         self.held = True
         log.info("repository lease taken", purpose=self.purpose, seconds=self.seconds)
 
@@ -349,8 +375,12 @@ class RepositoryLease:
         self.acquire()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
             self.release()
         except StorageError as err:

@@ -60,13 +60,20 @@ class RetentionPolicy:
 
     @classmethod
     def from_config(cls, cfg: RetentionConfig) -> RetentionPolicy:
-        return cls(cfg.keep_last, cfg.keep_daily, cfg.keep_weekly, cfg.keep_monthly,
-                   timedelta(seconds=parse_duration(cfg.min_age, "retention.min_age")))
+        return cls(
+            cfg.keep_last,
+            cfg.keep_daily,
+            cfg.keep_weekly,
+            cfg.keep_monthly,
+            timedelta(seconds=parse_duration(cfg.min_age, "retention.min_age")),
+        )
 
     def describe(self) -> str:
-        return (f"keep_last={self.keep_last} keep_daily={self.keep_daily} "
-                f"keep_weekly={self.keep_weekly} keep_monthly={self.keep_monthly} "
-                f"min_age={human_age(self.min_age)}")
+        return (
+            f"keep_last={self.keep_last} keep_daily={self.keep_daily} "
+            f"keep_weekly={self.keep_weekly} keep_monthly={self.keep_monthly} "
+            f"min_age={human_age(self.min_age)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -88,9 +95,15 @@ class Decision:
         return "; ".join(self.reasons)
 
     def to_json(self) -> dict[str, object]:
-        return {"backup_id": self.backup_id, "kind": self.kind, "cluster": self.cluster,
-                "start_time": self.time.isoformat() if self.time else None,
-                "action": self.action, "reasons": list(self.reasons), "stored_size": self.size}
+        return {
+            "backup_id": self.backup_id,
+            "kind": self.kind,
+            "cluster": self.cluster,
+            "start_time": self.time.isoformat() if self.time else None,
+            "action": self.action,
+            "reasons": list(self.reasons),
+            "stored_size": self.size,
+        }
 
 
 def human_age(delta: timedelta) -> str:
@@ -100,8 +113,9 @@ def human_age(delta: timedelta) -> str:
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
-    text = "".join(f"{v}{u}" for v, u in ((days, "d"), (hours, "h"), (minutes, "m"), (secs, "s"))
-                   if v)
+    text = "".join(
+        f"{v}{u}" for v, u in ((days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")) if v
+    )
     return text or "0s"
 
 
@@ -118,8 +132,9 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def plan_retention(backups: Sequence[BackupLike], policy: RetentionPolicy,
-                   now: datetime) -> list[Decision]:
+def plan_retention(
+    backups: Sequence[BackupLike], policy: RetentionPolicy, now: datetime
+) -> list[Decision]:
     """Keep/delete with reasons for every backup, oldest first."""
     groups: dict[tuple[str, str], list[tuple[datetime, BackupLike]]] = {}
     reasons: dict[str, list[str]] = {b.backup_id: [] for b in backups}
@@ -128,20 +143,23 @@ def plan_retention(backups: Sequence[BackupLike], policy: RetentionPolicy,
         when = _parse_time(b.start_time)
         times[b.backup_id] = when
         if when is None:
-            reasons[b.backup_id].append(f"start time {b.start_time!r} is unreadable; never "
-                                        "deleted automatically")
+            reasons[b.backup_id].append(
+                f"start time {b.start_time!r} is unreadable; never deleted automatically"
+            )
             continue
         groups.setdefault((b.system_identifier, b.kind), []).append((when, b))
     for members in groups.values():
         members.sort(key=lambda item: (item[0], item[1].backup_id), reverse=True)
         reasons[members[0][1].backup_id].append("newest complete backup")
         for rank, (_, b) in enumerate(members[: policy.keep_last], start=1):
-            reasons[b.backup_id].append(f"keep_last: {_ordinal(rank)} newest of "
-                                        f"{policy.keep_last}")
+            reasons[b.backup_id].append(f"keep_last: {_ordinal(rank)} newest of {policy.keep_last}")
         windows = (
             ("daily", policy.keep_daily, lambda t: t.strftime("%Y-%m-%d")),
-            ("weekly", policy.keep_weekly,
-             lambda t: f"{t.isocalendar().year}-W{t.isocalendar().week:02d}"),
+            (
+                "weekly",
+                policy.keep_weekly,
+                lambda t: f"{t.isocalendar().year}-W{t.isocalendar().week:02d}",
+            ),
             ("monthly", policy.keep_monthly, lambda t: t.strftime("%Y-%m")),
         )
         for label, count, bucket_of in windows:
@@ -157,16 +175,22 @@ def plan_retention(backups: Sequence[BackupLike], policy: RetentionPolicy,
             age = now - when
             if age < policy.min_age:
                 reasons[b.backup_id].append(
-                    f"min_age: {human_age(age)} old, younger than {human_age(policy.min_age)}")
+                    f"min_age: {human_age(age)} old, younger than {human_age(policy.min_age)}"
+                )
     decisions = []
     for b in backups:
         kept = reasons[b.backup_id]
-        decisions.append(Decision(
-            backup_id=b.backup_id, kind=b.kind, cluster=b.system_identifier,
-            time=times[b.backup_id], keep=bool(kept),
-            reasons=tuple(kept) if kept else ("no rule keeps it",),
-            size=int(getattr(b, "stored_size", 0) or 0),
-        ))
+        decisions.append(
+            Decision(
+                backup_id=b.backup_id,
+                kind=b.kind,
+                cluster=b.system_identifier,
+                time=times[b.backup_id],
+                keep=bool(kept),
+                reasons=tuple(kept) if kept else ("no rule keeps it",),
+                size=int(getattr(b, "stored_size", 0) or 0),
+            )
+        )
     epoch = datetime.min.replace(tzinfo=UTC)
     return sorted(decisions, key=lambda d: (d.time or epoch, d.backup_id))
 
@@ -179,9 +203,15 @@ class RetentionResult:
     dry_run: bool = False
 
 
-def apply_retention(repo: Repository, policy: RetentionPolicy, *, now: datetime | None = None,
-                    dry_run: bool = False, cancel: threading.Event | None = None,
-                    purpose: str = "retention") -> RetentionResult:
+def apply_retention(
+    repo: Repository,
+    policy: RetentionPolicy,
+    *,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    cancel: threading.Event | None = None,
+    purpose: str = "retention",
+) -> RetentionResult:
     """Plan, and unless dry_run delete under the repository lease (checked per deletion)."""
     if dry_run:
         decisions = plan_retention(repo.list_backups(), policy, now or datetime.now(UTC))
@@ -194,8 +224,10 @@ def apply_retention(repo: Repository, policy: RetentionPolicy, *, now: datetime 
             if decision.keep:
                 continue
             if cancel is not None and cancel.is_set():
-                raise Interrupted(f"retention interrupted after {len(result.deleted)} "
-                                  "deletions; the rest stays until the next run")
+                raise Interrupted(
+                    f"retention interrupted after {len(result.deleted)} "
+                    "deletions; the rest stays until the next run"
+                )
             lease.check()
             try:
                 repo.delete_backup(decision.backup_id)
@@ -203,6 +235,11 @@ def apply_retention(repo: Repository, policy: RetentionPolicy, *, now: datetime 
                 continue
             result.deleted.append(decision.backup_id)
             result.freed_bytes += decision.size
-            log.info("backup deleted by retention", backup_id=decision.backup_id,
-                     kind=decision.kind, stored_bytes=decision.size, why=decision.why)
+            log.info(
+                "backup deleted by retention",
+                backup_id=decision.backup_id,
+                kind=decision.kind,
+                stored_bytes=decision.size,
+                why=decision.why,
+            )
     return result

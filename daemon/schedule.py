@@ -51,12 +51,15 @@ def _crontab_day_of_week(field: str, where: str) -> str:
                 end = int(end_text) if dash else (6 if step_text else start)
             step = int(step_text) if step_text else 1
         except ValueError:
-            raise ConfigError(f"{where}: day of week {item!r} is not valid",
-                              hint="use 0-7 (0 and 7 are Sunday), names like mon-fri, or *") \
-                from None
+            raise ConfigError(
+                f"{where}: day of week {item!r} is not valid",
+                hint="use 0-7 (0 and 7 are Sunday), names like mon-fri, or *",
+            ) from None
         if not (0 <= start <= 7 and 0 <= end <= 7 and start <= end and step >= 1):
-            raise ConfigError(f"{where}: day of week {item!r} is out of range",
-                              hint="use 0-7 (0 and 7 are Sunday)")
+            raise ConfigError(
+                f"{where}: day of week {item!r} is out of range",
+                hint="use 0-7 (0 and 7 are Sunday)",
+            )
         names.extend(_CRON_DAYS[d] for d in range(start, end + 1, step))
     return ",".join(dict.fromkeys(names))
 
@@ -78,11 +81,20 @@ def build_trigger(job: JobConfig, timezone: str) -> BaseTrigger:
         )
     second, minute, hour, day, month, weekday = fields
     try:
-        return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
-                           day_of_week=_crontab_day_of_week(weekday, where), timezone=tz)
+        return CronTrigger(
+            second=second,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=_crontab_day_of_week(weekday, where),
+            timezone=tz,
+        )
     except ValueError as exc:
-        raise ConfigError(f"{where}: cron = {job.cron!r} is not valid: {exc}",
-                          hint='e.g. "0 2 * * *" is daily at 02:00') from None
+        raise ConfigError(
+            f"{where}: cron = {job.cron!r} is not valid: {exc}",
+            hint='e.g. "0 2 * * *" is daily at 02:00',
+        ) from None
 
 
 def next_after(trigger: BaseTrigger, job: JobConfig, moment: datetime) -> datetime | None:
@@ -114,13 +126,16 @@ class StateStore:
         try:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
-            raise ConfigError(f"daemon.state_dir {directory} cannot be created: {exc.strerror}",
-                              hint="create it writable for the ebk user, or change "
-                              "daemon.state_dir") from None
+            raise ConfigError(
+                f"daemon.state_dir {directory} cannot be created: {exc.strerror}",
+                hint="create it writable for the ebk user, or change daemon.state_dir",
+            ) from None
         if not os.access(directory, os.W_OK | os.X_OK):
-            raise ConfigError(f"daemon.state_dir {directory} is not writable by this user",
-                              hint="fix its ownership (the systemd unit's StateDirectory= "
-                              "does that), or change daemon.state_dir")
+            raise ConfigError(
+                f"daemon.state_dir {directory} is not writable by this user",
+                hint="fix its ownership (the systemd unit's StateDirectory= "
+                "does that), or change daemon.state_dir",
+            )
         self._jobs = self._load()
 
     def _load(self) -> dict[str, JobState]:

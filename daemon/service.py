@@ -55,7 +55,8 @@ class _ToStructlog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         level = record.levelname.lower()
         getattr(structlog.get_logger(record.name), level, structlog.get_logger().warning)(
-            record.getMessage())
+            record.getMessage()
+        )
 
 
 def _route_apscheduler_logs() -> None:
@@ -111,8 +112,10 @@ class Daemon:
         for job in jobs:
             kind = self.registry.get(job.kind)
             if kind is None:
-                raise ConfigError(f"daemon job {job.name!r}: unknown kind {job.kind!r}",
-                                  hint=f"use one of: {', '.join(sorted(self.registry))}")
+                raise ConfigError(
+                    f"daemon job {job.name!r}: unknown kind {job.kind!r}",
+                    hint=f"use one of: {', '.join(sorted(self.registry))}",
+                )
             if kind.validate is not None:
                 kind.validate(job, config)
             triggers[job.name] = build_trigger(job, config.daemon.timezone)
@@ -123,28 +126,42 @@ class Daemon:
         try:
             runtime = self._load()
         except EbkError as exc:
-            raise _prefixed(exc, "ebk daemon not started: the configuration is invalid") \
-                from None
+            raise _prefixed(exc, "ebk daemon not started: the configuration is invalid") from None
         configure_logging(runtime.config.log.level, runtime.config.log.format)
         return runtime
 
-    def check(self, runtime: Runtime, *,
-              refusal: str = "ebk daemon not started") -> list[tuple[str, str]]:
+    def check(
+        self, runtime: Runtime, *, refusal: str = "ebk daemon not started"
+    ) -> list[tuple[str, str]]:
         """Startup checks, in order; raises the failing check's error, naming the check."""
         done: list[tuple[str, str]] = []
         config = runtime.config
         done.append(("config", f"{config.source}: {len(config.daemon.jobs)} jobs"))
         steps: list[tuple[str, str, Any]] = [
-            ("state directory", config.daemon.state_dir,
-             lambda: StateStore(Path(config.daemon.state_dir))),
-            ("key provider round trip", config.keys.provider,
-             lambda: check_providers(runtime.key_providers)),
-            ("storage reachable", config.repository.url,
-             lambda: next(iter(runtime.storage.list("backups/")), None)),
+            (
+                "state directory",
+                config.daemon.state_dir,
+                lambda: StateStore(Path(config.daemon.state_dir)),
+            ),
+            (
+                "key provider round trip",
+                config.keys.provider,
+                lambda: check_providers(runtime.key_providers),
+            ),
+            (
+                "storage reachable",
+                config.repository.url,
+                lambda: next(iter(runtime.storage.list("backups/")), None),
+            ),
         ]
         if any(self.registry[j.kind].uses_cluster for j in config.daemon.jobs):
-            steps.append(("preflight", "encryption at rest of the cluster's paths",
-                          lambda: enforce(config, purpose="backup")))
+            steps.append(
+                (
+                    "preflight",
+                    "encryption at rest of the cluster's paths",
+                    lambda: enforce(config, purpose="backup"),
+                )
+            )
         for name, detail, step in steps:
             try:
                 step()
@@ -179,17 +196,30 @@ class Daemon:
         kwargs: dict[str, Any] = {}
         if overdue:
             kwargs["next_run_time"] = now
-            log.info("job missed a run while the daemon was down; running it once now",
-                     job=job.name, last_run=state.last_run or None, since=state.since)
-        self.scheduler.add_job(self._execute, trigger, args=[job.name], id=job.name,
-                               name=job.name, replace_existing=True, **kwargs)
+            log.info(
+                "job missed a run while the daemon was down; running it once now",
+                job=job.name,
+                last_run=state.last_run or None,
+                since=state.since,
+            )
+        self.scheduler.add_job(
+            self._execute,
+            trigger,
+            args=[job.name],
+            id=job.name,
+            name=job.name,
+            replace_existing=True,
+            **kwargs,
+        )
         self.metrics.declare(job.name, job.kind)
         if state.last_success:
             self.metrics.last_success.labels(job.name, job.kind).set(
-                datetime.fromisoformat(state.last_success).timestamp())
+                datetime.fromisoformat(state.last_success).timestamp()
+            )
 
-    def _schedule(self, runtime: Runtime, triggers: dict[str, BaseTrigger],
-                  previous: Runtime | None) -> None:
+    def _schedule(
+        self, runtime: Runtime, triggers: dict[str, BaseTrigger], previous: Runtime | None
+    ) -> None:
         assert self.scheduler is not None
         old = {j.name: j for j in previous.config.daemon.jobs} if previous else {}
         new = {j.name: j for j in runtime.config.daemon.jobs}
@@ -231,8 +261,10 @@ class Daemon:
         kind = self.registry[job.kind]
         started, t0 = utcnow(), time.monotonic()
         result = JobResult()
-        with self._tracked(name), structlog.contextvars.bound_contextvars(job=name,
-                                                                            job_kind=job.kind):
+        with (
+            self._tracked(name),
+            structlog.contextvars.bound_contextvars(job=name, job_kind=job.kind),
+        ):
             jlog = structlog.get_logger("ebk.daemon.job")
             self.metrics.running.labels(name, job.kind).set(1)
             jlog.info("job started")
@@ -247,21 +279,31 @@ class Daemon:
                 jlog.warning("job skipped: lock busy", error=exc.message)
             except EbkError as exc:
                 outcome = "interrupted" if self.cancel.is_set() else "failure"
-                jlog.error("job failed", error=exc.message, hint=exc.hint,
-                           exit_code=exc.exit_code)
+                jlog.error("job failed", error=exc.message, hint=exc.hint, exit_code=exc.exit_code)
             except Exception as exc:
                 outcome = "interrupted" if self.cancel.is_set() else "failure"
                 jlog.exception("job failed with an unexpected error", error=repr(exc))
             duration = time.monotonic() - t0
             finished = utcnow()
             self.metrics.running.labels(name, job.kind).set(0)
-            self.metrics.observe(name, job.kind, outcome=outcome, finished=finished.timestamp(),
-                                 duration=duration, nbytes=result.nbytes)
+            self.metrics.observe(
+                name,
+                job.kind,
+                outcome=outcome,
+                finished=finished.timestamp(),
+                duration=duration,
+                nbytes=result.nbytes,
+            )
             if outcome != "interrupted":
                 self.state.record(name, started, finished, outcome)
             if outcome == "success":
-                jlog.info("job succeeded", backup_id=result.backup_id, bytes=result.nbytes,
-                          duration_seconds=round(duration, 3), detail=result.detail)
+                jlog.info(
+                    "job succeeded",
+                    backup_id=result.backup_id,
+                    bytes=result.nbytes,
+                    duration_seconds=round(duration, 3),
+                    detail=result.detail,
+                )
 
     # -- probes ---------------------------------------------------------------------------
 
@@ -306,15 +348,20 @@ class Daemon:
             self.check(candidate, refusal="the new configuration")
         except EbkError as exc:
             self.metrics.reloads.labels("rejected").inc()
-            log.error("config reload rejected; the daemon keeps running on the previous "
-                      "configuration", error=exc.message, hint=exc.hint)
+            log.error(
+                "config reload rejected; the daemon keeps running on the previous configuration",
+                error=exc.message,
+                hint=exc.hint,
+            )
         else:
             for key in ("listen", "state_dir"):
                 if getattr(config.daemon, key) != getattr(previous.config.daemon, key):
                     log.warning(f"daemon.{key} changed; it takes effect at the next restart")
             if config.daemon.timezone != previous.config.daemon.timezone:
-                log.warning("daemon.timezone changed; it applies to changed jobs now and to "
-                            "all jobs at the next restart")
+                log.warning(
+                    "daemon.timezone changed; it applies to changed jobs now and to "
+                    "all jobs at the next restart"
+                )
             configure_logging(config.log.level, config.log.format)
             self.runtime = candidate
             self._schedule(candidate, triggers, previous)
@@ -339,8 +386,12 @@ class Daemon:
             executors={"default": ThreadPoolExecutor(max_workers=1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": grace},
         )
-        self.http = StatusServer(config.daemon.listen, health=self._health, ready=self._ready,
-                                 metrics=self.metrics.render)
+        self.http = StatusServer(
+            config.daemon.listen,
+            health=self._health,
+            ready=self._ready,
+            metrics=self.metrics.render,
+        )
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -348,8 +399,13 @@ class Daemon:
         self.scheduler.start()
         self.http.start()
         self._set_not_ready("")
-        log.info("daemon ready", listen=self.http.url, jobs=[j.name for j in config.daemon.jobs],
-                 pid=os.getpid(), systemd=self.notifier.enabled)
+        log.info(
+            "daemon ready",
+            listen=self.http.url,
+            jobs=[j.name for j in config.daemon.jobs],
+            pid=os.getpid(),
+            systemd=self.notifier.enabled,
+        )
         self.notifier.ready(status="running")
         return self._loop()
 
@@ -388,8 +444,12 @@ class Daemon:
         if self.http is not None:
             self.http.close()
         if stuck:
-            log.error("jobs did not stop in time; exiting anyway (`ebk repo check --clean` "
-                      "removes what they left)", jobs=stuck, timeout_seconds=timeout)
+            log.error(
+                "jobs did not stop in time; exiting anyway (`ebk repo check --clean` "
+                "removes what they left)",
+                jobs=stuck,
+                timeout_seconds=timeout,
+            )
             sys.stderr.flush()
             os._exit(Interrupted.exit_code)
         log.info("daemon stopped")

@@ -24,10 +24,10 @@ from ebk.format.stream import VERSION as FORMAT_VERSION
 from ebk.keys.base import KeyProvider
 from ebk.keys.envelope import new_data_key
 from ebk.manifest import Manifest, StoredObject
+from ebk.pipeline import prefetch
 from ebk.postgres.basebackup import ArchiveStart, BaseBackup, ManifestStart
 from ebk.postgres.connection import ClusterInfo, cluster_info, list_databases
 from ebk.postgres.dump import READ_SIZE, dump_process
-from ebk.pipeline import prefetch
 from ebk.progress import Progress
 from ebk.repository import Repository, new_backup_id, object_name
 from ebk.storage.base import ObjectWriter
@@ -115,8 +115,12 @@ class BackupRun:
             sink, self._open = self._open, None
             stored = sink.finish()
             self.objects.append(stored)
-            self.log.info("object stored", object=stored.name, plain_bytes=stored.plain_size,
-                          stored_bytes=stored.stored_size)
+            self.log.info(
+                "object stored",
+                object=stored.name,
+                plain_bytes=stored.plain_size,
+                stored_bytes=stored.stored_size,
+            )
 
     def run(self, produce: Callable[[BackupRun], dict[str, object]]) -> Manifest:
         started = datetime.now(UTC)
@@ -126,8 +130,9 @@ class BackupRun:
             self.providers, backup_id=self.backup_id, cluster=info.system_identifier
         )
         self._dek, self._dek_id = dek, key_object.dek_id
-        self.log.info("backup started", repository=self.repo.storage.url,
-                      cluster=info.system_identifier)
+        self.log.info(
+            "backup started", repository=self.repo.storage.url, cluster=info.system_identifier
+        )
         try:
             self.repo.write_key_object(key_object)
             facts = produce(self)
@@ -153,8 +158,9 @@ class BackupRun:
             raise
         finally:
             self.progress.finish()
-        self.log.info("backup complete", stored_bytes=manifest.stored_size,
-                      plain_bytes=manifest.plain_size)
+        self.log.info(
+            "backup complete", stored_bytes=manifest.stored_size, plain_bytes=manifest.plain_size
+        )
         return manifest
 
     def _cleanup(self) -> None:
@@ -164,8 +170,11 @@ class BackupRun:
         try:
             self.repo.delete_backup(self.backup_id)
         except Exception as exc:  # cleanup must not hide the original error
-            self.log.warning("cleanup of the failed backup was incomplete; `ebk repo check "
-                             "--clean` removes the rest", error=str(exc))
+            self.log.warning(
+                "cleanup of the failed backup was incomplete; `ebk repo check "
+                "--clean` removes the rest",
+                error=str(exc),
+            )
         self.log.error("backup failed; nothing was listed")
 
 
@@ -188,7 +197,9 @@ def produce_physical(run: BackupRun) -> dict[str, object]:
                         f"{event.name}.ebk",
                         "base" if is_base else "tablespace",
                         tablespace_oid=None if is_base else oid,
-                        tablespace_location=None if is_base else locations.get(oid, event.tablespace_location),
+                        tablespace_location=None
+                        if is_base
+                        else locations.get(oid, event.tablespace_location),
                     )
                 elif isinstance(event, ManifestStart):
                     run.close_object()
@@ -197,11 +208,18 @@ def produce_physical(run: BackupRun) -> dict[str, object]:
         return {"start_lsn": base.start_lsn, "stop_lsn": base.stop_lsn, "timeline": base.timeline}
 
 
-def _dump_into(run: BackupRun, info: ClusterInfo, name: str, role: str,
-               database: str | None, globals_only: bool) -> None:
+def _dump_into(
+    run: BackupRun,
+    info: ClusterInfo,
+    name: str,
+    role: str,
+    database: str | None,
+    globals_only: bool,
+) -> None:
     sink = run.open_object(name, role, database=database)
-    with dump_process(run.config.postgres, info.major, database=database,
-                      globals_only=globals_only) as out:
+    with dump_process(
+        run.config.postgres, info.major, database=database, globals_only=globals_only
+    ) as out:
         while chunk := out.read(READ_SIZE):
             sink.write(chunk)
             run.progress.advance(len(chunk))

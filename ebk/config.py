@@ -215,8 +215,10 @@ def parse_duration(text: str, where: str) -> float:
     except ValueError:
         value = -1.0
     if value < 0 or value != value:
-        raise ConfigError(f"{where} = {text!r} is not a duration",
-                          hint='write a number with a unit: "90s", "15m", "36h", "7d", "2w"')
+        raise ConfigError(
+            f"{where} = {text!r} is not a duration",
+            hint='write a number with a unit: "90s", "15m", "36h", "7d", "2w"',
+        )
     return value
 
 
@@ -238,17 +240,21 @@ class JobConfig:
 
     def validate(self) -> None:
         if not self.kind:
-            raise ConfigError("a [[daemon.jobs]] table has no kind",
-                              hint='set kind = "physical", "logical" or "retention"')
+            raise ConfigError(
+                "a [[daemon.jobs]] table has no kind",
+                hint='set kind = "physical", "logical" or "retention"',
+            )
         self.name = self.name or self.kind
         if not all(c.isalnum() or c in "-_." for c in self.name):
-            raise ConfigError(f"daemon job name {self.name!r} has characters other than "
-                              "letters, digits, '-', '_' and '.'")
+            raise ConfigError(
+                f"daemon job name {self.name!r} has characters other than "
+                "letters, digits, '-', '_' and '.'"
+            )
         if bool(self.cron.strip()) == (self.interval_seconds > 0):
-            raise ConfigError(f"daemon job {self.name!r} needs exactly one of cron and "
-                              "interval_seconds",
-                              hint='e.g. cron = "0 2 * * *" (daily 02:00) or '
-                              "interval_seconds = 3600")
+            raise ConfigError(
+                f"daemon job {self.name!r} needs exactly one of cron and interval_seconds",
+                hint='e.g. cron = "0 2 * * *" (daily 02:00) or interval_seconds = 3600',
+            )
         if self.interval_seconds < 0:
             raise ConfigError(f"daemon job {self.name!r}: interval_seconds must be positive")
         if not all(isinstance(d, str) and d for d in self.databases):
@@ -271,15 +277,19 @@ class DaemonConfig:
     def validate(self) -> None:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ConfigError(f"daemon.listen = {self.listen!r} is not HOST:PORT",
-                              hint='e.g. "127.0.0.1:9187", or "[::1]:9187"')
+            raise ConfigError(
+                f"daemon.listen = {self.listen!r} is not HOST:PORT",
+                hint='e.g. "127.0.0.1:9187", or "[::1]:9187"',
+            )
         import zoneinfo
 
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"daemon.timezone = {self.timezone!r} is not a known time zone",
-                              hint='use an IANA name such as "UTC" or "Europe/Berlin"') from None
+            raise ConfigError(
+                f"daemon.timezone = {self.timezone!r} is not a known time zone",
+                hint='use an IANA name such as "UTC" or "Europe/Berlin"',
+            ) from None
         if self.misfire_grace_seconds < 0:
             raise ConfigError("daemon.misfire_grace_seconds must be >= 0")
         if not 0 < self.shutdown_timeout_seconds <= 3600:
@@ -287,8 +297,10 @@ class DaemonConfig:
         seen: set[str] = set()
         for job in self.jobs:
             if job.name in seen:
-                raise ConfigError(f"two daemon jobs are named {job.name!r}",
-                                  hint="give each [[daemon.jobs]] table a distinct name")
+                raise ConfigError(
+                    f"two daemon jobs are named {job.name!r}",
+                    hint="give each [[daemon.jobs]] table a distinct name",
+                )
             seen.add(job.name)
 
 
@@ -357,7 +369,9 @@ class LogConfig:
 
     def validate(self) -> None:
         if self.level not in ("debug", "info", "warning", "error"):
-            raise ConfigError(f"log.level = {self.level!r}", hint="use debug, info, warning or error")
+            raise ConfigError(
+                f"log.level = {self.level!r}", hint="use debug, info, warning or error"
+            )
         if self.format not in ("auto", "json", "console"):
             raise ConfigError(f"log.format = {self.format!r}", hint="use auto, json or console")
 
@@ -433,10 +447,14 @@ def _build_section(cls: type, values: dict[str, Any], section: str) -> Any:
             # An array of tables ([[daemon.jobs]]): each item is built like a section.
             for i, item in enumerate(value):
                 if not isinstance(item, dict):
-                    raise ConfigError(f"{section}.{key}[{i}] must be a table, not {item!r}",
-                                      hint=f"write it as a [[{section}.{key}]] table")
-            values[key] = [_build_section(item_type, item, f"{section}.{key}[{i}]")  # type: ignore[arg-type]
-                           for i, item in enumerate(value)]
+                    raise ConfigError(
+                        f"{section}.{key}[{i}] must be a table, not {item!r}",
+                        hint=f"write it as a [[{section}.{key}]] table",
+                    )
+            values[key] = [
+                _build_section(item_type, item, f"{section}.{key}[{i}]")  # type: ignore[arg-type]
+                for i, item in enumerate(value)
+            ]
     instance = cls(**values)
     validate = getattr(instance, "validate", None)
     if validate is not None:
@@ -485,7 +503,8 @@ def load_config(path: Path | None, environ: typing.Mapping[str, str] | None = No
     for section, values in _env_overrides(environ).items():
         if section not in sections:
             raise ConfigError(
-                f"environment variable {ENV_PREFIX}{section.upper()}__… names unknown section {section!r}",
+                f"environment variable {ENV_PREFIX}{section.upper()}__… names unknown "
+                f"section {section!r}",
                 hint=f"valid sections: {', '.join(sorted(sections))}",
             )
         cls = hints[section]

@@ -112,4 +112,6 @@ class Manifest:
 
 
 def _mac_key(dek: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"ebk/manifest/v1").derive(dek)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"ebk/manifest/v1").derive(
+        dek
+    )

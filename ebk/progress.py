@@ -18,7 +18,9 @@ def human_bytes(n: float) -> str:
 class Progress:
     """A one-line byte counter on stderr, redrawn at most twice a second."""
 
-    def __init__(self, label: str, stream: TextIO | None = None, enabled: bool | None = None) -> None:
+    def __init__(
+        self, label: str, stream: TextIO | None = None, enabled: bool | None = None
+    ) -> None:
         self._stream = stream or sys.stderr
         self.enabled = self._stream.isatty() if enabled is None else enabled
         self._label = label

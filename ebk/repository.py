@@ -51,8 +51,11 @@ class Repository:
         """Write the repository marker; returns False when it already existed."""
         if self.storage.exists(MARKER):
             return False
-        doc = {"format": "ebk-repository", "version": 1,
-               "created": datetime.now(UTC).isoformat(timespec="seconds")}
+        doc = {
+            "format": "ebk-repository",
+            "version": 1,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         self.storage.put_bytes(MARKER, json.dumps(doc, indent=2).encode() + b"\n")
         return True
 

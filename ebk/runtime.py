@@ -37,5 +37,4 @@ class Runtime:
 
     @cached_property
     def key_providers(self) -> list[KeyProvider]:
-        return build_providers(self.config.keys, vault=self.config.vault,
-                               awskms=self.config.awskms)
+        return build_providers(self.config.keys, vault=self.config.vault, awskms=self.config.awskms)

@@ -34,15 +34,32 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-_DENIED = {"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
-           "ExpiredTokenException", "ExpiredToken", "InvalidClientTokenId",
-           "IncompleteSignature", "InvalidGrantTokenException"}
-_DISABLED = {"DisabledException", "KMSInvalidStateException", "InvalidKeyUsageException",
-             "KeyUnavailableException"}
+_DENIED = {
+    "AccessDeniedException",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "InvalidClientTokenId",
+    "IncompleteSignature",
+    "InvalidGrantTokenException",
+}
+_DISABLED = {
+    "DisabledException",
+    "KMSInvalidStateException",
+    "InvalidKeyUsageException",
+    "KeyUnavailableException",
+}
 _NOT_FOUND = {"NotFoundException", "InvalidArnException"}
 _WRONG = {"InvalidCiphertextException", "IncorrectKeyException"}
-_TRANSIENT = {"KMSInternalException", "DependencyTimeoutException", "ThrottlingException",
-              "LimitExceededException", "ServiceUnavailable", "InternalFailure"}
+_TRANSIENT = {
+    "KMSInternalException",
+    "DependencyTimeoutException",
+    "ThrottlingException",
+    "LimitExceededException",
+    "ServiceUnavailable",
+    "InternalFailure",
+}
 
 
 class AwsKmsProvider:
@@ -52,26 +69,32 @@ class AwsKmsProvider:
 
     def __init__(self, cfg: AwsKmsConfig) -> None:
         if not cfg.key_id:
-            raise ConfigError("keys.provider = 'awskms' but awskms.key_id is empty",
-                              hint="set it to a key id, alias/NAME or key ARN")
+            raise ConfigError(
+                "keys.provider = 'awskms' but awskms.key_id is empty",
+                hint="set it to a key id, alias/NAME or key ARN",
+            )
         self.cfg = cfg
         self._client: KMSClient | None = None
 
     def _kms(self) -> KMSClient:
         if self._client is None:
             cfg = self.cfg
-            session = boto3.session.Session(profile_name=cfg.profile or None,
-                                            region_name=cfg.region or None)
+            session = boto3.session.Session(
+                profile_name=cfg.profile or None, region_name=cfg.region or None
+            )
             config = botocore.config.Config(
-                connect_timeout=cfg.timeout, read_timeout=cfg.timeout,
+                connect_timeout=cfg.timeout,
+                read_timeout=cfg.timeout,
                 retries={"max_attempts": cfg.retries + 1, "mode": "standard"},
             )
             try:
-                self._client = session.client("kms", endpoint_url=cfg.endpoint_url or None,
-                                              config=config)
+                self._client = session.client(
+                    "kms", endpoint_url=cfg.endpoint_url or None, config=config
+                )
             except botocore.exceptions.NoRegionError:
-                raise ConfigError("AWS KMS needs a region",
-                                  hint="set awskms.region or AWS_REGION") from None
+                raise ConfigError(
+                    "AWS KMS needs a region", hint="set awskms.region or AWS_REGION"
+                ) from None
             except botocore.exceptions.ProfileNotFound:
                 raise ConfigError(f"awskms.profile = {cfg.profile!r} does not exist") from None
         return self._client
@@ -82,8 +105,10 @@ class AwsKmsProvider:
             return op(self._kms())
         except botocore.exceptions.ClientError as exc:
             raise map_client_error(exc, what, where) from None
-        except (botocore.exceptions.NoCredentialsError,
-                botocore.exceptions.PartialCredentialsError):
+        except (
+            botocore.exceptions.NoCredentialsError,
+            botocore.exceptions.PartialCredentialsError,
+        ):
             raise KeyAccessDenied(
                 f"no AWS credentials to {what} with {where}",
                 hint="provide them through the AWS chain: environment, profile, instance or "
@@ -98,22 +123,37 @@ class AwsKmsProvider:
             ) from None
 
     def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
-        resp = self._call("wrap a data key", lambda k: k.encrypt(
-            KeyId=self.cfg.key_id, Plaintext=dek, EncryptionContext=dict(context)))
+        resp = self._call(
+            "wrap a data key",
+            lambda k: k.encrypt(
+                KeyId=self.cfg.key_id, Plaintext=dek, EncryptionContext=dict(context)
+            ),
+        )
         return WrappedKey(self.name, resp["KeyId"], resp["CiphertextBlob"])
 
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
-        resp = self._call("unwrap a data key", lambda k: k.decrypt(
-            CiphertextBlob=wrapped.ciphertext, KeyId=wrapped.kek_id,
-            EncryptionContext=dict(context)))
+        resp = self._call(
+            "unwrap a data key",
+            lambda k: k.decrypt(
+                CiphertextBlob=wrapped.ciphertext,
+                KeyId=wrapped.kek_id,
+                EncryptionContext=dict(context),
+            ),
+        )
         return bytes(resp["Plaintext"])
 
     def rewrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> WrappedKey:
         """ReEncrypt inside KMS onto the configured key; the DEK is not returned to ebk."""
-        resp = self._call("rewrap a data key", lambda k: k.re_encrypt(
-            CiphertextBlob=wrapped.ciphertext, SourceKeyId=wrapped.kek_id,
-            SourceEncryptionContext=dict(context), DestinationKeyId=self.cfg.key_id,
-            DestinationEncryptionContext=dict(context)))
+        resp = self._call(
+            "rewrap a data key",
+            lambda k: k.re_encrypt(
+                CiphertextBlob=wrapped.ciphertext,
+                SourceKeyId=wrapped.kek_id,
+                SourceEncryptionContext=dict(context),
+                DestinationKeyId=self.cfg.key_id,
+                DestinationEncryptionContext=dict(context),
+            ),
+        )
         return WrappedKey(self.name, resp["KeyId"], resp["CiphertextBlob"])
 
     def owns(self, wrapped: WrappedKey) -> bool:
@@ -128,8 +168,9 @@ class AwsKmsProvider:
         return out
 
 
-def map_client_error(exc: botocore.exceptions.ClientError, what: str,
-                     where: str) -> KeyProviderError:
+def map_client_error(
+    exc: botocore.exceptions.ClientError, what: str, where: str
+) -> KeyProviderError:
     """KMS error codes to the seam's errors; AWS messages carry no secrets."""
     err: Any = exc.response.get("Error", {})
     code = str(err.get("Code", ""))
@@ -154,8 +195,9 @@ def map_client_error(exc: botocore.exceptions.ClientError, what: str,
             "use --recovery-key meanwhile",
         )
     if code in _NOT_FOUND:
-        return KeyAccessDenied(f"{where} does not exist ({detail})",
-                               hint="check awskms.key_id and awskms.region")
+        return KeyAccessDenied(
+            f"{where} does not exist ({detail})", hint="check awskms.key_id and awskms.region"
+        )
     if code in _TRANSIENT:
         return KeyProviderUnavailable(f"AWS KMS is unavailable: cannot {what} ({detail})")
     return KeyProviderError(f"AWS KMS rejected the request to {what} with {where} ({detail})")

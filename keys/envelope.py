@@ -56,7 +56,9 @@ class KeyObject:
             if doc["format"] != "ebk-key-object" or doc["version"] != 1:
                 raise ValueError("unknown format or version")
             slots = [
-                WrappedKey(s["provider"], s["kek_id"], base64.b64decode(s["wrapped"], validate=True))
+                WrappedKey(
+                    s["provider"], s["kek_id"], base64.b64decode(s["wrapped"], validate=True)
+                )
                 for s in doc["slots"]
             ]
             context = {str(k): str(v) for k, v in doc["context"].items()}
@@ -75,7 +77,9 @@ def new_data_key(
 ) -> tuple[bytes, KeyObject]:
     """A fresh 256-bit DEK, wrapped by every provider (primary first)."""
     if not providers:
-        raise KeyProviderError("no key provider configured; refusing to write an unencrypted backup")
+        raise KeyProviderError(
+            "no key provider configured; refusing to write an unencrypted backup"
+        )
     dek = secrets.token_bytes(32)
     dek_id = f"dek-{secrets.token_hex(8)}"
     context = key_context(backup_id, cluster, dek_id)
@@ -103,7 +107,9 @@ def open_data_key(
                 errors.append(exc)
                 continue
             if len(dek) != 32:
-                raise WrongKey(f"slot {slot.provider}/{slot.kek_id} unwrapped to a key of wrong size")
+                raise WrongKey(
+                    f"slot {slot.provider}/{slot.kek_id} unwrapped to a key of wrong size"
+                )
             return dek
     if errors:
         raise errors[0]
@@ -114,9 +120,7 @@ def open_data_key(
     )
 
 
-def rewrap_key_object(
-    key_object: KeyObject, providers: Mapping[str, KeyProvider]
-) -> KeyObject:
+def rewrap_key_object(key_object: KeyObject, providers: Mapping[str, KeyProvider]) -> KeyObject:
     """Rewrap every slot whose provider is available; others are kept as they are."""
     slots = []
     for slot in key_object.slots:

@@ -63,7 +63,9 @@ def create_key_file(path: Path) -> str:
         )
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     kek_id = _new_kek_id()
-    _write_private(path, {"type": FILE_TYPE, "version": 1, "primary": kek_id, "keys": [_entry(kek_id)]})
+    _write_private(
+        path, {"type": FILE_TYPE, "version": 1, "primary": kek_id, "keys": [_entry(kek_id)]}
+    )
     return kek_id
 
 
@@ -130,7 +132,9 @@ class KeyFileProvider:
             )
         try:
             return AESGCM(kek).decrypt(
-                wrapped.ciphertext[:12], wrapped.ciphertext[12:], _AAD_LABEL + canonical_context(context)
+                wrapped.ciphertext[:12],
+                wrapped.ciphertext[12:],
+                _AAD_LABEL + canonical_context(context),
             )
         except InvalidTag:
             raise WrongKey(

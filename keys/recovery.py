@@ -163,8 +163,9 @@ def write_identity_file(path: Path) -> str:
 def _slot_key(shared: bytes, ephemeral_pub: bytes, recipient_pub: bytes) -> bytes:
     if shared == bytes(32):
         raise ValueError("low-order point")
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=ephemeral_pub + recipient_pub,
-                info=LABEL)
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=ephemeral_pub + recipient_pub, info=LABEL
+    )
     return hkdf.derive(shared)
 
 
@@ -246,8 +247,9 @@ class RecoveryIdentity:
             ) from None
 
     def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
-        return WrappedKey(self.name, self.recipient,
-                          seal_for(self._private.public_key(), dek, context))
+        return WrappedKey(
+            self.name, self.recipient, seal_for(self._private.public_key(), dek, context)
+        )
 
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
         if wrapped.kek_id != self.recipient:
@@ -263,8 +265,9 @@ class RecoveryIdentity:
         try:
             shared = self._private.exchange(X25519PublicKey.from_public_bytes(ephemeral_pub))
             key = _slot_key(shared, ephemeral_pub, _raw_public(self._private.public_key()))
-            return ChaCha20Poly1305(key).decrypt(_NONCE, blob[32:],
-                                                 LABEL + canonical_context(context))
+            return ChaCha20Poly1305(key).decrypt(
+                _NONCE, blob[32:], LABEL + canonical_context(context)
+            )
         except (InvalidTag, ValueError):
             raise WrongKey(
                 f"the data key does not unwrap with recovery key {self.path}: the key object "

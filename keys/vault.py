@@ -75,11 +75,15 @@ class VaultTransitProvider:
         self._env = os.environ if environ is None else environ
         self.address = (cfg.address or self._env.get("VAULT_ADDR", "")).rstrip("/")
         if not self.address:
-            raise ConfigError("keys.provider = 'vault' but vault.address is empty",
-                              hint="set vault.address (or VAULT_ADDR), e.g. https://vault:8200")
+            raise ConfigError(
+                "keys.provider = 'vault' but vault.address is empty",
+                hint="set vault.address (or VAULT_ADDR), e.g. https://vault:8200",
+            )
         if not cfg.transit_key:
-            raise ConfigError("keys.provider = 'vault' but vault.transit_key is empty",
-                              hint="name the Transit key (created with derived=true)")
+            raise ConfigError(
+                "keys.provider = 'vault' but vault.transit_key is empty",
+                hint="name the Transit key (created with derived=true)",
+            )
         if cfg.auth == "token" and not cfg.token_file and not self._env.get("VAULT_TOKEN"):
             raise ConfigError(
                 "vault.auth = 'token' but neither vault.token_file nor $VAULT_TOKEN is set",
@@ -87,8 +91,10 @@ class VaultTransitProvider:
             )
         if cfg.auth == "approle" and not cfg.role_id:
             raise ConfigError("vault.auth = 'approle' needs vault.role_id")
-        if cfg.auth == "approle" and not cfg.secret_id_file and not self._env.get(
-            "VAULT_SECRET_ID"
+        if (
+            cfg.auth == "approle"
+            and not cfg.secret_id_file
+            and not self._env.get("VAULT_SECRET_ID")
         ):
             raise ConfigError(
                 "vault.auth = 'approle' but neither vault.secret_id_file nor $VAULT_SECRET_ID "
@@ -107,8 +113,9 @@ class VaultTransitProvider:
         verify: bool | str = cfg.ca_cert or True
         if cfg.ca_cert and not Path(cfg.ca_cert).is_file():
             raise ConfigError(f"vault.ca_cert = {cfg.ca_cert!r} is not a file")
-        client = hvac.Client(url=self.address, namespace=cfg.namespace or None, verify=verify,
-                             timeout=cfg.timeout)  # type: ignore[arg-type]  # requests: float
+        client = hvac.Client(
+            url=self.address, namespace=cfg.namespace or None, verify=verify, timeout=cfg.timeout
+        )  # type: ignore[arg-type]  # requests: float
         mount = cfg.auth_mount or cfg.auth
         if cfg.auth == "token":
             client.token = (
@@ -122,8 +129,11 @@ class VaultTransitProvider:
                 if cfg.secret_id_file
                 else self._env["VAULT_SECRET_ID"]
             )
-            self._login(lambda: client.auth.approle.login(
-                role_id=cfg.role_id, secret_id=secret_id, mount_point=mount))
+            self._login(
+                lambda: client.auth.approle.login(
+                    role_id=cfg.role_id, secret_id=secret_id, mount_point=mount
+                )
+            )
         else:
             try:
                 jwt = Path(cfg.jwt_file).read_text().strip()
@@ -132,18 +142,24 @@ class VaultTransitProvider:
                     f"Kubernetes service account token {cfg.jwt_file} is not readable",
                     hint="run inside a pod with a service account token, or set vault.jwt_file",
                 ) from None
-            self._login(lambda: client.auth.kubernetes.login(
-                role=cfg.kubernetes_role, jwt=jwt, mount_point=mount))
+            self._login(
+                lambda: client.auth.kubernetes.login(
+                    role=cfg.kubernetes_role, jwt=jwt, mount_point=mount
+                )
+            )
         return client
 
     def _login(self, login: Callable[[], Any]) -> None:
         try:
             login()
-        except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden,
-                hvac.exceptions.Unauthorized, hvac.exceptions.InvalidPath) as exc:
+        except (
+            hvac.exceptions.InvalidRequest,
+            hvac.exceptions.Forbidden,
+            hvac.exceptions.Unauthorized,
+            hvac.exceptions.InvalidPath,
+        ) as exc:
             raise KeyAccessDenied(
-                f"Vault at {self.address} refused the {self.cfg.auth} login "
-                f"({_vault_errors(exc)})",
+                f"Vault at {self.address} refused the {self.cfg.auth} login ({_vault_errors(exc)})",
                 hint=f"check the role and its secret, and that auth method "
                 f"'{self.cfg.auth_mount or self.cfg.auth}' is enabled",
             ) from None
@@ -166,8 +182,11 @@ class VaultTransitProvider:
                     hint="set vault.ca_cert to the CA bundle that signed Vault's certificate",
                 ) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                last = "timed out" if isinstance(exc, requests.exceptions.Timeout) else (
-                    "connection failed")
+                last = (
+                    "timed out"
+                    if isinstance(exc, requests.exceptions.Timeout)
+                    else ("connection failed")
+                )
             except hvac.exceptions.VaultDown as exc:
                 if "sealed" in str(exc).lower():
                     raise KeyProviderUnavailable(
@@ -176,8 +195,11 @@ class VaultTransitProvider:
                         "a restore can use --recovery-key meanwhile",
                     ) from None
                 last = f"unavailable: {_vault_errors(exc)}"
-            except (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway,
-                    hvac.exceptions.RateLimitExceeded) as exc:
+            except (
+                hvac.exceptions.InternalServerError,
+                hvac.exceptions.BadGateway,
+                hvac.exceptions.RateLimitExceeded,
+            ) as exc:
                 last = f"server error: {_vault_errors(exc)}"
             except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as exc:
                 if (self.cfg.auth != "token" or self.cfg.token_file) and not relogged:
@@ -229,8 +251,10 @@ class VaultTransitProvider:
                 hint="lower min_decryption_version, or restore with --recovery-key",
             )
         if "context" in low and "derived" in low:
-            return KeyAccessDenied(f"Transit key {self.key_path} is misconfigured ({detail})",
-                                   hint="ebk needs a key created with derived=true")
+            return KeyAccessDenied(
+                f"Transit key {self.key_path} is misconfigured ({detail})",
+                hint="ebk needs a key created with derived=true",
+            )
         return KeyProviderError(f"Vault rejected the request to {what} ({detail})")
 
     # --- the seam ----------------------------------------------------------
@@ -253,26 +277,42 @@ class VaultTransitProvider:
     def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
         ctx = base64.b64encode(canonical_context(context)).decode()
         plain = base64.b64encode(dek).decode()
-        resp = self._call("wrap a data key", lambda c: c.secrets.transit.encrypt_data(
-            name=self.cfg.transit_key, plaintext=plain, context=ctx, mount_point=self.cfg.mount))
+        resp = self._call(
+            "wrap a data key",
+            lambda c: c.secrets.transit.encrypt_data(
+                name=self.cfg.transit_key, plaintext=plain, context=ctx, mount_point=self.cfg.mount
+            ),
+        )
         ciphertext = str(resp["data"]["ciphertext"])
         return WrappedKey(self.name, self._kek_id(ciphertext), ciphertext.encode("ascii"))
 
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
         ciphertext = self._ciphertext(wrapped)
         ctx = base64.b64encode(canonical_context(context)).decode()
-        resp = self._call("unwrap a data key", lambda c: c.secrets.transit.decrypt_data(
-            name=self.cfg.transit_key, ciphertext=ciphertext, context=ctx,
-            mount_point=self.cfg.mount))
+        resp = self._call(
+            "unwrap a data key",
+            lambda c: c.secrets.transit.decrypt_data(
+                name=self.cfg.transit_key,
+                ciphertext=ciphertext,
+                context=ctx,
+                mount_point=self.cfg.mount,
+            ),
+        )
         return base64.b64decode(resp["data"]["plaintext"])
 
     def rewrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> WrappedKey:
         """Transit rewrap: the DEK never leaves Vault; the slot moves to the latest version."""
         ciphertext = self._ciphertext(wrapped)
         ctx = base64.b64encode(canonical_context(context)).decode()
-        resp = self._call("rewrap a data key", lambda c: c.secrets.transit.rewrap_data(  # type: ignore[no-untyped-call]
-            name=self.cfg.transit_key, ciphertext=ciphertext, context=ctx,
-            mount_point=self.cfg.mount))
+        resp = self._call(
+            "rewrap a data key",
+            lambda c: c.secrets.transit.rewrap_data(  # type: ignore[no-untyped-call]
+                name=self.cfg.transit_key,
+                ciphertext=ciphertext,
+                context=ctx,
+                mount_point=self.cfg.mount,
+            ),
+        )
         new = str(resp["data"]["ciphertext"])
         return WrappedKey(self.name, self._kek_id(new), new.encode("ascii"))
 
@@ -280,8 +320,12 @@ class VaultTransitProvider:
         return wrapped.provider == self.name and wrapped.kek_id.startswith(f"{self.key_path}:v")
 
     def describe(self) -> dict[str, str]:
-        out = {"provider": self.name, "address": self.address, "key": self.key_path,
-               "auth": self.cfg.auth}
+        out = {
+            "provider": self.name,
+            "address": self.address,
+            "key": self.key_path,
+            "auth": self.cfg.auth,
+        }
         if self.cfg.namespace:
             out["namespace"] = self.cfg.namespace
         return out

@@ -41,10 +41,18 @@ def _pick_dump(manifest: Manifest, database: str | None) -> StoredObject:
     )
 
 
-def _pipe(repo: Repository, manifest: Manifest, stored: StoredObject, dek: bytes,
-          argv: list[str], env: dict[str, str], what: str) -> None:
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env)
+def _pipe(
+    repo: Repository,
+    manifest: Manifest,
+    stored: StoredObject,
+    dek: bytes,
+    argv: list[str],
+    env: dict[str, str],
+    what: str,
+) -> None:
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
     assert proc.stdin is not None and proc.stderr is not None
     try:
         with open_object(repo, manifest, stored, dek) as reader:
@@ -81,8 +89,9 @@ def restore_logical(
             hint="restore it into an empty directory with --to DIR",
         )
     stored = _pick_dump(manifest, database)
-    dek = open_data_key(repo.read_key_object(manifest.backup_id), providers,
-                        backup_id=manifest.backup_id)
+    dek = open_data_key(
+        repo.read_key_object(manifest.backup_id), providers, backup_id=manifest.backup_id
+    )
     manifest.verify(dek)
     major = int(manifest.server_version.split(".")[0])
     bound = log.bind(backup_id=manifest.backup_id, database=stored.database, target_db=target_db)
@@ -91,12 +100,20 @@ def restore_logical(
         if globals_obj is None:
             raise RestoreTargetError(f"backup {manifest.backup_id} has no globals (roles)")
         psql = find_tool("psql", major, cfg.bin_dir)
-        _pipe(repo, manifest, globals_obj, dek, [psql, "-X", "-q", "-f", "-"],
-              libpq_env(cfg, "postgres"), "restoring globals with psql")
+        _pipe(
+            repo,
+            manifest,
+            globals_obj,
+            dek,
+            [psql, "-X", "-q", "-f", "-"],
+            libpq_env(cfg, "postgres"),
+            "restoring globals with psql",
+        )
     if create:
         with connect(cfg) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                  (target_db,)).fetchone()
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (target_db,)
+            ).fetchone()
             if exists:
                 raise RestoreTargetError(
                     f"database {target_db!r} already exists; refusing to restore over it",
@@ -106,12 +123,21 @@ def restore_logical(
     pg_restore = find_tool("pg_restore", major, cfg.bin_dir)
     argv = [pg_restore, "--exit-on-error", "--single-transaction", "--no-password", "-d", target_db]
     try:
-        _pipe(repo, manifest, stored, dek, argv, libpq_env(cfg, target_db),
-              f"pg_restore into {target_db!r}")
+        _pipe(
+            repo,
+            manifest,
+            stored,
+            dek,
+            argv,
+            libpq_env(cfg, target_db),
+            f"pg_restore into {target_db!r}",
+        )
     except BaseException as exc:
         if create:
             with connect(cfg) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(target_db)))
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(target_db))
+                )
         if isinstance(exc, EbkError):
             bound.error("restore failed", error=exc.message)
         raise

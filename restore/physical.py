@@ -108,8 +108,9 @@ def restore_physical(
             hint="restore it into a database with --to-db NAME",
         )
     remap = dict(tablespace_map or {})
-    dek = open_data_key(repo.read_key_object(manifest.backup_id), providers,
-                        backup_id=manifest.backup_id)
+    dek = open_data_key(
+        repo.read_key_object(manifest.backup_id), providers, backup_id=manifest.backup_id
+    )
     manifest.verify(dek)
     target = target.absolute()
     spaces = {
@@ -158,8 +159,11 @@ def restore_physical(
 
 
 def _extract_object(
-    reader: ObjectReader, dest: Path, held: dict[str, bytes],
-    spaces: Mapping[str | None, Path], is_base: bool,
+    reader: ObjectReader,
+    dest: Path,
+    held: dict[str, bytes],
+    spaces: Mapping[str | None, Path],
+    is_base: bool,
 ) -> None:
     try:
         with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]

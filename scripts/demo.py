@@ -22,8 +22,10 @@ sys.path.insert(0, str(REPO))
 from tests.support.postgres import PG_BIN, give_to_postgres, init_cluster, start_existing  # noqa: E402
 
 EBK = str(REPO / ".venv" / "bin" / "ebk")
-CHECK = ("SELECT count(*) || ':' || md5(string_agg(a::text || b::text, ',' ORDER BY aid)) "
-         "FROM pgbench_accounts a(aid, bid, abalance, filler, b) ")
+CHECK = (
+    "SELECT count(*) || ':' || md5(string_agg(a::text || b::text, ',' ORDER BY aid)) "
+    "FROM pgbench_accounts a(aid, bid, abalance, filler, b) "
+)
 DIGEST = "SELECT md5(string_agg(t::text, ',' ORDER BY 1)) FROM {} t"
 
 
@@ -48,12 +50,16 @@ def main() -> None:
         print(f"== throwaway PostgreSQL 15 on 127.0.0.1:{source.port}")
         env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(source.port), PGUSER="postgres")
         sh(str(PG_BIN / "pgbench"), "-i", "-q", "-s", "5", "postgres", env=env)
-        source.psql("CREATE TABLE secrets (id int PRIMARY KEY, note text);"
-                    "INSERT INTO secrets SELECT g, 'customer-secret-' || g FROM generate_series(1, 1000) g")
+        source.psql(
+            "CREATE TABLE secrets (id int PRIMARY KEY, note text);"
+            "INSERT INTO secrets SELECT g, 'customer-secret-' || g FROM generate_series(1, 1000) g"
+        )
         source.psql("CREATE DATABASE shop")
-        source.psql("CREATE TABLE orders (id int PRIMARY KEY, item text, qty int);"
-                    "INSERT INTO orders SELECT g, 'item-' || g, g % 7 FROM generate_series(1, 5000) g",
-                    db="shop")
+        source.psql(
+            "CREATE TABLE orders (id int PRIMARY KEY, item text, qty int);"
+            "INSERT INTO orders SELECT g, 'item-' || g, g % 7 FROM generate_series(1, 5000) g",
+            db="shop",
+        )
         want_secrets = source.psql(DIGEST.format("secrets"))
         want_accounts = source.psql(DIGEST.format("pgbench_accounts"))
         want_orders = source.psql(DIGEST.format("orders"), db="shop")
@@ -62,7 +68,7 @@ def main() -> None:
         config.write_text(
             f'[repository]\nurl = "file://{work}/repository"\n\n'
             f'[keys]\nprovider = "keyfile"\nkeyfile = "{work}/keys/kek.json"\n\n'
-            f"{source.config_section()}\n[log]\nformat = \"console\"\nlevel = \"warning\"\n"
+            f'{source.config_section()}\n[log]\nformat = "console"\nlevel = "warning"\n'
         )
         ebk = [EBK, "--config", str(config)]
         print("\n== encrypted backups into a local repository")
@@ -72,8 +78,11 @@ def main() -> None:
         sh(*ebk, "list")
 
         print("\n== no plaintext in the repository")
-        leaked = [p for p in (work / "repository").rglob("*")
-                  if p.is_file() and b"customer-secret-" in p.read_bytes()]
+        leaked = [
+            p
+            for p in (work / "repository").rglob("*")
+            if p.is_file() and b"customer-secret-" in p.read_bytes()
+        ]
         print(f"  files containing 'customer-secret-': {len(leaked)}")
         assert not leaked, leaked
 
@@ -83,12 +92,16 @@ def main() -> None:
         target = work / "restored"
         sh(*ebk, "restore", physical, "--to", str(target), "--owner", "postgres")
         restored = start_existing(target)
-        got = (restored.psql(DIGEST.format("secrets")),
-               restored.psql(DIGEST.format("pgbench_accounts")),
-               restored.psql(DIGEST.format("orders"), db="shop"))
+        got = (
+            restored.psql(DIGEST.format("secrets")),
+            restored.psql(DIGEST.format("pgbench_accounts")),
+            restored.psql(DIGEST.format("orders"), db="shop"),
+        )
         assert got == (want_secrets, want_accounts, want_orders), "physical restore differs"
-        print(f"  restored cluster on port {restored.port}: secrets, pgbench_accounts and "
-              "shop.orders match the source (md5 of every row)")
+        print(
+            f"  restored cluster on port {restored.port}: secrets, pgbench_accounts and "
+            "shop.orders match the source (md5 of every row)"
+        )
 
         print("\n== logical restore of database 'shop' into 'shop_copy'")
         sh(*ebk, "restore", "latest", "--database", "shop", "--to-db", "shop_copy", "--create")

@@ -48,15 +48,26 @@ from ebk.storage.retry import Failure, PartPipeline, RangeReader, Retrier
 log = structlog.get_logger("ebk.storage.azure")
 
 CONNECTION_ENV = "AZURE_STORAGE_CONNECTION_STRING"
-CREDENTIAL_HINT = ("ebk takes Azure credentials from the environment only: "
-                   "AZURE_STORAGE_CONNECTION_STRING, or DefaultAzureCredential (AZURE_CLIENT_ID/"
-                   "AZURE_TENANT_ID/AZURE_CLIENT_SECRET, workload or managed identity, az login)")
-PERMISSION_HINT = ("grant the identity 'Storage Blob Data Contributor' on the container "
-                   "(or a SAS with read, add, create, write, delete, list)")
-CREDENTIAL_CODES = frozenset({"AuthenticationFailed", "InvalidAuthenticationInfo",
-                              "NoAuthenticationInformation", "InvalidAuthenticationInfoHeader"})
-LOCK_CODES = frozenset({"BlobImmutableDueToPolicy", "BlobImmutableDueToLegalHold",
-                        "ContainerImmutableDueToPolicy"})
+CREDENTIAL_HINT = (
+    "ebk takes Azure credentials from the environment only: "
+    "AZURE_STORAGE_CONNECTION_STRING, or DefaultAzureCredential (AZURE_CLIENT_ID/"
+    "AZURE_TENANT_ID/AZURE_CLIENT_SECRET, workload or managed identity, az login)"
+)
+PERMISSION_HINT = (
+    "grant the identity 'Storage Blob Data Contributor' on the container "
+    "(or a SAS with read, add, create, write, delete, list)"
+)
+CREDENTIAL_CODES = frozenset(
+    {
+        "AuthenticationFailed",
+        "InvalidAuthenticationInfo",
+        "NoAuthenticationInformation",
+        "InvalidAuthenticationInfoHeader",
+    }
+)
+LOCK_CODES = frozenset(
+    {"BlobImmutableDueToPolicy", "BlobImmutableDueToLegalHold", "ContainerImmutableDueToPolicy"}
+)
 
 
 def parse_connection_string(text: str) -> dict[str, str]:
@@ -75,20 +86,24 @@ def _service_client(config: StorageConfig, **kwargs: Any) -> BlobServiceClient:
     if not account_url:
         raise ConfigError(
             "an azure:// repository needs the storage account's endpoint",
-            hint="set storage.azure_account_url = \"https://ACCOUNT.blob.core.windows.net\" "
-            f"or {CONNECTION_ENV} / AZURE_STORAGE_ACCOUNT in the environment")
+            hint='set storage.azure_account_url = "https://ACCOUNT.blob.core.windows.net" '
+            f"or {CONNECTION_ENV} / AZURE_STORAGE_ACCOUNT in the environment",
+        )
     credential: Any
     if connection:
         parts = parse_connection_string(connection)
         if "accountkey" in parts:
-            credential = {"account_name": parts.get("accountname", ""),
-                          "account_key": parts["accountkey"]}
+            credential = {
+                "account_name": parts.get("accountname", ""),
+                "account_key": parts["accountkey"],
+            }
         elif "sharedaccesssignature" in parts:
             credential = parts["sharedaccesssignature"]
         else:
             raise StorageCredentialsError(
                 f"{CONNECTION_ENV} has neither AccountKey nor SharedAccessSignature",
-                hint=CREDENTIAL_HINT)
+                hint=CREDENTIAL_HINT,
+            )
     else:
         from azure.identity import DefaultAzureCredential
 
@@ -106,8 +121,8 @@ class AzureStorage:
         self.url = f"azure://{container}/{self.prefix}" if self.prefix else f"azure://{container}"
         self.retrier = Retrier.from_config(self._classify, config)
         self.service = _service_client(
-            config, retry_total=0, connection_timeout=config.timeout,
-            read_timeout=config.timeout)
+            config, retry_total=0, connection_timeout=config.timeout, read_timeout=config.timeout
+        )
         self.container = self.service.get_container_client(container)
         self._list_page(self._key_prefix(), None, 1)
 
@@ -121,7 +136,7 @@ class AzureStorage:
         return f"{self.prefix}/{prefix}" if self.prefix else prefix
 
     def _name(self, key: str) -> str:
-        return key[len(self.prefix) + 1:] if self.prefix else key
+        return key[len(self.prefix) + 1 :] if self.prefix else key
 
     def _call(self, what: str, fn: Any) -> Any:
         return self.retrier.call(what, fn)
@@ -136,46 +151,71 @@ class AzureStorage:
         code = str(getattr(raw, "value", raw))
         if isinstance(exc, ResourceNotFoundError):
             if code == "ContainerNotFound":
-                return Failure(False, BucketNotFound(
-                    f"{where}: the container {self.container_name!r} does not exist",
-                    hint="create it, or fix repository.url / storage.azure_account_url"))
+                return Failure(
+                    False,
+                    BucketNotFound(
+                        f"{where}: the container {self.container_name!r} does not exist",
+                        hint="create it, or fix repository.url / storage.azure_account_url",
+                    ),
+                )
             return Failure(False, ObjectNotFound(f"{where}: not found ({code or 404})"))
         if isinstance(exc, ClientAuthenticationError):
             status = exc.status_code or 0
             if code in CREDENTIAL_CODES or status in (0, 401):
-                return Failure(False, StorageCredentialsError(
-                    f"{where}: the credentials were rejected ({code or status or exc})",
-                    hint=CREDENTIAL_HINT))
-            return Failure(False, StoragePermissionDenied(
-                f"{where}: permission denied ({code or status})", hint=PERMISSION_HINT))
+                return Failure(
+                    False,
+                    StorageCredentialsError(
+                        f"{where}: the credentials were rejected ({code or status or exc})",
+                        hint=CREDENTIAL_HINT,
+                    ),
+                )
+            return Failure(
+                False,
+                StoragePermissionDenied(
+                    f"{where}: permission denied ({code or status})", hint=PERMISSION_HINT
+                ),
+            )
         if isinstance(exc, HttpResponseError) and exc.status_code:
             status = exc.status_code
-            if status in (408, 429) or status >= 500 or code in ("ServerBusy",
-                                                                 "OperationTimedOut"):
-                return Failure(True, StorageError(f"{where}: {code or status}; the store "
-                                                  "stayed unavailable"))
+            if status in (408, 429) or status >= 500 or code in ("ServerBusy", "OperationTimedOut"):
+                return Failure(
+                    True, StorageError(f"{where}: {code or status}; the store stayed unavailable")
+                )
             if code in LOCK_CODES:
-                return Failure(False, ObjectLocked(
-                    f"{where}: the blob is under an immutability policy or legal hold",
-                    hint="this is the immutability configured on the container"))
+                return Failure(
+                    False,
+                    ObjectLocked(
+                        f"{where}: the blob is under an immutability policy or legal hold",
+                        hint="this is the immutability configured on the container",
+                    ),
+                )
             if status == 403:
-                return Failure(False, StoragePermissionDenied(
-                    f"{where}: permission denied ({code or status})", hint=PERMISSION_HINT))
+                return Failure(
+                    False,
+                    StoragePermissionDenied(
+                        f"{where}: permission denied ({code or status})", hint=PERMISSION_HINT
+                    ),
+                )
             return Failure(False, StorageError(f"{where}: {code or status}: {exc.reason}"))
-        if isinstance(exc, ServiceRequestError | ServiceResponseError | ConnectionError
-                      | TimeoutError):
+        if isinstance(
+            exc, ServiceRequestError | ServiceResponseError | ConnectionError | TimeoutError
+        ):
             return Failure(True, StorageError(f"{where}: {type(exc).__name__}: {exc}"))
         return None
 
-    def _list_page(self, prefix: str, token: str | None, size: int,
-                   include: list[str] | None = None) -> tuple[list[Any], str | None]:
+    def _list_page(
+        self, prefix: str, token: str | None, size: int, include: list[str] | None = None
+    ) -> tuple[list[Any], str | None]:
         def page() -> tuple[list[Any], str | None]:
-            pages = self.container.list_blobs(name_starts_with=prefix or None,
-                                              include=include, results_per_page=size,
-                                              timeout=int(self.config.timeout)
-                                              ).by_page(continuation_token=token)
+            pages = self.container.list_blobs(
+                name_starts_with=prefix or None,
+                include=include,
+                results_per_page=size,
+                timeout=int(self.config.timeout),
+            ).by_page(continuation_token=token)
             items = list(next(pages))
             return items, pages.continuation_token  # type: ignore[attr-defined]
+
         return cast(tuple[list[Any], str | None], self._call("list blobs", page))
 
     def blob(self, key: str) -> BlobClient:
@@ -195,24 +235,40 @@ class AzureStorage:
         etag = props.etag
 
         def fetch(start: int, end: int) -> bytes:
-            return cast(bytes, self._call(f"read {name}", lambda: blob.download_blob(
-                offset=start, length=end - start + 1, etag=etag,
-                match_condition=MatchConditions.IfNotModified, max_concurrency=1).readall()))
+            return cast(
+                bytes,
+                self._call(
+                    f"read {name}",
+                    lambda: blob.download_blob(
+                        offset=start,
+                        length=end - start + 1,
+                        etag=etag,
+                        match_condition=MatchConditions.IfNotModified,
+                        max_concurrency=1,
+                    ).readall(),
+                ),
+            )
 
-        reader = RangeReader(fetch, int(props.size), chunk=self.config.part_size,
-                             ahead=self.config.parts_in_flight, name=name)
+        reader = RangeReader(
+            fetch,
+            int(props.size),
+            chunk=self.config.part_size,
+            ahead=self.config.parts_in_flight,
+            name=name,
+        )
         return cast(BinaryIO, reader)
 
     def put_bytes(self, name: str, data: bytes) -> None:
         blob = self.blob(self._key(name))
-        self._call(f"write {name}", lambda: blob.upload_blob(data, overwrite=True,
-                                                             **self.scope()))
+        self._call(f"write {name}", lambda: blob.upload_blob(data, overwrite=True, **self.scope()))
 
     def get_bytes(self, name: str) -> bytes:
         blob = self.blob(self._key(name))
         try:
-            return cast(bytes, self._call(f"read {name}",
-                                          lambda: blob.download_blob(max_concurrency=1).readall()))
+            return cast(
+                bytes,
+                self._call(f"read {name}", lambda: blob.download_blob(max_concurrency=1).readall()),
+            )
         except ObjectNotFound:
             raise ObjectNotFound(f"object {name} does not exist in {self.url}") from None
 
@@ -232,8 +288,10 @@ class AzureStorage:
         except ObjectNotFound:
             return
         except ObjectLocked as exc:
-            exc.message = f"{self.url}/{name} is under an immutability policy or legal hold; " \
+            exc.message = (
+                f"{self.url}/{name} is under an immutability policy or legal hold; "
                 "it cannot be deleted yet"
+            )
             raise
 
     def exists(self, name: str) -> bool:
@@ -242,6 +300,7 @@ class AzureStorage:
 
     def list_incomplete(self) -> builtins.list[IncompleteUpload]:
         """Blobs that hold only uncommitted blocks (an upload that never committed)."""
+
         def names(include: list[str] | None) -> dict[str, Any]:
             found: dict[str, Any] = {}
             token: str | None = None
@@ -250,10 +309,14 @@ class AzureStorage:
                 found.update((item.name, item) for item in items)
                 if not token:
                     return found
+
         committed = names(None)
         every = names(["uncommittedblobs"])
-        return [IncompleteUpload(self._name(key), item.creation_time or item.last_modified, key)
-                for key, item in sorted(every.items()) if key not in committed]
+        return [
+            IncompleteUpload(self._name(key), item.creation_time or item.last_modified, key)
+            for key, item in sorted(every.items())
+            if key not in committed
+        ]
 
     def remove_incomplete(self, upload: IncompleteUpload) -> None:
         self.discard_uncommitted(upload.handle)
@@ -266,15 +329,23 @@ class AzureStorage:
         """
         blob = self.blob(key)
         try:
-            created = self._call("discard uncommitted blocks", lambda: blob.commit_block_list(
-                [], match_condition=MatchConditions.IfMissing, **self.scope()))
+            created = self._call(
+                "discard uncommitted blocks",
+                lambda: blob.commit_block_list(
+                    [], match_condition=MatchConditions.IfMissing, **self.scope()
+                ),
+            )
         except StorageError as exc:
             if "BlobAlreadyExists" in exc.message or "ConditionNotMet" in exc.message:
                 return
             raise
         try:
-            self._call("discard uncommitted blocks", lambda: blob.delete_blob(
-                etag=created["etag"], match_condition=MatchConditions.IfNotModified))
+            self._call(
+                "discard uncommitted blocks",
+                lambda: blob.delete_blob(
+                    etag=created["etag"], match_condition=MatchConditions.IfNotModified
+                ),
+            )
         except ObjectNotFound:
             return
 
@@ -301,9 +372,15 @@ class AzureWriter:
 
     def _stage(self, number: int, data: bytearray) -> str:
         block_id = base64.b64encode(f"ebk-block-{number:08d}".encode()).decode()
-        self._s._call(f"stage block {number}", lambda: self._blob.stage_block(
-            block_id, bytes(data) if not isinstance(data, bytes) else data, length=len(data),
-            **self._s.scope()))
+        self._s._call(
+            f"stage block {number}",
+            lambda: self._blob.stage_block(
+                block_id,
+                bytes(data) if not isinstance(data, bytes) else data,
+                length=len(data),
+                **self._s.scope(),
+            ),
+        )
         return block_id
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -321,12 +398,18 @@ class AzureWriter:
         try:
             if self.pipeline.submitted == 0:
                 data = bytes(self.pipeline.take_pending())
-                self._s._call("write an object", lambda: self._blob.upload_blob(
-                    data, overwrite=True, **self._s.scope()))
+                self._s._call(
+                    "write an object",
+                    lambda: self._blob.upload_blob(data, overwrite=True, **self._s.scope()),
+                )
             else:
                 ids = self.pipeline.finish()
-                self._s._call("commit the block list", lambda: self._blob.commit_block_list(
-                    [BlobBlock(block_id=i) for i in ids], **self._s.scope()))
+                self._s._call(
+                    "commit the block list",
+                    lambda: self._blob.commit_block_list(
+                        [BlobBlock(block_id=i) for i in ids], **self._s.scope()
+                    ),
+                )
         except BaseException:
             self.abort()
             raise
@@ -342,5 +425,9 @@ class AzureWriter:
             try:
                 self._s.discard_uncommitted(self._key)
             except StorageError as exc:
-                log.warning("could not discard uncommitted blocks; `ebk repo check --clean` "
-                            "removes them later", key=self._key, error=exc.message)
+                log.warning(
+                    "could not discard uncommitted blocks; `ebk repo check --clean` "
+                    "removes them later",
+                    key=self._key,
+                    error=exc.message,
+                )

@@ -18,7 +18,9 @@ from ebk.config import StorageConfig
 from ebk.errors import ConfigError
 from ebk.storage.base import Storage
 
-SCHEMES_HINT = "use file:///path, s3://bucket/prefix, gs://bucket/prefix or azure://container/prefix"
+SCHEMES_HINT = (
+    "use file:///path, s3://bucket/prefix, gs://bucket/prefix or azure://container/prefix"
+)
 
 
 def open_storage(url: str, config: StorageConfig | None = None) -> Storage:
@@ -38,8 +40,9 @@ def open_storage(url: str, config: StorageConfig | None = None) -> Storage:
         return LocalStorage(Path(parsed.path))
     if parsed.scheme in ("s3", "gs", "azure"):
         if not parsed.netloc:
-            raise ConfigError(f"repository.url {url!r} names no bucket or container",
-                              hint=SCHEMES_HINT)
+            raise ConfigError(
+                f"repository.url {url!r} names no bucket or container", hint=SCHEMES_HINT
+            )
         if parsed.query or parsed.fragment or parsed.params:
             raise ConfigError(f"repository.url {url!r}: options go in [storage], not the URL")
         bucket, prefix = parsed.netloc, parsed.path.strip("/")

@@ -41,10 +41,14 @@ from ebk.storage.retry import Failure, PartPipeline, RangeReader, Retrier
 
 log = structlog.get_logger("ebk.storage.gcs")
 
-CREDENTIAL_HINT = ("ebk takes Google credentials from Application Default Credentials only "
-                   "(GOOGLE_APPLICATION_CREDENTIALS, workload identity, the metadata server)")
-PERMISSION_HINT = ("grant roles/storage.objectAdmin (storage.objects.create/get/list/delete) "
-                   "on the bucket to the service account")
+CREDENTIAL_HINT = (
+    "ebk takes Google credentials from Application Default Credentials only "
+    "(GOOGLE_APPLICATION_CREDENTIALS, workload identity, the metadata server)"
+)
+PERMISSION_HINT = (
+    "grant roles/storage.objectAdmin (storage.objects.create/get/list/delete) "
+    "on the bucket to the service account"
+)
 
 
 class HttpStatus(Exception):
@@ -69,14 +73,16 @@ class GcsStorage:
             self.client = gcs.Client(client_options=options)
         except gauth_exc.DefaultCredentialsError as exc:
             raise StorageCredentialsError(
-                f"no Google credentials for {self.url}: {exc}", hint=CREDENTIAL_HINT) from None
+                f"no Google credentials for {self.url}: {exc}", hint=CREDENTIAL_HINT
+            ) from None
         self.bucket = self.client.bucket(bucket)
         try:
             self._list_page(self._key_prefix(), None, 1)
         except ObjectNotFound:
             raise BucketNotFound(
                 f"GCS bucket {bucket!r} does not exist ({self.url})",
-                hint="create it, or fix repository.url / storage.endpoint_url") from None
+                hint="create it, or fix repository.url / storage.endpoint_url",
+            ) from None
 
     # -- helpers -------------------------------------------------------------
 
@@ -88,7 +94,7 @@ class GcsStorage:
         return f"{self.prefix}/{prefix}" if self.prefix else prefix
 
     def _name(self, key: str) -> str:
-        return key[len(self.prefix) + 1:] if self.prefix else key
+        return key[len(self.prefix) + 1 :] if self.prefix else key
 
     def _call(self, what: str, fn: Any) -> Any:
         return self.retrier.call(what, fn)
@@ -106,33 +112,60 @@ class GcsStorage:
             if status in (408, 429) or status >= 500:
                 return Failure(True, StorageError(f"{where}: {exc}; the store stayed unavailable"))
             if status == 401:
-                return Failure(False, StorageCredentialsError(
-                    f"{where}: the credentials were rejected", hint=CREDENTIAL_HINT))
+                return Failure(
+                    False,
+                    StorageCredentialsError(
+                        f"{where}: the credentials were rejected", hint=CREDENTIAL_HINT
+                    ),
+                )
             if status == 403:
-                return Failure(False, StoragePermissionDenied(
-                    f"{where}: permission denied: {exc}", hint=PERMISSION_HINT))
+                return Failure(
+                    False,
+                    StoragePermissionDenied(
+                        f"{where}: permission denied: {exc}", hint=PERMISSION_HINT
+                    ),
+                )
             if status == 404:
                 return Failure(False, ObjectNotFound(f"{where}: not found"))
             if status == 410:
-                return Failure(False, StorageError(
-                    f"{where}: the resumable upload session expired or was cancelled"))
+                return Failure(
+                    False,
+                    StorageError(f"{where}: the resumable upload session expired or was cancelled"),
+                )
             return Failure(False, StorageError(f"{where}: {exc}"))
         if isinstance(exc, gauth_exc.RefreshError | gauth_exc.DefaultCredentialsError):
-            return Failure(False, StorageCredentialsError(
-                f"{where}: no usable credentials ({exc})", hint=CREDENTIAL_HINT))
-        if isinstance(exc, requests.ConnectionError | requests.Timeout
-                      | requests.exceptions.ChunkedEncodingError | gauth_exc.TransportError
-                      | ConnectionError | TimeoutError):
+            return Failure(
+                False,
+                StorageCredentialsError(
+                    f"{where}: no usable credentials ({exc})", hint=CREDENTIAL_HINT
+                ),
+            )
+        if isinstance(
+            exc,
+            requests.ConnectionError
+            | requests.Timeout
+            | requests.exceptions.ChunkedEncodingError
+            | gauth_exc.TransportError
+            | ConnectionError
+            | TimeoutError,
+        ):
             return Failure(True, StorageError(f"{where}: {exc}"))
         return None
 
     def _list_page(self, prefix: str, token: str | None, size: int) -> tuple[list[Any], str | None]:
         def page() -> tuple[list[Any], str | None]:
-            it = self.client.list_blobs(self.bucket, prefix=prefix, page_token=token,
-                                        page_size=size, max_results=None if size > 1 else 1,
-                                        retry=None, timeout=self.config.timeout)
+            it = self.client.list_blobs(
+                self.bucket,
+                prefix=prefix,
+                page_token=token,
+                page_size=size,
+                max_results=None if size > 1 else 1,
+                retry=None,
+                timeout=self.config.timeout,
+            )
             items = list(next(it.pages))
             return items, it.next_page_token
+
         return cast(tuple[list[Any], str | None], self._call("list objects", page))
 
     def blob(self, key: str) -> gcs.Blob:
@@ -145,33 +178,61 @@ class GcsStorage:
 
     def open_read(self, name: str) -> BinaryIO:
         key = self._key(name)
-        blob = self._call(f"stat {name}", lambda: self.bucket.get_blob(
-            key, retry=None, timeout=self.config.timeout))
+        blob = self._call(
+            f"stat {name}",
+            lambda: self.bucket.get_blob(key, retry=None, timeout=self.config.timeout),
+        )
         if blob is None:
             raise ObjectNotFound(f"object {name} does not exist in {self.url}")
         generation = blob.generation
 
         def fetch(start: int, end: int) -> bytes:
-            return cast(bytes, self._call(f"read {name}", lambda: self.bucket.blob(key).
-                                          download_as_bytes(
-                start=start, end=end, if_generation_match=generation, checksum=None,
-                retry=None, timeout=self.config.timeout)))
+            return cast(
+                bytes,
+                self._call(
+                    f"read {name}",
+                    lambda: self.bucket.blob(key).download_as_bytes(
+                        start=start,
+                        end=end,
+                        if_generation_match=generation,
+                        checksum=None,
+                        retry=None,
+                        timeout=self.config.timeout,
+                    ),
+                ),
+            )
 
-        reader = RangeReader(fetch, int(blob.size or 0), chunk=self.config.part_size,
-                             ahead=self.config.parts_in_flight, name=name)
+        reader = RangeReader(
+            fetch,
+            int(blob.size or 0),
+            chunk=self.config.part_size,
+            ahead=self.config.parts_in_flight,
+            name=name,
+        )
         return cast(BinaryIO, reader)
 
     def put_bytes(self, name: str, data: bytes) -> None:
         blob = self.blob(self._key(name))
-        self._call(f"write {name}", lambda: blob.upload_from_string(
-            data, content_type="application/octet-stream", retry=None,
-            timeout=self.config.timeout))
+        self._call(
+            f"write {name}",
+            lambda: blob.upload_from_string(
+                data,
+                content_type="application/octet-stream",
+                retry=None,
+                timeout=self.config.timeout,
+            ),
+        )
 
     def get_bytes(self, name: str) -> bytes:
         blob = self.bucket.blob(self._key(name))
         try:
-            return cast(bytes, self._call(f"read {name}", lambda: blob.download_as_bytes(
-                retry=None, timeout=self.config.timeout)))
+            return cast(
+                bytes,
+                self._call(
+                    f"read {name}",
+                    lambda: blob.download_as_bytes(retry=None, timeout=self.config.timeout),
+                ),
+            )
         except ObjectNotFound:
             raise ObjectNotFound(f"object {name} does not exist in {self.url}") from None
 
@@ -187,8 +248,9 @@ class GcsStorage:
     def delete(self, name: str) -> None:
         blob = self.bucket.blob(self._key(name))
         try:
-            self._call(f"delete {name}", lambda: blob.delete(retry=None,
-                                                              timeout=self.config.timeout))
+            self._call(
+                f"delete {name}", lambda: blob.delete(retry=None, timeout=self.config.timeout)
+            )
         except ObjectNotFound:
             return
         except StoragePermissionDenied as exc:
@@ -197,13 +259,17 @@ class GcsStorage:
                 raise ObjectLocked(
                     f"{self.url}/{name} is under a bucket retention policy or object hold; "
                     "it cannot be deleted yet",
-                    hint="this is the immutability configured on the bucket") from None
+                    hint="this is the immutability configured on the bucket",
+                ) from None
             raise
 
     def exists(self, name: str) -> bool:
         blob = self.bucket.blob(self._key(name))
-        return bool(self._call("stat an object", lambda: blob.exists(
-            retry=None, timeout=self.config.timeout)))
+        return bool(
+            self._call(
+                "stat an object", lambda: blob.exists(retry=None, timeout=self.config.timeout)
+            )
+        )
 
     def list_incomplete(self) -> builtins.list[IncompleteUpload]:
         """Always empty: GCS cannot list resumable sessions (they expire after a week)."""
@@ -228,7 +294,7 @@ class ViewReader:
 
     def read(self, size: int = -1) -> bytes:
         end = len(self._view) if size < 0 else min(len(self._view), self._pos + size)
-        out = self._view[self._pos:end].tobytes()
+        out = self._view[self._pos : end].tobytes()
         self._pos = end
         return out
 
@@ -266,16 +332,25 @@ class GcsWriter:
         with self._lock:
             if self._session_url is None:
                 blob = self._s.blob(self._key)
-                self._session_url = str(self._s._call("start a resumable upload", lambda: (
-                    blob.create_resumable_upload_session(
-                        content_type="application/octet-stream", retry=None,
-                        timeout=self._s.config.timeout))))
+                self._session_url = str(
+                    self._s._call(
+                        "start a resumable upload",
+                        lambda: blob.create_resumable_upload_session(
+                            content_type="application/octet-stream",
+                            retry=None,
+                            timeout=self._s.config.timeout,
+                        ),
+                    )
+                )
             return self._session_url
 
     def _persisted(self, url: str) -> int | None:
         """Ask the session how much it holds; None once the object is finalized."""
-        resp = self._http.put(url, headers={"Content-Range": "bytes */*", "Content-Length": "0"},
-                              timeout=self._s.config.timeout)
+        resp = self._http.put(
+            url,
+            headers={"Content-Range": "bytes */*", "Content-Length": "0"},
+            timeout=self._s.config.timeout,
+        )
         if resp.status_code in (200, 201):
             return None
         if resp.status_code != 308:
@@ -300,7 +375,8 @@ class GcsWriter:
                 if not start <= held <= end:
                     raise StorageError(
                         f"GCS upload of {self._key}: the session holds {held} bytes, expected "
-                        f"{start}..{end}; the upload cannot continue")
+                        f"{start}..{end}; the upload cannot continue"
+                    )
                 sent_from = held
             retrying = True
             total = str(end) if final else "*"
@@ -310,9 +386,12 @@ class GcsWriter:
                 content_range = f"bytes */{end}"
             else:
                 content_range = f"bytes {sent_from}-{end - 1}/{total}"
-            resp = self._http.put(url, data=ViewReader(view[sent_from - start:]),
-                                  headers={"Content-Range": content_range},
-                                  timeout=self._s.config.timeout)
+            resp = self._http.put(
+                url,
+                data=ViewReader(view[sent_from - start :]),
+                headers={"Content-Range": content_range},
+                timeout=self._s.config.timeout,
+            )
             if final and resp.status_code in (200, 201):
                 return
             if not final and resp.status_code == 308:
@@ -342,9 +421,15 @@ class GcsWriter:
             if self.pipeline.submitted == 0:
                 data = bytes(self.pipeline.take_pending())
                 blob = self._s.blob(self._key)
-                self._s._call("write an object", lambda: blob.upload_from_string(
-                    data, content_type="application/octet-stream", retry=None,
-                    timeout=self._s.config.timeout))
+                self._s._call(
+                    "write an object",
+                    lambda: blob.upload_from_string(
+                        data,
+                        content_type="application/octet-stream",
+                        retry=None,
+                        timeout=self._s.config.timeout,
+                    ),
+                )
             else:
                 self.pipeline.finish(send_last=False)
                 self._send(self.pipeline.take_pending(), final=True)

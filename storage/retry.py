@@ -87,8 +87,13 @@ class Retrier:
                     raise failure.error from exc
                 wait = self.delay(attempt)
                 attempt += 1
-                log.warning("storage call failed, retrying", what=what, attempt=attempt,
-                            wait_s=round(wait, 3), error=failure.error.message)
+                log.warning(
+                    "storage call failed, retrying",
+                    what=what,
+                    attempt=attempt,
+                    wait_s=round(wait, 3),
+                    error=failure.error.message,
+                )
                 self.sleep(wait)
 
 
@@ -115,8 +120,9 @@ class PartPipeline(Generic[R]):
         self._upload = upload
         self._part_size = part_size
         self._slots = threading.BoundedSemaphore(in_flight)
-        self._pool = ThreadPoolExecutor(max_workers=min(workers, in_flight),
-                                        thread_name_prefix=f"ebk-upload-{name}")
+        self._pool = ThreadPoolExecutor(
+            max_workers=min(workers, in_flight), thread_name_prefix=f"ebk-upload-{name}"
+        )
         self._futures: list[Future[R]] = []
         self._number = 0
         self._buffer = bytearray()
@@ -154,7 +160,7 @@ class PartPipeline(Generic[R]):
             piece = view[:want]
             self._buffer += piece
             self._account(len(piece))
-            view = view[len(piece):]
+            view = view[len(piece) :]
             if len(self._buffer) >= self._part_size(self._number + 1):
                 self.submit(self._buffer)
                 self._buffer = bytearray()
@@ -240,7 +246,8 @@ class RangeReader:
         self._chunk = chunk
         self._ahead = max(1, ahead)
         self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
-            max_workers=self._ahead, thread_name_prefix=f"ebk-read-{name}")
+            max_workers=self._ahead, thread_name_prefix=f"ebk-read-{name}"
+        )
         self._queue: list[Future[bytes]] = []
         self._next = 0  # offset of the next chunk to schedule
         self._current = memoryview(b"")
@@ -282,7 +289,7 @@ class RangeReader:
                 self._schedule()
             take = self._current[: size - len(out)]
             out += take
-            self._current = self._current[len(take):]
+            self._current = self._current[len(take) :]
         self.position += len(out)
         return bytes(out)
 

@@ -59,25 +59,49 @@ MAX_PARTS = 10_000
 MAX_PART = 5 * 1024**3
 GROW_EVERY = 2_000  # parts; the part size doubles after each block of this many
 
-TRANSIENT_CODES = frozenset({
-    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeoutException",
-    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequestsException",
-    "BandwidthLimitExceeded", "PriorRequestNotComplete", "OperationAborted",
-    "XAmzContentSHA256Mismatch",
-})
-CREDENTIAL_CODES = frozenset({
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException",
-    "InvalidToken", "TokenRefreshRequired", "InvalidClientTokenId", "AuthFailure",
-    "UnrecognizedClientException", "InvalidSecurity",
-})
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "BandwidthLimitExceeded",
+        "PriorRequestNotComplete",
+        "OperationAborted",
+        "XAmzContentSHA256Mismatch",
+    }
+)
+CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "InvalidClientTokenId",
+        "AuthFailure",
+        "UnrecognizedClientException",
+        "InvalidSecurity",
+    }
+)
 PERMISSION_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden"})
-CREDENTIAL_HINT = ("ebk takes AWS credentials from the SDK chain only (AWS_ACCESS_KEY_ID/"
-                   "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, web identity, instance role); check "
-                   "they are current and meant for this endpoint")
-PERMISSION_HINT = ("grant s3:ListBucket, s3:ListBucketMultipartUploads, s3:GetObject, "
-                   "s3:PutObject, s3:DeleteObject, s3:AbortMultipartUpload (and "
-                   "s3:PutObjectRetention, s3:GetObjectRetention with object lock) on the "
-                   "bucket and prefix")
+CREDENTIAL_HINT = (
+    "ebk takes AWS credentials from the SDK chain only (AWS_ACCESS_KEY_ID/"
+    "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, web identity, instance role); check "
+    "they are current and meant for this endpoint"
+)
+PERMISSION_HINT = (
+    "grant s3:ListBucket, s3:ListBucketMultipartUploads, s3:GetObject, "
+    "s3:PutObject, s3:DeleteObject, s3:AbortMultipartUpload (and "
+    "s3:PutObjectRetention, s3:GetObjectRetention with object lock) on the "
+    "bucket and prefix"
+)
 
 
 def part_size_for(base: int, number: int) -> int:
@@ -104,10 +128,15 @@ class S3Storage:
         )
         session = boto3.session.Session()
         self.client: S3Client = session.client(
-            "s3", endpoint_url=config.endpoint_url or None, config=boto_config)
+            "s3", endpoint_url=config.endpoint_url or None, config=boto_config
+        )
         self.retrier = Retrier.from_config(self._classify, config)
-        self._call("open the repository", lambda: self.client.list_objects_v2(
-            Bucket=bucket, Prefix=self._key_prefix(), MaxKeys=1))
+        self._call(
+            "open the repository",
+            lambda: self.client.list_objects_v2(
+                Bucket=bucket, Prefix=self._key_prefix(), MaxKeys=1
+            ),
+        )
         if config.object_lock_days:
             self._check_lock_enabled()
 
@@ -121,7 +150,7 @@ class S3Storage:
         return f"{self.prefix}/{prefix}" if self.prefix else prefix
 
     def _name(self, key: str) -> str:
-        return key[len(self.prefix) + 1:] if self.prefix else key
+        return key[len(self.prefix) + 1 :] if self.prefix else key
 
     def _call(self, what: str, fn: Any) -> Any:
         return self.retrier.call(what, fn)
@@ -137,30 +166,48 @@ class S3Storage:
             if code in TRANSIENT_CODES or status >= 500 or status == 429:
                 return Failure(True, StorageError(f"{detail}; the store stayed unavailable"))
             if code in CREDENTIAL_CODES:
-                return Failure(False, StorageCredentialsError(
-                    f"{where}: the credentials were rejected ({code})", hint=CREDENTIAL_HINT))
+                return Failure(
+                    False,
+                    StorageCredentialsError(
+                        f"{where}: the credentials were rejected ({code})", hint=CREDENTIAL_HINT
+                    ),
+                )
             if code in PERMISSION_CODES or status == 403:
-                return Failure(False, StoragePermissionDenied(
-                    f"{where}: permission denied ({code or status})", hint=PERMISSION_HINT))
+                return Failure(
+                    False,
+                    StoragePermissionDenied(
+                        f"{where}: permission denied ({code or status})", hint=PERMISSION_HINT
+                    ),
+                )
             if code == "NoSuchBucket":
-                return Failure(False, BucketNotFound(
-                    f"{where}: the bucket {self.bucket!r} does not exist",
-                    hint="create it (with Object Lock if you want immutability), or fix "
-                    "repository.url / storage.endpoint_url / storage.region"))
+                return Failure(
+                    False,
+                    BucketNotFound(
+                        f"{where}: the bucket {self.bucket!r} does not exist",
+                        hint="create it (with Object Lock if you want immutability), or fix "
+                        "repository.url / storage.endpoint_url / storage.region",
+                    ),
+                )
             if code in ("NoSuchKey", "404", "NotFound"):
                 return Failure(False, ObjectNotFound(f"{where}: no such object"))
             return Failure(False, StorageError(detail))
         if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
-            return Failure(False, StorageCredentialsError(
-                f"{where}: no usable AWS credentials ({exc})", hint=CREDENTIAL_HINT))
+            return Failure(
+                False,
+                StorageCredentialsError(
+                    f"{where}: no usable AWS credentials ({exc})", hint=CREDENTIAL_HINT
+                ),
+            )
         if isinstance(exc, HTTPClientError | ConnectionError | IncompleteReadError):
             return Failure(True, StorageError(f"{where}: {exc}"))
         return None
 
     def _check_lock_enabled(self) -> None:
         try:
-            conf = self._call("read the Object Lock configuration",
-                              lambda: self.client.get_object_lock_configuration(Bucket=self.bucket))
+            conf = self._call(
+                "read the Object Lock configuration",
+                lambda: self.client.get_object_lock_configuration(Bucket=self.bucket),
+            )
             enabled = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
         except StoragePermissionDenied:
             raise
@@ -171,7 +218,8 @@ class S3Storage:
                 f"storage.object_lock_days = {self.config.object_lock_days} but the bucket "
                 f"{self.bucket!r} has no Object Lock",
                 hint="Object Lock can only be enabled when a bucket is created (or by AWS "
-                "support); create a new bucket with it, or set object_lock_days = 0")
+                "support); create a new bucket with it, or set object_lock_days = 0",
+            )
 
     def encryption_args(self) -> dict[str, str]:
         if not self.config.sse_kms_key_id:
@@ -184,9 +232,14 @@ class S3Storage:
             return
         until = datetime.now(UTC) + timedelta(days=self.config.object_lock_days)
         mode = self.config.object_lock_mode.upper()
-        self._call("put object retention", lambda: self.client.put_object_retention(
-            Bucket=self.bucket, Key=key,
-            Retention=cast(Any, {"Mode": mode, "RetainUntilDate": until})))
+        self._call(
+            "put object retention",
+            lambda: self.client.put_object_retention(
+                Bucket=self.bucket,
+                Key=key,
+                Retention=cast(Any, {"Mode": mode, "RetainUntilDate": until}),
+            ),
+        )
 
     # -- Storage -------------------------------------------------------------
 
@@ -202,33 +255,53 @@ class S3Storage:
 
         def fetch(start: int, end: int) -> bytes:
             def get() -> bytes:
-                resp = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=etag,
-                                              Range=f"bytes={start}-{end}")
+                resp = self.client.get_object(
+                    Bucket=self.bucket, Key=key, IfMatch=etag, Range=f"bytes={start}-{end}"
+                )
                 return resp["Body"].read()
+
             return cast(bytes, self._call(f"read {name}", get))
 
-        reader = RangeReader(fetch, int(head["ContentLength"]), chunk=self.config.part_size,
-                             ahead=self.config.parts_in_flight, name=name)
+        reader = RangeReader(
+            fetch,
+            int(head["ContentLength"]),
+            chunk=self.config.part_size,
+            ahead=self.config.parts_in_flight,
+            name=name,
+        )
         return cast(BinaryIO, reader)
 
     def _head(self, key: str) -> dict[str, Any] | None:
         try:
-            return cast(dict[str, Any], self._call(
-                "stat an object", lambda: self.client.head_object(Bucket=self.bucket, Key=key)))
+            return cast(
+                dict[str, Any],
+                self._call(
+                    "stat an object", lambda: self.client.head_object(Bucket=self.bucket, Key=key)
+                ),
+            )
         except ObjectNotFound:
             return None
 
     def put_bytes(self, name: str, data: bytes) -> None:
         key = self._key(name)
-        self._call(f"write {name}", lambda: self.client.put_object(
-            Bucket=self.bucket, Key=key, Body=data, **self.encryption_args()))  # type: ignore[arg-type]
+        self._call(
+            f"write {name}",
+            lambda: self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, **self.encryption_args()
+            ),
+        )  # type: ignore[arg-type]
         self.apply_retention(key)
 
     def get_bytes(self, name: str) -> bytes:
         key = self._key(name)
         try:
-            return cast(bytes, self._call(f"read {name}", lambda: self.client.get_object(
-                Bucket=self.bucket, Key=key)["Body"].read()))
+            return cast(
+                bytes,
+                self._call(
+                    f"read {name}",
+                    lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(),
+                ),
+            )
         except ObjectNotFound:
             raise ObjectNotFound(f"object {name} does not exist in {self.url}") from None
 
@@ -252,16 +325,18 @@ class S3Storage:
             return
         until = head.get("ObjectLockRetainUntilDate")
         if head.get("ObjectLockLegalHoldStatus") == "ON":
-            raise ObjectLocked(f"{self.url}/{name} is under an Object Lock legal hold",
-                               hint="remove the legal hold first if the deletion is intended")
+            raise ObjectLocked(
+                f"{self.url}/{name} is under an Object Lock legal hold",
+                hint="remove the legal hold first if the deletion is intended",
+            )
         if until is not None and until > datetime.now(UTC):
             raise ObjectLocked(
                 f"{self.url}/{name} is under Object Lock retention "
                 f"({head.get('ObjectLockMode', '?')}) until {until.isoformat(timespec='seconds')}; "
                 "it cannot be deleted before then",
-                hint="this is the immutability you configured; delete it after that date")
-        self._call(f"delete {name}",
-                   lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+                hint="this is the immutability you configured; delete it after that date",
+            )
+        self._call(f"delete {name}", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
 
     def exists(self, name: str) -> bool:
         return self._head(self._key(name)) is not None
@@ -271,23 +346,33 @@ class S3Storage:
         markers: dict[str, str] = {}
         while True:
             args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._key_prefix(), **markers}
-            page = self._call("list multipart uploads",
-                              lambda a=args: self.client.list_multipart_uploads(**a))
+            page = self._call(
+                "list multipart uploads", lambda a=args: self.client.list_multipart_uploads(**a)
+            )
             for upload in page.get("Uploads", []):
-                found.append(IncompleteUpload(self._name(upload["Key"]), upload.get("Initiated"),
-                                              upload["UploadId"]))
+                found.append(
+                    IncompleteUpload(
+                        self._name(upload["Key"]), upload.get("Initiated"), upload["UploadId"]
+                    )
+                )
             if not page.get("IsTruncated"):
                 return found
-            markers = {"KeyMarker": page.get("NextKeyMarker", ""),
-                       "UploadIdMarker": page.get("NextUploadIdMarker", "")}
+            markers = {
+                "KeyMarker": page.get("NextKeyMarker", ""),
+                "UploadIdMarker": page.get("NextUploadIdMarker", ""),
+            }
 
     def remove_incomplete(self, upload: IncompleteUpload) -> None:
         self.abort_upload(self._key(upload.name), upload.handle)
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         try:
-            self._call("abort a multipart upload", lambda: self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id))
+            self._call(
+                "abort a multipart upload",
+                lambda: self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
+                ),
+            )
         except StorageError as exc:
             if "NoSuchUpload" not in exc.message:
                 raise
@@ -317,21 +402,35 @@ class S3Writer:
     def _ensure_upload(self) -> str:
         with self._lock:
             if self._upload_id is None:
-                resp = self._s._call("start a multipart upload", lambda: (
-                    self._s.client.create_multipart_upload(
-                        Bucket=self._s.bucket, Key=self._key, ChecksumAlgorithm="CRC32",
-                        **self._s.encryption_args())))  # type: ignore[arg-type]
+                resp = self._s._call(
+                    "start a multipart upload",
+                    lambda: self._s.client.create_multipart_upload(
+                        Bucket=self._s.bucket,
+                        Key=self._key,
+                        ChecksumAlgorithm="CRC32",
+                        **self._s.encryption_args(),
+                    ),
+                )  # type: ignore[arg-type]
                 self._upload_id = str(resp["UploadId"])
             return self._upload_id
 
     def _upload_part(self, number: int, data: bytearray) -> dict[str, Any]:
         if number > MAX_PARTS:
-            raise StorageError(f"{self._key}: more than {MAX_PARTS} parts",
-                               hint="raise storage.part_size")
+            raise StorageError(
+                f"{self._key}: more than {MAX_PARTS} parts", hint="raise storage.part_size"
+            )
         upload_id = self._ensure_upload()
-        resp = self._s._call(f"upload part {number}", lambda: self._s.client.upload_part(
-            Bucket=self._s.bucket, Key=self._key, UploadId=upload_id, PartNumber=number,
-            Body=data, ChecksumAlgorithm="CRC32"))  # type: ignore[arg-type]
+        resp = self._s._call(
+            f"upload part {number}",
+            lambda: self._s.client.upload_part(
+                Bucket=self._s.bucket,
+                Key=self._key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumAlgorithm="CRC32",
+            ),
+        )  # type: ignore[arg-type]
         part: dict[str, Any] = {"PartNumber": number, "ETag": resp["ETag"]}
         if resp.get("ChecksumCRC32"):
             part["ChecksumCRC32"] = resp["ChecksumCRC32"]
@@ -352,16 +451,24 @@ class S3Writer:
         try:
             if self.pipeline.submitted == 0:
                 data = bytes(self.pipeline.take_pending())
-                self._s._call("write an object", lambda: self._s.client.put_object(
-                    Bucket=self._s.bucket, Key=self._key, Body=data,
-                    **self._s.encryption_args()))  # type: ignore[arg-type]
+                self._s._call(
+                    "write an object",
+                    lambda: self._s.client.put_object(
+                        Bucket=self._s.bucket, Key=self._key, Body=data, **self._s.encryption_args()
+                    ),
+                )  # type: ignore[arg-type]
             else:
                 parts = self.pipeline.finish()
                 upload_id = self._ensure_upload()
-                self._s._call("complete a multipart upload", lambda: (
-                    self._s.client.complete_multipart_upload(
-                        Bucket=self._s.bucket, Key=self._key, UploadId=upload_id,
-                        MultipartUpload={"Parts": parts})))  # type: ignore[typeddict-item]
+                self._s._call(
+                    "complete a multipart upload",
+                    lambda: self._s.client.complete_multipart_upload(
+                        Bucket=self._s.bucket,
+                        Key=self._key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": parts},
+                    ),
+                )  # type: ignore[typeddict-item]
                 self._upload_id = None
             self._s.apply_retention(self._key)
         except BaseException:
@@ -379,5 +486,8 @@ class S3Writer:
             try:
                 self._s.abort_upload(self._key, self._upload_id)
             except StorageError as exc:
-                log.warning("could not abort a multipart upload; `ebk repo check --clean` "
-                            "removes it later", key=self._key, error=exc.message)
+                log.warning(
+                    "could not abort a multipart upload; `ebk repo check --clean` removes it later",
+                    key=self._key,
+                    error=exc.message,
+                )

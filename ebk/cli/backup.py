@@ -36,7 +36,9 @@ from ebk.runtime import Runtime
 )
 @click.option("--json", "json_output", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_obj
-def backup(config_path: Path | None, kind: str, databases: tuple[str, ...], json_output: bool) -> None:
+def backup(
+    config_path: Path | None, kind: str, databases: tuple[str, ...], json_output: bool
+) -> None:
     """Take an encrypted backup now.
 
     The backup is listed only once every object is durably stored and its

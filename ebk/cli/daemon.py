@@ -13,8 +13,12 @@ from ebk.runtime import Runtime
 
 
 @click.command()
-@click.option("--check", "check_only", is_flag=True,
-              help="Run the startup checks and exit: 0 means the daemon would start.")
+@click.option(
+    "--check",
+    "check_only",
+    is_flag=True,
+    help="Run the startup checks and exit: 0 means the daemon would start.",
+)
 @click.pass_obj
 def daemon(config_path: Path | None, check_only: bool) -> None:
     """Run scheduled backups and retention until SIGTERM.
@@ -86,18 +90,19 @@ def retention(config_path: Path | None, dry_run: bool, json_output: bool) -> Non
 
     runtime = Runtime.load(config_path)
     policy = RetentionPolicy.from_config(runtime.config.retention)
-    result = apply_retention(runtime.repository, policy, dry_run=dry_run,
-                             purpose="ebk retention")
+    result = apply_retention(runtime.repository, policy, dry_run=dry_run, purpose="ebk retention")
     doomed = [d for d in result.decisions if not d.keep]
     freed = sum(d.size for d in doomed)
     if json_output:
-        emit_json({
-            "policy": policy.describe(),
-            "dry_run": dry_run,
-            "decisions": [d.to_json() for d in result.decisions],
-            "deleted": result.deleted,
-            "freed_bytes": result.freed_bytes,
-        })
+        emit_json(
+            {
+                "policy": policy.describe(),
+                "dry_run": dry_run,
+                "decisions": [d.to_json() for d in result.decisions],
+                "deleted": result.deleted,
+                "freed_bytes": result.freed_bytes,
+            }
+        )
         return
     click.echo(f"policy: {policy.describe()}")
     if not result.decisions:
@@ -105,17 +110,33 @@ def retention(config_path: Path | None, dry_run: bool, json_output: bool) -> Non
         return
     emit_table(
         ["ID", "KIND", "STARTED", "ACTION", "WHY"],
-        [[d.backup_id, d.kind, d.time.isoformat(timespec="seconds") if d.time else "?",
-          "keep" if d.keep else "would delete" if dry_run
-          else "deleted" if d.backup_id in result.deleted else "already gone", d.why]
-         for d in result.decisions],
+        [
+            [
+                d.backup_id,
+                d.kind,
+                d.time.isoformat(timespec="seconds") if d.time else "?",
+                "keep"
+                if d.keep
+                else "would delete"
+                if dry_run
+                else "deleted"
+                if d.backup_id in result.deleted
+                else "already gone",
+                d.why,
+            ]
+            for d in result.decisions
+        ],
     )
     if dry_run:
-        click.echo(f"would delete {len(doomed)} of {len(result.decisions)} backups "
-                   f"({human_bytes(freed)} stored)")
+        click.echo(
+            f"would delete {len(doomed)} of {len(result.decisions)} backups "
+            f"({human_bytes(freed)} stored)"
+        )
     else:
-        click.echo(f"deleted {len(result.deleted)} of {len(result.decisions)} backups "
-                   f"({human_bytes(result.freed_bytes)} freed)")
+        click.echo(
+            f"deleted {len(result.deleted)} of {len(result.decisions)} backups "
+            f"({human_bytes(result.freed_bytes)} freed)"
+        )
 
 
 COMMANDS: list[click.Command] = [daemon, retention]

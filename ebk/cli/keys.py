@@ -35,19 +35,25 @@ def check(config_path: Path | None, json_output: bool) -> None:
         results = check_providers(runtime.key_providers)
     except EbkError as exc:
         if json_output:
-            emit_json({"ok": False, "error": exc.message, "hint": exc.hint,
-                       "exit_code": exc.exit_code})
+            emit_json(
+                {"ok": False, "error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
+            )
         raise
     if json_output:
         emit_json({"ok": True, "providers": results})
         return
-    rows = [(r["provider"], r.get("kek_id", ""), r["check"], f'{r["ms"]} ms') for r in results]
+    rows = [(r["provider"], r.get("kek_id", ""), r["check"], f"{r['ms']} ms") for r in results]
     emit_table(["PROVIDER", "KEK", "CHECK", "TIME"], rows)
 
 
 @keys.command("recovery-keygen")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
-              help="Where to write the private identity (mode 0600; never overwritten).")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Where to write the private identity (mode 0600; never overwritten).",
+)
 def recovery_keygen(out: Path) -> None:
     """Create an offline recovery key: a private identity file and its public recipient.
 
@@ -64,9 +70,12 @@ def recovery_keygen(out: Path) -> None:
 
 @keys.command("rotate-rewrap")
 @click.option("--dry-run", is_flag=True, help="Only list the key objects that would change.")
-@click.option("--rotate-keyfile", is_flag=True,
-              help="keys.provider = keyfile: first add a new KEK to the key file and make it "
-              "primary (old KEKs stay in the file).")
+@click.option(
+    "--rotate-keyfile",
+    is_flag=True,
+    help="keys.provider = keyfile: first add a new KEK to the key file and make it "
+    "primary (old KEKs stay in the file).",
+)
 @click.pass_obj
 def rotate_rewrap(config_path: Path | None, dry_run: bool, rotate_keyfile: bool) -> None:
     """Rewrap every backup's data key under the provider's current KEK.
@@ -97,8 +106,8 @@ def rotate_rewrap(config_path: Path | None, dry_run: bool, rotate_keyfile: bool)
         updated = rewrap_key_object(key_object, {primary.name: primary})
         after = [f"{s.provider}/{s.kek_id}" for s in updated.slots]
         if after != before or any(
-            a.ciphertext != b.ciphertext for a, b in zip(updated.slots, key_object.slots,
-                                                         strict=True)
+            a.ciphertext != b.ciphertext
+            for a, b in zip(updated.slots, key_object.slots, strict=True)
         ):
             repo.write_key_object(updated)
         rows.append((manifest.backup_id, ", ".join(before), ", ".join(after)))

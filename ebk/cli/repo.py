@@ -65,19 +65,42 @@ def show(config_path: Path | None, backup_id: str, json_output: bool) -> None:
     if json_output:
         emit_json(doc)
         return
-    for key in ("backup_id", "kind", "system_identifier", "server_version", "start_time",
-                "stop_time", "start_lsn", "stop_lsn", "timeline", "dek_id", "key_slots",
-                "databases", "ebk_version", "format_version"):
+    for key in (
+        "backup_id",
+        "kind",
+        "system_identifier",
+        "server_version",
+        "start_time",
+        "stop_time",
+        "start_lsn",
+        "stop_lsn",
+        "timeline",
+        "dek_id",
+        "key_slots",
+        "databases",
+        "ebk_version",
+        "format_version",
+    ):
         value = doc.get(key)
         if value not in (None, []):
             click.echo(f"{key:18} {', '.join(value) if isinstance(value, list) else value}")
-    click.echo(f"{'size':18} {human_bytes(manifest.plain_size)} "
-               f"(stored {human_bytes(manifest.stored_size)})")
+    click.echo(
+        f"{'size':18} {human_bytes(manifest.plain_size)} "
+        f"(stored {human_bytes(manifest.stored_size)})"
+    )
     click.echo("objects:")
     emit_table(
         ["NAME", "ROLE", "SIZE", "STORED", "SHA256"],
-        [[o.name, o.role + (f" {o.database}" if o.database else ""), human_bytes(o.plain_size),
-          human_bytes(o.stored_size), o.sha256[:16]] for o in manifest.objects],
+        [
+            [
+                o.name,
+                o.role + (f" {o.database}" if o.database else ""),
+                human_bytes(o.plain_size),
+                human_bytes(o.stored_size),
+                o.sha256[:16],
+            ]
+            for o in manifest.objects
+        ],
     )
 
 
@@ -90,8 +113,10 @@ def delete(config_path: Path | None, backup_id: str, yes: bool) -> None:
     runtime = Runtime.load(config_path)
     manifest = runtime.repository.resolve(backup_id)
     if not yes:
-        click.confirm(f"delete backup {manifest.backup_id} ({manifest.kind}, "
-                      f"{manifest.start_time})?", abort=True)
+        click.confirm(
+            f"delete backup {manifest.backup_id} ({manifest.kind}, {manifest.start_time})?",
+            abort=True,
+        )
     runtime.repository.delete_backup(manifest.backup_id)
     click.echo(f"deleted backup {manifest.backup_id}")
 

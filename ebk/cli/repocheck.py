@@ -29,8 +29,10 @@ ID_TIME = re.compile(r"^(\d{8}T\d{6}Z)")
 def parse_duration(text: str) -> timedelta:
     match = DURATION.match(text.strip())
     if not match:
-        raise ConfigError(f"--older-than {text!r} is not a duration",
-                          hint="write a number and a unit: 90s, 30m, 24h, 7d")
+        raise ConfigError(
+            f"--older-than {text!r} is not a duration",
+            hint="write a number and a unit: 90s, 30m, 24h, 7d",
+        )
     return timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
 
 
@@ -46,7 +48,7 @@ def upload_time(name: str, started: datetime | None) -> datetime | None:
     """The later of the store's start time and the backup id's: some stores misreport."""
     times = [t for t in (started,) if t is not None]
     if name.startswith(BACKUPS):
-        from_id = backup_time(name[len(BACKUPS):].split("/", 1)[0])
+        from_id = backup_time(name[len(BACKUPS) :].split("/", 1)[0])
         if from_id is not None:
             times.append(from_id)
     return max(times) if times else None
@@ -69,12 +71,20 @@ def repo() -> None:
 
 
 @repo.command()
-@click.option("--clean", is_flag=True,
-              help="Remove the incomplete backups and unfinished uploads older than the grace "
-              "period.")
-@click.option("--older-than", "older_than", default="24h", show_default=True, metavar="DURATION",
-              help="Grace period (90s, 30m, 24h, 7d): younger leftovers may belong to a backup "
-              "that is running now and are never removed.")
+@click.option(
+    "--clean",
+    is_flag=True,
+    help="Remove the incomplete backups and unfinished uploads older than the grace period.",
+)
+@click.option(
+    "--older-than",
+    "older_than",
+    default="24h",
+    show_default=True,
+    metavar="DURATION",
+    help="Grace period (90s, 30m, 24h, 7d): younger leftovers may belong to a backup "
+    "that is running now and are never removed.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def check(config_path: Path | None, clean: bool, older_than: str, json_output: bool) -> None:
@@ -95,17 +105,30 @@ def check(config_path: Path | None, clean: bool, older_than: str, json_output: b
     for inc in repository.list_incomplete():
         started = backup_time(inc.backup_id)
         old = started is not None and started <= cutoff
-        backups.append({"backup_id": inc.backup_id, "objects": inc.objects, "size": inc.size,
-                        "started": started.isoformat() if started else None,
-                        "age": _age(started, now), "old_enough": old, "removed": False})
+        backups.append(
+            {
+                "backup_id": inc.backup_id,
+                "objects": inc.objects,
+                "size": inc.size,
+                "started": started.isoformat() if started else None,
+                "age": _age(started, now),
+                "old_enough": old,
+                "removed": False,
+            }
+        )
     uploads = []
     found_uploads = storage.list_incomplete()
     for upload in found_uploads:
         started = upload_time(upload.name, upload.started)
-        uploads.append({"name": upload.name, "started": started.isoformat() if started else None,
-                        "age": _age(started, now),
-                        "old_enough": started is not None and started <= cutoff,
-                        "removed": False})
+        uploads.append(
+            {
+                "name": upload.name,
+                "started": started.isoformat() if started else None,
+                "age": _age(started, now),
+                "old_enough": started is not None and started <= cutoff,
+                "removed": False,
+            }
+        )
 
     if clean:
         for entry, upload in zip(uploads, found_uploads, strict=True):
@@ -118,8 +141,14 @@ def check(config_path: Path | None, clean: bool, older_than: str, json_output: b
                 entry["removed"] = True
 
     if json_output:
-        emit_json({"repository": storage.url, "grace_seconds": int(grace.total_seconds()),
-                   "incomplete_backups": backups, "orphaned_uploads": uploads})
+        emit_json(
+            {
+                "repository": storage.url,
+                "grace_seconds": int(grace.total_seconds()),
+                "incomplete_backups": backups,
+                "orphaned_uploads": uploads,
+            }
+        )
         return
     click.echo(f"repository {storage.url}")
     if not backups and not uploads:
@@ -135,9 +164,19 @@ def check(config_path: Path | None, clean: bool, older_than: str, json_output: b
 
     if backups:
         click.echo(f"incomplete backups (no manifest): {len(backups)}")
-        emit_table(["ID", "AGE", "OBJECTS", "SIZE", "STATE"],
-                   [[b["backup_id"], b["age"], len(b["objects"]),  # type: ignore[arg-type]
-                     human_bytes(int(b["size"])), state(b)] for b in backups])  # type: ignore[call-overload]
+        emit_table(
+            ["ID", "AGE", "OBJECTS", "SIZE", "STATE"],
+            [
+                [
+                    b["backup_id"],
+                    b["age"],
+                    len(b["objects"]),  # type: ignore[arg-type]
+                    human_bytes(int(b["size"])),
+                    state(b),
+                ]
+                for b in backups
+            ],
+        )  # type: ignore[call-overload]
     if uploads:
         click.echo(f"orphaned uploads: {len(uploads)}")
         emit_table(["OBJECT", "AGE", "STATE"], [[u["name"], u["age"], state(u)] for u in uploads])

@@ -21,8 +21,9 @@ def _parse_tablespace_map(values: tuple[str, ...]) -> dict[str, str]:
     for value in values:
         oid, sep, path = value.partition("=")
         if not sep or not oid.isdigit() or not path.startswith("/"):
-            raise click.BadParameter(f"{value!r}: expected OID=/absolute/dir",
-                                     param_hint="--tablespace-map")
+            raise click.BadParameter(
+                f"{value!r}: expected OID=/absolute/dir", param_hint="--tablespace-map"
+            )
         mapping[oid] = path
     return mapping
 
@@ -39,26 +40,53 @@ def _owner(name: str | None) -> tuple[int, int] | None:
 
 @click.command()
 @click.argument("backup_id", metavar="ID|latest")
-@click.option("--to", "target", type=click.Path(path_type=Path),
-              help="Physical: restore into this new or empty directory.")
-@click.option("--tablespace-map", "tablespace_map", multiple=True, metavar="OID=DIR",
-              help="Physical: restore tablespace OID into DIR instead of its original "
-              "location (repeatable; `ebk show ID` lists the tablespaces).")
-@click.option("--owner", metavar="USER",
-              help="Physical: chown the restored files to USER (when restoring as root).")
-@click.option("--no-verify", is_flag=True,
-              help="Physical: skip pg_verifybackup over the restored directory.")
-@click.option("--to-db", "target_db", metavar="NAME",
-              help="Logical: restore into this database (pg_restore, one transaction).")
-@click.option("--database", metavar="NAME",
-              help="Logical: which database of the backup to restore (when it holds several).")
+@click.option(
+    "--to",
+    "target",
+    type=click.Path(path_type=Path),
+    help="Physical: restore into this new or empty directory.",
+)
+@click.option(
+    "--tablespace-map",
+    "tablespace_map",
+    multiple=True,
+    metavar="OID=DIR",
+    help="Physical: restore tablespace OID into DIR instead of its original "
+    "location (repeatable; `ebk show ID` lists the tablespaces).",
+)
+@click.option(
+    "--owner",
+    metavar="USER",
+    help="Physical: chown the restored files to USER (when restoring as root).",
+)
+@click.option(
+    "--no-verify", is_flag=True, help="Physical: skip pg_verifybackup over the restored directory."
+)
+@click.option(
+    "--to-db",
+    "target_db",
+    metavar="NAME",
+    help="Logical: restore into this database (pg_restore, one transaction).",
+)
+@click.option(
+    "--database",
+    metavar="NAME",
+    help="Logical: which database of the backup to restore (when it holds several).",
+)
 @click.option("--create", is_flag=True, help="Logical: create the target database first.")
-@click.option("--with-globals", is_flag=True,
-              help="Logical: restore roles and tablespaces (pg_dumpall -g) first.")
-@click.option("--recovery-key", "recovery_key", type=click.Path(path_type=Path),
-              metavar="FILE",
-              help="Unwrap the data key with this offline recovery identity only "
-              "(`ebk keys recovery-keygen`), without the KMS or key file.")
+@click.option(
+    "--with-globals",
+    is_flag=True,
+    help="Logical: restore roles and tablespaces (pg_dumpall -g) first.",
+)
+@click.option(
+    "--recovery-key",
+    "recovery_key",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Unwrap the data key with this offline recovery identity only "
+    "(`ebk keys recovery-keygen`), without the KMS or key file.",
+)
 @click.pass_obj
 def restore(
     config_path: Path | None,

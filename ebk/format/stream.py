@@ -209,8 +209,8 @@ def read_header(source: BinaryIO) -> tuple[StreamHeader, bytes]:
             "not an ebk stream: the object is shorter than a stream header",
             hint="the object is truncated or is not an ebk backup object",
         )
-    magic, version, algorithm, compression, reserved, chunk_size, key_id_len = (
-        _FIXED_HEADER.unpack(fixed)
+    magic, version, algorithm, compression, reserved, chunk_size, key_id_len = _FIXED_HEADER.unpack(
+        fixed
     )
     if magic != MAGIC:
         raise IntegrityError("not an ebk stream: bad magic bytes")
@@ -249,9 +249,7 @@ class DecryptingReader:
 
     def __init__(self, source: BinaryIO, data_key: bytes, *, associated_data: bytes) -> None:
         self.header, encoded = read_header(source)
-        self._aead = AESGCM(
-            derive_subkey(data_key, encoded, self.header.salt, associated_data)
-        )
+        self._aead = AESGCM(derive_subkey(data_key, encoded, self.header.salt, associated_data))
         self._source = source
         self._sealed_size = self.header.chunk_size + TAG_SIZE
         self._counter = 0

@@ -70,8 +70,10 @@ class BaseBackup:
             conn.finish()
             self._conn = None
             raise PostgresError(
-                f"cannot open a replication connection to {self._cfg.host}:{self._cfg.port}: {message}",
-                hint="the user needs the REPLICATION attribute and a 'replication' line in pg_hba.conf",
+                f"cannot open a replication connection to {self._cfg.host}:{self._cfg.port}: "
+                f"{message}",
+                hint="the user needs the REPLICATION attribute and a 'replication' line "
+                "in pg_hba.conf",
             )
         if conn.server_version < MIN_SERVER_VERSION:
             raise PostgresError(

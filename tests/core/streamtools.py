@@ -26,7 +26,7 @@ class Stored:
         header_len = 13 + key_id_len + 32
         body = data[header_len:]
         sealed = chunk_size + TAG
-        chunks = [body[i:i + sealed] for i in range(0, len(body), sealed)]
+        chunks = [body[i : i + sealed] for i in range(0, len(body), sealed)]
         return cls(data[:header_len], chunks, chunk_size)
 
     def write(self, path: Path) -> None:

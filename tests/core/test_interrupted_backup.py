@@ -47,7 +47,10 @@ def start_backup(env: EbkEnv) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "ebk", "backup", "--type", "physical"],
         env=dict(os.environ, EBK_CONFIG=str(env.config_path)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_mid_stream(env: EbkEnv, proc: subprocess.Popen[str]) -> Path:
@@ -69,8 +72,9 @@ def listed(env: EbkEnv) -> list[dict[str, object]]:
     return list(json.loads(env.run("list", "--json").stdout))
 
 
-def test_sigkill_leaves_an_orphan_that_is_never_listed(big_cluster: PgCluster,
-                                                       tmp_path: Path) -> None:
+def test_sigkill_leaves_an_orphan_that_is_never_listed(
+    big_cluster: PgCluster, tmp_path: Path
+) -> None:
     env = make_env(tmp_path / "ebk", big_cluster)
     proc = start_backup(env)
     try:
@@ -84,8 +88,7 @@ def test_sigkill_leaves_an_orphan_that_is_never_listed(big_cluster: PgCluster,
     # The orphan is real (a key object and a half-written upload) ...
     repo = Repository(LocalStorage(env.repo_dir))
     assert [b.backup_id for b in repo.list_incomplete()] == [orphan]
-    assert [u.name for u in repo.storage.list_incomplete()] == [
-        f"backups/{orphan}/base.tar.ebk"]
+    assert [u.name for u in repo.storage.list_incomplete()] == [f"backups/{orphan}/base.tar.ebk"]
     # ... and never listed, shown or restorable.
     assert listed(env) == []
     env.run("show", orphan, expect=9)

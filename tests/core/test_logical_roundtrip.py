@@ -50,18 +50,21 @@ TABLES = {"shop": ["items", "orders"], "logs": ["events"]}
 
 def digest(cluster: PgCluster, db: str, table: str) -> str:
     return cluster.psql(
-        f"SELECT count(*) || ':' || md5(string_agg(t::text, ',' ORDER BY id)) FROM {table} t",
-        db=db)
+        f"SELECT count(*) || ':' || md5(string_agg(t::text, ',' ORDER BY id)) FROM {table} t", db=db
+    )
 
 
 def snapshot(cluster: PgCluster, mapping: dict[str, str]) -> dict[str, str]:
     """Digest of every table, keyed by its source database; ``mapping`` renames dbs."""
-    out = {f"{db}.{t}": digest(cluster, mapping.get(db, db), t)
-           for db, tables in TABLES.items() if db in mapping for t in tables}
+    out = {
+        f"{db}.{t}": digest(cluster, mapping.get(db, db), t)
+        for db, tables in TABLES.items()
+        if db in mapping
+        for t in tables
+    }
     seq_db = mapping.get("shop")
     if seq_db:
-        out["shop.orders_id_seq"] = cluster.psql("SELECT last_value FROM orders_id_seq",
-                                                 db=seq_db)
+        out["shop.orders_id_seq"] = cluster.psql("SELECT last_value FROM orders_id_seq", db=seq_db)
     return out
 
 
@@ -85,18 +88,31 @@ def test_data_is_what_the_test_claims(source: tuple[PgCluster, EbkEnv]) -> None:
     assert cluster.psql("SELECT max(length(body)) FROM items", db="shop") == "192000"
     assert cluster.psql("SELECT length(photo) FROM items WHERE id = 1", db="shop") == "256"
     assert cluster.psql("SELECT count(*) FROM items WHERE photo IS NULL", db="shop") == "300"
-    assert int(cluster.psql("SELECT pg_total_relation_size(reltoastrelid) FROM pg_class "
-                            "WHERE relname = 'items'", db="shop")) > 8192
+    assert (
+        int(
+            cluster.psql(
+                "SELECT pg_total_relation_size(reltoastrelid) FROM pg_class "
+                "WHERE relname = 'items'",
+                db="shop",
+            )
+        )
+        > 8192
+    )
 
 
 def test_selected_databases_round_trip(source: tuple[PgCluster, EbkEnv]) -> None:
     cluster, env = source
     expected = snapshot(cluster, {"shop": "shop", "logs": "logs"})
-    manifest = json.loads(env.run("backup", "--type", "logical", "--database", "shop",
-                                  "--database", "logs", "--json").stdout)
+    manifest = json.loads(
+        env.run(
+            "backup", "--type", "logical", "--database", "shop", "--database", "logs", "--json"
+        ).stdout
+    )
     assert manifest["databases"] == ["shop", "logs"]
     assert sorted(o["database"] for o in manifest["objects"] if o["role"] == "dump") == [
-        "logs", "shop"]
+        "logs",
+        "shop",
+    ]
     assert not [o for o in manifest["objects"] if o["role"] == "globals"]
     bid = manifest["backup_id"]
 
@@ -107,24 +123,28 @@ def test_selected_databases_round_trip(source: tuple[PgCluster, EbkEnv]) -> None
     env.run("restore", bid, "--to-db", "logs_copy", "--database", "logs", "--create")
     assert snapshot(cluster, {"shop": "shop_copy", "logs": "logs_copy"}) == expected
 
-    again = env.run("restore", bid, "--to-db", "shop_copy", "--database", "shop", "--create",
-                    expect=10)
+    again = env.run(
+        "restore", bid, "--to-db", "shop_copy", "--database", "shop", "--create", expect=10
+    )
     assert "already exists" in again.stderr
     assert snapshot(cluster, {"shop": "shop_copy"})["shop.items"] == expected["shop.items"]
 
 
 def test_single_database_restores_into_existing_empty_database(
-        source: tuple[PgCluster, EbkEnv]) -> None:
+    source: tuple[PgCluster, EbkEnv],
+) -> None:
     cluster, env = source
-    bid = json.loads(env.run("backup", "--type", "logical", "--database", "logs",
-                             "--json").stdout)["backup_id"]
+    bid = json.loads(env.run("backup", "--type", "logical", "--database", "logs", "--json").stdout)[
+        "backup_id"
+    ]
     cluster.psql("CREATE DATABASE logs_into")
     env.run("restore", bid, "--to-db", "logs_into")
     assert digest(cluster, "logs_into", "events") == digest(cluster, "logs", "events")
 
 
 def test_all_databases_with_globals_into_an_empty_cluster(
-        source: tuple[PgCluster, EbkEnv], tmp_path: Path) -> None:
+    source: tuple[PgCluster, EbkEnv], tmp_path: Path
+) -> None:
     cluster, env = source
     expected = snapshot(cluster, {"shop": "shop", "logs": "logs"})
     manifest = json.loads(env.run("backup", "--type", "logical", "--json").stdout)
@@ -137,15 +157,18 @@ def test_all_databases_with_globals_into_an_empty_cluster(
         config = tmp_path / "other.toml"
         config.write_text(
             f'[repository]\nurl = "file://{env.repo_dir}"\n\n[keys]\nprovider = "keyfile"\n'
-            f'keyfile = "{env.keyfile}"\n\n[log]\nformat = "json"\n\n'
-            + other.config_section())
+            f'keyfile = "{env.keyfile}"\n\n[log]\nformat = "json"\n\n' + other.config_section()
+        )
         there = EbkEnv(tmp_path, config, env.repo_dir, env.keyfile)
         bid = manifest["backup_id"]
-        there.run("restore", bid, "--to-db", "shop", "--database", "shop", "--create",
-                  "--with-globals")
+        there.run(
+            "restore", bid, "--to-db", "shop", "--database", "shop", "--create", "--with-globals"
+        )
         there.run("restore", bid, "--to-db", "logs", "--database", "logs", "--create")
         assert snapshot(other, {"shop": "shop", "logs": "logs"}) == expected
-        assert other.psql("SELECT tableowner FROM pg_tables WHERE tablename = 'items'",
-                          db="shop") == "app_owner"
+        assert (
+            other.psql("SELECT tableowner FROM pg_tables WHERE tablename = 'items'", db="shop")
+            == "app_owner"
+        )
     finally:
         other.destroy()

@@ -66,7 +66,8 @@ def marked_cluster() -> Iterator[PgCluster]:
             "CREATE TABLE bin (id int PRIMARY KEY, b bytea);"
             f"INSERT INTO bin VALUES (1, convert_to('{m['bytea']}', 'UTF8'));"
             "CHECKPOINT;",
-            db="marked")
+            db="marked",
+        )
         # the guards: the value really is out of line, and uncompressed
         assert cluster.psql("SELECT pg_column_size(body) > 150000 FROM docs", db="marked") == "t"
         yield cluster
@@ -98,8 +99,9 @@ def read_file(path: Path) -> Iterator[bytes]:
 def decrypted(env: EbkEnv, backup_id: str) -> Iterator[bytes]:
     repo = Repository(LocalStorage(env.repo_dir))
     manifest = repo.read_manifest(backup_id)
-    dek = open_data_key(repo.read_key_object(backup_id), [KeyFileProvider(env.keyfile)],
-                        backup_id=backup_id)
+    dek = open_data_key(
+        repo.read_key_object(backup_id), [KeyFileProvider(env.keyfile)], backup_id=backup_id
+    )
     for stored in manifest.objects:
         with open_object(repo, manifest, stored, dek) as reader:
             while block := reader.read(1 << 20):
@@ -108,10 +110,12 @@ def decrypted(env: EbkEnv, backup_id: str) -> Iterator[bytes]:
 
 
 @pytest.mark.parametrize("level", [0, 3])
-def test_no_marker_anywhere_in_the_repository(marked_cluster: PgCluster, tmp_path: Path,
-                                              level: int) -> None:
-    env = make_env(tmp_path / "ebk", marked_cluster,
-                   extra=f"\n[backup]\ncompression_level = {level}\n")
+def test_no_marker_anywhere_in_the_repository(
+    marked_cluster: PgCluster, tmp_path: Path, level: int
+) -> None:
+    env = make_env(
+        tmp_path / "ebk", marked_cluster, extra=f"\n[backup]\ncompression_level = {level}\n"
+    )
     physical = json.loads(env.run("backup", "--type", "physical", "--json").stdout)
     logical = json.loads(env.run("backup", "--type", "logical", "--json").stdout)
     assert "marked" in logical["databases"]
@@ -125,6 +129,9 @@ def test_no_marker_anywhere_in_the_repository(marked_cluster: PgCluster, tmp_pat
     assert env.keyfile in files and env.config_path in files
     stored = [p for p in files if p.suffix == ".ebk"]
     assert len(stored) == len(physical["objects"]) + len(logical["objects"])
-    leaks = {str(p.relative_to(env.root)): found
-             for p in files if (found := found_in_stream(read_file(p), MARKERS))}
+    leaks = {
+        str(p.relative_to(env.root)): found
+        for p in files
+        if (found := found_in_stream(read_file(p), MARKERS))
+    }
     assert leaks == {}

@@ -32,8 +32,9 @@ def test_key_file_readable_by_others_is_refused(ebk_env: EbkEnv, mode: int) -> N
 
 
 def test_key_file_refusal_also_guards_restore(ebk_env: EbkEnv, tmp_path: Path) -> None:
-    bid = json.loads(ebk_env.run("backup", "--type", "logical", "--database", "postgres",
-                                 "--json").stdout)["backup_id"]
+    bid = json.loads(
+        ebk_env.run("backup", "--type", "logical", "--database", "postgres", "--json").stdout
+    )["backup_id"]
     ebk_env.keyfile.chmod(0o644)
     result = ebk_env.run("restore", bid, "--to-db", "not_made", "--create", expect=3)
     assert "chmod 600" in result.stderr
@@ -54,14 +55,18 @@ def test_missing_key_file_says_how_to_create_one(ebk_env: EbkEnv) -> None:
     assert "does not exist" in result.stderr and "ebk init" in result.stderr
 
 
-@pytest.mark.parametrize(("extra", "names"), [
-    ("[backup]\ncompresion_level = 3\n", "backup.compresion_level"),
-    ("[backup]\ncompression_level = \"high\"\n", "backup.compression_level"),
-    ("[backup]\ncompression_level = 42\n", "backup.compression_level"),
-    ("[nosuchsection]\nx = 1\n", "[nosuchsection]"),
-])
-def test_config_errors_name_the_key(tmp_path: Path, pg_cluster: PgCluster, extra: str,
-                                    names: str) -> None:
+@pytest.mark.parametrize(
+    ("extra", "names"),
+    [
+        ("[backup]\ncompresion_level = 3\n", "backup.compresion_level"),
+        ('[backup]\ncompression_level = "high"\n', "backup.compression_level"),
+        ("[backup]\ncompression_level = 42\n", "backup.compression_level"),
+        ("[nosuchsection]\nx = 1\n", "[nosuchsection]"),
+    ],
+)
+def test_config_errors_name_the_key(
+    tmp_path: Path, pg_cluster: PgCluster, extra: str, names: str
+) -> None:
     env = make_env(tmp_path / "ebk", pg_cluster, extra=extra, init=False)
     result = env.run("list", expect=2)
     assert_clean_error(result.stderr)
@@ -77,8 +82,9 @@ def test_bad_repository_url_scheme(tmp_path: Path) -> None:
     assert "repository.url" in result.stderr and "'ftp'" in result.stderr
 
 
-def test_env_override_with_wrong_type_names_the_variable(ebk_env: EbkEnv,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_override_with_wrong_type_names_the_variable(
+    ebk_env: EbkEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("EBK_POSTGRES__PORT", "abc")
     result = ebk_env.run("list", expect=2)
     assert_clean_error(result.stderr)
@@ -94,8 +100,11 @@ def test_env_override_is_applied(ebk_env: EbkEnv, monkeypatch: pytest.MonkeyPatc
 
 def test_unreachable_postgres_exits_7(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
-    env = make_env(tmp_path / "ebk", None,
-                   extra=f'[postgres]\nhost = "127.0.0.1"\nport = {port}\nuser = "postgres"\n')
+    env = make_env(
+        tmp_path / "ebk",
+        None,
+        extra=f'[postgres]\nhost = "127.0.0.1"\nport = {port}\nuser = "postgres"\n',
+    )
     for kind in ("physical", "logical"):
         result = env.run("backup", "--type", kind, expect=7)
         assert_clean_error(result.stderr)

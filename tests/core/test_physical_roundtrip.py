@@ -11,8 +11,9 @@ from tests.support.postgres import PgCluster, give_to_postgres, start_existing
 CONTENT_SQL = "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM {table} t"
 
 
-def test_physical_roundtrip_with_tablespace(fresh_cluster: PgCluster, postgres_dir: Path,
-                                            tmp_path: Path) -> None:
+def test_physical_roundtrip_with_tablespace(
+    fresh_cluster: PgCluster, postgres_dir: Path, tmp_path: Path
+) -> None:
     ts_dir = postgres_dir / "ts1"
     ts_dir.mkdir()
     give_to_postgres(ts_dir)
@@ -34,8 +35,16 @@ def test_physical_roundtrip_with_tablespace(fresh_cluster: PgCluster, postgres_d
     target = postgres_dir / "restored"
     new_ts = postgres_dir / "restored_ts"
     oid = next(o["tablespace_oid"] for o in manifest["objects"] if o["role"] == "tablespace")
-    env.run("restore", manifest["backup_id"], "--to", str(target), "--owner", "postgres",
-            "--tablespace-map", f"{oid}={new_ts}")
+    env.run(
+        "restore",
+        manifest["backup_id"],
+        "--to",
+        str(target),
+        "--owner",
+        "postgres",
+        "--tablespace-map",
+        f"{oid}={new_ts}",
+    )
     assert (target / "pg_tblspc" / oid).resolve() == new_ts
     restored = start_existing(target)
     try:

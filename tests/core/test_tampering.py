@@ -47,11 +47,17 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Source]:
             "CREATE EXTENSION pgcrypto;"
             "CREATE TABLE blob (id int PRIMARY KEY, b bytea);"
             "INSERT INTO blob SELECT g, gen_random_bytes(1000) FROM generate_series(1, 4000) g;",
-            db="app")
+            db="app",
+        )
         env = make_env(tmp_path_factory.mktemp("tamper") / "ebk", cluster)
-        ids = [json.loads(env.run("backup", "--type", kind, *extra, "--json").stdout)["backup_id"]
-               for kind, extra in (("physical", ()), ("physical", ()),
-                                   ("logical", ("--database", "app")))]
+        ids = [
+            json.loads(env.run("backup", "--type", kind, *extra, "--json").stdout)["backup_id"]
+            for kind, extra in (
+                ("physical", ()),
+                ("physical", ()),
+                ("logical", ("--database", "app")),
+            )
+        ]
         yield Source(cluster, env, *ids)
     finally:
         cluster.destroy()
@@ -79,6 +85,7 @@ def assert_no_data_directory(target: Path) -> None:
 
 # --- the damage ------------------------------------------------------------
 
+
 def _edit_chunks(edit: Callable[[list[bytes]], object]) -> Callable[[EbkEnv, Source], None]:
     def tamper(env: EbkEnv, s: Source) -> None:
         path = obj(env, s.a, "base.tar.ebk")
@@ -86,6 +93,7 @@ def _edit_chunks(edit: Callable[[list[bytes]], object]) -> Callable[[EbkEnv, Sou
         assert len(stored.chunks) >= 4, "the fixture must make a multi-chunk object"
         edit(stored.chunks)
         stored.write(path)
+
     return tamper
 
 
@@ -93,6 +101,7 @@ def _flip_at(where: Callable[[Stored], int]) -> Callable[[EbkEnv, Source], None]
     def tamper(env: EbkEnv, s: Source) -> None:
         path = obj(env, s.a, "base.tar.ebk")
         flip_byte(path, where(Stored.read(path)))
+
     return tamper
 
 
@@ -103,7 +112,7 @@ def _swap(chunks: list[bytes]) -> None:
 def _truncate_mid_chunk(env: EbkEnv, s: Source) -> None:
     path = obj(env, s.a, "base.tar.ebk")
     stored = Stored.read(path)
-    path.write_bytes(path.read_bytes()[:stored.chunk_offset(2) + 5000])
+    path.write_bytes(path.read_bytes()[: stored.chunk_offset(2) + 5000])
 
 
 def _append(env: EbkEnv, s: Source) -> None:
@@ -123,12 +132,14 @@ def _rename_objects(env: EbkEnv, s: Source) -> None:
     tmp.rename(two)
 
 
-def _edit_manifest(edit: Callable[[dict[str, object], Source], None],
-                   from_b: bool = False) -> Callable[[EbkEnv, Source], None]:
+def _edit_manifest(
+    edit: Callable[[dict[str, object], Source], None], from_b: bool = False
+) -> Callable[[EbkEnv, Source], None]:
     def tamper(env: EbkEnv, s: Source) -> None:
         doc = json.loads(obj(env, s.b if from_b else s.a, "manifest.json").read_text())
         edit(doc, s)
         obj(env, s.a, "manifest.json").write_text(json.dumps(doc, indent=2))
+
     return tamper
 
 
@@ -173,30 +184,52 @@ def _delete_object(env: EbkEnv, s: Source) -> None:
 
 
 CASES: list[tuple[str, Callable[[EbkEnv, Source], None], int, str]] = [
-    ("flip-body-middle", _flip_at(lambda st: st.chunk_offset(len(st.chunks) // 2) + 100),
-     INTEGRITY, r"failed authentication at chunk [1-9]"),
-    ("flip-salt", _flip_at(lambda st: st.salt_offset + 3), INTEGRITY,
-     "failed authentication at its first chunk"),
+    (
+        "flip-body-middle",
+        _flip_at(lambda st: st.chunk_offset(len(st.chunks) // 2) + 100),
+        INTEGRITY,
+        r"failed authentication at chunk [1-9]",
+    ),
+    (
+        "flip-salt",
+        _flip_at(lambda st: st.salt_offset + 3),
+        INTEGRITY,
+        "failed authentication at its first chunk",
+    ),
     ("flip-key-id", _flip_at(lambda st: 13), INTEGRITY, "names data key"),
     ("flip-chunk-size", _flip_at(lambda st: 11), INTEGRITY, "first chunk"),
-    ("flip-final-tag", _flip_at(lambda st: st.size - 1), INTEGRITY,
-     "failed authentication"),
+    ("flip-final-tag", _flip_at(lambda st: st.size - 1), INTEGRITY, "failed authentication"),
     ("truncate-at-chunk-boundary", _edit_chunks(lambda c: c.pop()), INTEGRITY, "truncated"),
     ("truncate-mid-chunk", _truncate_mid_chunk, INTEGRITY, "failed authentication at chunk 2"),
     ("swap-chunks", _edit_chunks(_swap), INTEGRITY, "failed authentication at chunk 1"),
-    ("duplicate-chunk", _edit_chunks(lambda c: c.insert(2, c[1])), INTEGRITY,
-     "failed authentication at chunk 2"),
-    ("drop-chunk", _edit_chunks(lambda c: c.pop(1)), INTEGRITY,
-     "failed authentication at chunk 1"),
+    (
+        "duplicate-chunk",
+        _edit_chunks(lambda c: c.insert(2, c[1])),
+        INTEGRITY,
+        "failed authentication at chunk 2",
+    ),
+    ("drop-chunk", _edit_chunks(lambda c: c.pop(1)), INTEGRITY, "failed authentication at chunk 1"),
     ("trailing-data", _append, INTEGRITY, "failed authentication"),
     ("object-from-other-backup", _object_from_b, INTEGRITY, "names data key"),
     ("objects-renamed", _rename_objects, INTEGRITY, "first chunk"),
-    ("manifest-size-edited", _edit_manifest(_size_plus_one), INTEGRITY,
-     "manifest of backup .* failed authentication"),
-    ("manifest-sha-edited", _edit_manifest(_other_sha), INTEGRITY,
-     "manifest of backup .* failed authentication"),
-    ("manifest-from-other-backup", _edit_manifest(_claim_a, from_b=True), INTEGRITY,
-     "manifest of backup .* failed authentication"),
+    (
+        "manifest-size-edited",
+        _edit_manifest(_size_plus_one),
+        INTEGRITY,
+        "manifest of backup .* failed authentication",
+    ),
+    (
+        "manifest-sha-edited",
+        _edit_manifest(_other_sha),
+        INTEGRITY,
+        "manifest of backup .* failed authentication",
+    ),
+    (
+        "manifest-from-other-backup",
+        _edit_manifest(_claim_a, from_b=True),
+        INTEGRITY,
+        "manifest of backup .* failed authentication",
+    ),
     ("manifest-mac-removed", _edit_manifest(_drop_mac), INTEGRITY, "failed authentication"),
     ("key-object-from-other-backup", _key_object_from_b, KEY, "belongs to backup"),
     ("key-object-relabelled", _key_object_from_b_relabelled, KEY, "does not unwrap"),
@@ -206,12 +239,20 @@ CASES: list[tuple[str, Callable[[EbkEnv, Source], None], int, str]] = [
 
 # Every other case restores into an existing empty directory (it must be left
 # empty), the rest into a new one (it must be removed again).
-@pytest.mark.parametrize(("tamper", "code", "message", "target_exists"),
-                         [(*c[1:], i % 2 == 1) for i, c in enumerate(CASES)],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("tamper", "code", "message", "target_exists"),
+    [(*c[1:], i % 2 == 1) for i, c in enumerate(CASES)],
+    ids=[c[0] for c in CASES],
+)
 def test_tampered_physical_backup_is_refused(
-        source: Source, env: EbkEnv, tmp_path: Path, tamper: Callable[[EbkEnv, Source], None],
-        code: int, message: str, target_exists: bool) -> None:
+    source: Source,
+    env: EbkEnv,
+    tmp_path: Path,
+    tamper: Callable[[EbkEnv, Source], None],
+    code: int,
+    message: str,
+    target_exists: bool,
+) -> None:
     tamper(env, source)
     target = tmp_path / "restored"
     if target_exists:
@@ -247,13 +288,16 @@ def test_wrong_key_file_is_refused(source: Source, env: EbkEnv, tmp_path: Path) 
     assert "which is not in" in result.stderr and str(env.keyfile) in result.stderr
     assert_no_data_directory(target)
     env.run("restore", source.logical, "--to-db", "never_created", "--create", expect=KEY)
-    assert source.cluster.psql(
-        "SELECT count(*) FROM pg_database WHERE datname = 'never_created'") == "0"
+    assert (
+        source.cluster.psql("SELECT count(*) FROM pg_database WHERE datname = 'never_created'")
+        == "0"
+    )
 
 
 @pytest.mark.parametrize(("where", "code"), [("body", INTEGRITY), ("key", KEY)])
-def test_tampered_logical_backup_is_refused(source: Source, env: EbkEnv, where: str,
-                                            code: int) -> None:
+def test_tampered_logical_backup_is_refused(
+    source: Source, env: EbkEnv, where: str, code: int
+) -> None:
     if where == "body":
         path = obj(env, source.logical, "dump-0001.ebk")
         stored = Stored.read(path)
@@ -263,5 +307,7 @@ def test_tampered_logical_backup_is_refused(source: Source, env: EbkEnv, where: 
     target_db = f"tampered_{where}"
     result = env.run("restore", source.logical, "--to-db", target_db, "--create", expect=code)
     assert "ebk: error:" in result.stderr
-    assert source.cluster.psql(
-        f"SELECT count(*) FROM pg_database WHERE datname = '{target_db}'") == "0"
+    assert (
+        source.cluster.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{target_db}'")
+        == "0"
+    )

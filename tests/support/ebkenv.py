@@ -23,8 +23,9 @@ class EbkEnv:
 
     def run(self, *args: str, expect: int | None = 0) -> Result:
         """Run the CLI in-process (fast, counted by coverage)."""
-        result = CliRunner().invoke(main, ["--config", str(self.config_path), *args],
-                                    catch_exceptions=False)
+        result = CliRunner().invoke(
+            main, ["--config", str(self.config_path), *args], catch_exceptions=False
+        )
         if expect is not None:
             assert result.exit_code == expect, (
                 f"ebk {' '.join(args)} exited {result.exit_code}, expected {expect}:\n"
@@ -35,17 +36,22 @@ class EbkEnv:
     def subprocess(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
         """Run ebk as a real process (signals, exit codes)."""
         env = dict(os.environ, EBK_CONFIG=str(self.config_path))
-        return subprocess.run([sys.executable, "-m", "ebk", *args], capture_output=True,
-                              text=True, env=env, **kwargs)  # type: ignore[call-overload]
+        return subprocess.run(
+            [sys.executable, "-m", "ebk", *args], capture_output=True, text=True, env=env, **kwargs
+        )  # type: ignore[call-overload]
 
 
-def make_env(root: Path, cluster: PgCluster | None, *, extra: str = "", init: bool = True) -> EbkEnv:
+def make_env(
+    root: Path, cluster: PgCluster | None, *, extra: str = "", init: bool = True
+) -> EbkEnv:
     root.mkdir(parents=True, exist_ok=True)
     repo = root / "repo"
     keyfile = root / "kek.json"
     config = root / "ebk.toml"
-    text = (f'[repository]\nurl = "file://{repo}"\n\n[keys]\nprovider = "keyfile"\n'
-            f'keyfile = "{keyfile}"\n\n[log]\nformat = "json"\n\n')
+    text = (
+        f'[repository]\nurl = "file://{repo}"\n\n[keys]\nprovider = "keyfile"\n'
+        f'keyfile = "{keyfile}"\n\n[log]\nformat = "json"\n\n'
+    )
     if cluster is not None:
         text += cluster.config_section()
     config.write_text(text + extra)

@@ -50,25 +50,57 @@ class PgCluster:
 
     def psql(self, sql: str, db: str = "postgres") -> str:
         proc = subprocess.run(
-            [str(PG_BIN / "psql"), "-X", "-v", "ON_ERROR_STOP=1", "-h", self.host, "-p",
-             str(self.port), "-U", "postgres", "-d", db, "-Atq", "-c", sql],
-            check=True, capture_output=True, text=True,
+            [
+                str(PG_BIN / "psql"),
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-Atq",
+                "-c",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return proc.stdout.strip()
 
     def start(self) -> None:
-        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-                      "-o", f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1",
-                      "-w", "-t", "60", "start"])
+        _as_postgres(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-o",
+                f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1",
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
 
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():
-            _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w",
-                          "stop"])
+            _as_postgres(
+                [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]
+            )
 
     def config_section(self) -> str:
-        return (f'[postgres]\nhost = "{self.host}"\nport = {self.port}\nuser = "postgres"\n'
-                f'bin_dir = "{PG_BIN}"\n')
+        return (
+            f'[postgres]\nhost = "{self.host}"\nport = {self.port}\nuser = "postgres"\n'
+            f'bin_dir = "{PG_BIN}"\n'
+        )
 
     def destroy(self) -> None:
         self.stop()
@@ -80,11 +112,27 @@ def init_cluster(base: Path | None = None, *, port: int | None = None) -> PgClus
     """initdb (trust auth on loopback, replication allowed) and start."""
     base = base or make_postgres_dir()
     data = base / "data"
-    _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                  "--no-sync", "-E", "UTF8", "--locale", "C"])
+    _as_postgres(
+        [
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale",
+            "C",
+        ]
+    )
     with open(data / "postgresql.conf", "a") as conf:
-        conf.write("fsync = off\nwal_level = replica\nmax_wal_senders = 10\n"
-                   "max_replication_slots = 10\nshared_buffers = 64MB\n")
+        conf.write(
+            "fsync = off\nwal_level = replica\nmax_wal_senders = 10\n"
+            "max_replication_slots = 10\nshared_buffers = 64MB\n"
+        )
     cluster = PgCluster(data, port or free_port(), base, base / "postgres.log")
     cluster.start()
     return cluster
