@@ -66,7 +66,7 @@ class ObjectSink:
             plain_size=self.payload.bytes_in,
             stored_size=self.hasher.size,
             sha256=self.hasher.hexdigest(),
-            **self.extra,  # type: ignore[arg-type]
+            **self.extra,
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -21,7 +21,7 @@ class _Failure:
         self.error = error
 
 
-def prefetch(source: Iterable[T], depth: int = 64) -> Iterator[T]:
+def prefetch(source: Iterable[T], depth: int = 64) -> Generator[T, None, None]:
     """Yield ``source``'s items, produced ahead by a worker thread (at most ``depth``)."""
     items: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()

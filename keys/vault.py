@@ -24,7 +24,7 @@ import stat
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import hvac
 import hvac.exceptions
@@ -114,8 +114,11 @@ class VaultTransitProvider:
         if cfg.ca_cert and not Path(cfg.ca_cert).is_file():
             raise ConfigError(f"vault.ca_cert = {cfg.ca_cert!r} is not a file")
         client = hvac.Client(
-            url=self.address, namespace=cfg.namespace or None, verify=verify, timeout=cfg.timeout
-        )  # type: ignore[arg-type]  # requests: float
+            url=self.address,
+            namespace=cfg.namespace or None,
+            verify=verify,
+            timeout=cast(int, cfg.timeout),  # hvac's stub says int; requests takes a float
+        )
         mount = cfg.auth_mount or cfg.auth
         if cfg.auth == "token":
             client.token = (

@@ -10,6 +10,7 @@ from typing import BinaryIO
 from ebk.backup import stream_context
 from ebk.errors import IntegrityError
 from ebk.format.payload import PayloadReader
+from ebk.format.stream import Readable
 from ebk.manifest import Manifest, StoredObject
 from ebk.repository import Repository, object_name
 
@@ -17,7 +18,7 @@ from ebk.repository import Repository, object_name
 class HashingReader:
     """Hashes and counts the stored bytes as the decryptor pulls them."""
 
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: Readable) -> None:
         self._source = source
         self._hash = hashlib.sha256()
         self.size = 0

@@ -17,6 +17,7 @@ Contract (every backend, tested by one shared suite in tests/storage/):
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -67,7 +68,7 @@ class Storage(Protocol):
 
     def exists(self, name: str) -> bool: ...
 
-    def list_incomplete(self) -> list[IncompleteUpload]: ...
+    def list_incomplete(self) -> builtins.list[IncompleteUpload]: ...
 
     def remove_incomplete(self, upload: IncompleteUpload) -> None: ...
 

@@ -7,6 +7,7 @@ leaves a half-written object under its final name.
 
 from __future__ import annotations
 
+import builtins
 import os
 import uuid
 from collections.abc import Iterator
@@ -141,7 +142,7 @@ class LocalStorage:
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
 
-    def list_incomplete(self) -> list[IncompleteUpload]:
+    def list_incomplete(self) -> builtins.list[IncompleteUpload]:
         found = []
         for dirpath, _dirs, filenames in os.walk(self.root):
             for filename in filenames:

@@ -221,7 +221,7 @@ class S3Storage:
                 "support); create a new bucket with it, or set object_lock_days = 0",
             )
 
-    def encryption_args(self) -> dict[str, str]:
+    def encryption_args(self) -> dict[str, Any]:
         if not self.config.sse_kms_key_id:
             return {}
         return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.config.sse_kms_key_id}
@@ -289,7 +289,7 @@ class S3Storage:
             lambda: self.client.put_object(
                 Bucket=self.bucket, Key=key, Body=data, **self.encryption_args()
             ),
-        )  # type: ignore[arg-type]
+        )
         self.apply_retention(key)
 
     def get_bytes(self, name: str) -> bytes:
@@ -410,7 +410,7 @@ class S3Writer:
                         ChecksumAlgorithm="CRC32",
                         **self._s.encryption_args(),
                     ),
-                )  # type: ignore[arg-type]
+                )
                 self._upload_id = str(resp["UploadId"])
             return self._upload_id
 
@@ -427,10 +427,10 @@ class S3Writer:
                 Key=self._key,
                 UploadId=upload_id,
                 PartNumber=number,
-                Body=data,
+                Body=cast(Any, data),
                 ChecksumAlgorithm="CRC32",
             ),
-        )  # type: ignore[arg-type]
+        )
         part: dict[str, Any] = {"PartNumber": number, "ETag": resp["ETag"]}
         if resp.get("ChecksumCRC32"):
             part["ChecksumCRC32"] = resp["ChecksumCRC32"]
@@ -456,7 +456,7 @@ class S3Writer:
                     lambda: self._s.client.put_object(
                         Bucket=self._s.bucket, Key=self._key, Body=data, **self._s.encryption_args()
                     ),
-                )  # type: ignore[arg-type]
+                )
             else:
                 parts = self.pipeline.finish()
                 upload_id = self._ensure_upload()
@@ -466,9 +466,9 @@ class S3Writer:
                         Bucket=self._s.bucket,
                         Key=self._key,
                         UploadId=upload_id,
-                        MultipartUpload={"Parts": parts},
+                        MultipartUpload={"Parts": cast(Any, parts)},
                     ),
-                )  # type: ignore[typeddict-item]
+                )
                 self._upload_id = None
             self._s.apply_retention(self._key)
         except BaseException:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -101,7 +102,7 @@ def check(config_path: Path | None, clean: bool, older_than: str, json_output: b
     cutoff = now - grace
     repository, storage = runtime.repository, runtime.storage
 
-    backups = []
+    backups: list[dict[str, Any]] = []
     for inc in repository.list_incomplete():
         started = backup_time(inc.backup_id)
         old = started is not None and started <= cutoff
@@ -116,7 +117,7 @@ def check(config_path: Path | None, clean: bool, older_than: str, json_output: b
                 "removed": False,
             }
         )
-    uploads = []
+    uploads: list[dict[str, Any]] = []
     found_uploads = storage.list_incomplete()
     for upload in found_uploads:
         started = upload_time(upload.name, upload.started)
@@ -155,7 +156,7 @@ def check(config_path: Path | None, clean: bool, older_than: str, json_output: b
         click.echo("no incomplete backups, no orphaned uploads")
         return
 
-    def state(entry: dict[str, object]) -> str:
+    def state(entry: dict[str, Any]) -> str:
         if entry["removed"]:
             return "removed"
         if not entry["old_enough"]:
@@ -170,13 +171,13 @@ def check(config_path: Path | None, clean: bool, older_than: str, json_output: b
                 [
                     b["backup_id"],
                     b["age"],
-                    len(b["objects"]),  # type: ignore[arg-type]
+                    len(b["objects"]),
                     human_bytes(int(b["size"])),
                     state(b),
                 ]
                 for b in backups
             ],
-        )  # type: ignore[call-overload]
+        )
     if uploads:
         click.echo(f"orphaned uploads: {len(uploads)}")
         emit_table(["OBJECT", "AGE", "STATE"], [[u["name"], u["age"], state(u)] for u in uploads])

@@ -7,7 +7,7 @@ stream header records it, so a reader needs nothing but the data key.
 from __future__ import annotations
 
 import hashlib
-from typing import BinaryIO
+from typing import IO, cast
 
 import zstandard
 
@@ -18,6 +18,7 @@ from ebk.format.stream import (
     DEFAULT_CHUNK_SIZE,
     DecryptingReader,
     EncryptingWriter,
+    Readable,
     Writable,
 )
 
@@ -71,7 +72,7 @@ class PayloadWriter:
         if level > 0:
             cctx = zstandard.ZstdCompressor(level=level, threads=threads)
             self._compressor = cctx.stream_writer(
-                self.encryptor, closefd=False, write_return_read=True
+                cast(IO[bytes], self.encryptor), closefd=False, write_return_read=True
             )
         self.bytes_in = 0
 
@@ -92,17 +93,17 @@ class PayloadWriter:
 class PayloadReader:
     """Authenticate, decrypt and decompress a payload; ``read()`` returns plaintext."""
 
-    def __init__(self, source: BinaryIO, data_key: bytes, *, associated_data: bytes) -> None:
+    def __init__(self, source: Readable, data_key: bytes, *, associated_data: bytes) -> None:
         self.decryptor = DecryptingReader(source, data_key, associated_data=associated_data)
         self.key_id = self.decryptor.header.key_id
-        self._reader: BinaryIO
+        self._reader: Readable
         if self.decryptor.header.compression == COMPRESSION_ZSTD:
             dctx = zstandard.ZstdDecompressor()
-            self._reader = dctx.stream_reader(  # type: ignore[assignment]
-                self.decryptor, read_across_frames=True, closefd=False
+            self._reader = dctx.stream_reader(
+                cast(IO[bytes], self.decryptor), read_across_frames=True, closefd=False
             )
         else:
-            self._reader = self.decryptor  # type: ignore[assignment]
+            self._reader = self.decryptor
 
     def read(self, size: int = -1) -> bytes:
         try:

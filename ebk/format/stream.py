@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -55,7 +55,11 @@ _INFO_LABEL = b"ebk/stream/v1"
 
 
 class Writable(Protocol):
-    def write(self, data: bytes, /) -> object: ...
+    def write(self, data: bytes | bytearray | memoryview, /) -> object: ...
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ class EncryptingWriter:
             self.close()
 
 
-def _read_exact(source: BinaryIO, size: int) -> bytes:
+def _read_exact(source: Readable, size: int) -> bytes:
     parts = []
     remaining = size
     while remaining:
@@ -201,7 +205,7 @@ def _read_exact(source: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def read_header(source: BinaryIO) -> tuple[StreamHeader, bytes]:
+def read_header(source: Readable) -> tuple[StreamHeader, bytes]:
     """Parse a header; nothing in it is trusted until the first chunk authenticates."""
     fixed = _read_exact(source, _FIXED_HEADER.size)
     if len(fixed) < _FIXED_HEADER.size:
@@ -247,7 +251,7 @@ class DecryptingReader:
     raised, every later call raises it again.
     """
 
-    def __init__(self, source: BinaryIO, data_key: bytes, *, associated_data: bytes) -> None:
+    def __init__(self, source: Readable, data_key: bytes, *, associated_data: bytes) -> None:
         self.header, encoded = read_header(source)
         self._aead = AESGCM(derive_subkey(data_key, encoded, self.header.salt, associated_data))
         self._source = source

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import secrets
 import select
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
+import psycopg
 import psycopg.pq as pq
+from psycopg.pq.abc import PGconn, PGresult
 
 from ebk.config import PostgresConfig
 from ebk.errors import PostgresError
@@ -51,7 +53,7 @@ class BaseBackup:
         self._cfg = cfg
         self._label = label
         self._fast = fast_checkpoint
-        self._conn: pq.PGconn | None = None
+        self._conn: PGconn | None = None
         self.start_lsn = ""
         self.stop_lsn = ""
         self.timeline = 0
@@ -92,7 +94,7 @@ class BaseBackup:
         )
         try:
             conn.send_query(command.encode())
-        except pq.PQerror:
+        except psycopg.Error:
             raise self._fail("starting BASE_BACKUP") from None
         first = self._result("starting the backup")
         self.start_lsn = first.get_value(0, 0).decode()  # type: ignore[union-attr]
@@ -106,7 +108,7 @@ class BaseBackup:
         copy = self._result("opening the backup stream", expect=pq.ExecStatus.COPY_OUT)
         del copy
 
-    def _result(self, what: str, expect: pq.ExecStatus = pq.ExecStatus.TUPLES_OK) -> pq.PGresult:
+    def _result(self, what: str, expect: pq.ExecStatus = pq.ExecStatus.TUPLES_OK) -> PGresult:
         assert self._conn is not None
         self._wait_result()
         res = self._conn.get_result()
@@ -123,7 +125,7 @@ class BaseBackup:
             select.select([self._conn.socket], [], [], 1.0)
             self._conn.consume_input()
 
-    def events(self) -> Iterator[ArchiveStart | ManifestStart | bytes]:
+    def events(self) -> Generator[ArchiveStart | ManifestStart | bytes, None, None]:
         """Yield archive boundaries and data; waits on the socket outside the GIL."""
         conn = self._conn
         assert conn is not None
