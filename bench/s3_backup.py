@@ -68,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", type=int, default=140)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="backup.compression_threads")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -128,6 +129,7 @@ def main() -> None:
             f'region = "us-east-1"\naddressing_style = "path"\n'
             f'[keys]\nkeyfile = "{work}/kek.json"\n{cluster.config_section()}\n'
             f'[preflight]\npolicy = "off"\n[log]\nlevel = "warning"\n'
+            f"[backup]\ncompression_threads = {args.threads}\n"
         )
         ebk_env = dict(
             os.environ,
