@@ -4,12 +4,44 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import structlog
+
 from ebk.config import Config
+from ebk.errors import PreflightFailed
+from ebk.preflight.inspect import Inspector
+from ebk.preflight.model import Report
+from ebk.preflight.report import failure_lines, run_preflight
+
+log = structlog.get_logger("ebk.preflight")
 
 
-def enforce(config: Config, *, purpose: str, restore_target: Path | None = None) -> None:
+def enforce(config: Config, *, purpose: str, restore_target: Path | None = None,
+            inspector: Inspector | None = None) -> Report | None:
     """Refuse (PreflightFailed) under policy 'require' when a path is not proven encrypted.
 
-    Filled in by the preflight work (issue 5); until then it checks nothing.
+    Under 'warn' the same findings are logged and the command goes on; under
+    'off' nothing is checked.  Returns the report for callers that record it.
     """
-    del config, purpose, restore_target
+    policy = config.preflight.policy
+    if policy == "off":
+        return None
+    report = run_preflight(config, purpose=purpose, restore_target=restore_target,
+                           inspector=inspector)
+    failing = report.failing()
+    if not failing:
+        log.info("preflight passed", purpose=purpose,
+                 paths=[v.target.path for v in report.verdicts])
+        return report
+    lines = failure_lines(failing)
+    if policy == "require":
+        raise PreflightFailed(
+            f"preflight refused the {purpose}: {len(failing)} path(s) holding database bytes "
+            "are not proven encrypted (unknown counts as unencrypted):\n  " + "\n  ".join(lines),
+            hint="fix the storage as shown, check with `ebk preflight`, or set "
+            'preflight.policy = "warn" to go on while logging the risk',
+        )
+    for v in failing:
+        log.warning("preflight: path not proven encrypted", purpose=purpose, role=v.target.role,
+                    path=v.target.path, status=str(v.status), evidence=v.summary(),
+                    fix=v.target.fix)
+    return report
