@@ -52,7 +52,7 @@ class ObjectSink:
     extra: dict[str, str | None]
     cancel: threading.Event | None = None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise Interrupted("the backup was cancelled (shutdown); its upload was aborted")
         self.payload.write(data)
@@ -185,7 +185,7 @@ def produce_physical(run: BackupRun) -> dict[str, object]:
         sink: ObjectSink | None = None
         with closing(prefetch(base.events())) as events:
             for event in events:
-                if isinstance(event, bytes):
+                if isinstance(event, bytearray):
                     assert sink is not None
                     sink.write(event)
                     run.progress.advance(len(event))

@@ -21,7 +21,7 @@ class _Failure:
         self.error = error
 
 
-def prefetch(source: Iterable[T], depth: int = 64) -> Generator[T, None, None]:
+def prefetch(source: Iterable[T], depth: int = 8) -> Generator[T, None, None]:
     """Yield ``source``'s items, produced ahead by a worker thread (at most ``depth``)."""
     items: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()

@@ -9,6 +9,7 @@ Exit codes (stable, for scripts and Kubernetes CronJobs):
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 from pathlib import Path
@@ -33,8 +34,37 @@ def _config_path(value: str | None) -> Path | None:
     return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
 
 
+# Command name -> module that defines it.  Modules are imported only when their
+# command runs (or for --help), so `ebk backup` does not pay for the daemon's,
+# the preflight's or the cloud SDKs' imports.
+COMMAND_MODULES = {
+    "init": "setup",
+    "backup": "backup",
+    "list": "repo",
+    "show": "repo",
+    "delete": "repo",
+    "restore": "restore",
+    "repo": "repocheck",
+    "keys": "keys",
+    "preflight": "preflight",
+    "daemon": "daemon",
+    "retention": "daemon",
+}
+
+
 class EbkGroup(click.Group):
-    """Turns EbkError into one clear line on stderr and its exit code."""
+    """Loads commands lazily; turns EbkError into one clear line and its exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module_name = COMMAND_MODULES.get(cmd_name)
+        if module_name is None:
+            return None
+        module = importlib.import_module(f"ebk.cli.{module_name}")
+        commands: list[click.Command] = module.COMMANDS
+        return next((c for c in commands if c.name == cmd_name), None)
 
     def invoke(self, ctx: click.Context) -> object:
         signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -75,14 +105,3 @@ def main(ctx: click.Context, config_path: str | None) -> None:
       ebk restore latest --to DIR   restore into an empty directory
     """
     ctx.obj = _config_path(config_path)
-
-
-def _register() -> None:
-    from ebk.cli import backup, daemon, keys, preflight, repo, repocheck, restore, setup
-
-    for module in (setup, backup, repo, restore, repocheck, keys, preflight, daemon):
-        for command in module.COMMANDS:
-            main.add_command(command)
-
-
-_register()

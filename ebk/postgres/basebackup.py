@@ -25,6 +25,7 @@ from ebk.errors import PostgresError
 from ebk.postgres.connection import conninfo
 
 MIN_SERVER_VERSION = 150000
+COALESCE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -125,10 +126,16 @@ class BaseBackup:
             select.select([self._conn.socket], [], [], 1.0)
             self._conn.consume_input()
 
-    def events(self) -> Generator[ArchiveStart | ManifestStart | bytes, None, None]:
-        """Yield archive boundaries and data; waits on the socket outside the GIL."""
+    def events(self) -> Generator[ArchiveStart | ManifestStart | bytearray, None, None]:
+        """Yield archive boundaries and data; waits on the socket outside the GIL.
+
+        The server sends ~32 KiB messages; data is coalesced into blocks of
+        COALESCE_BYTES so the consumer (and a prefetch queue) handles a few
+        thousand blocks per GiB rather than tens of thousands of messages.
+        """
         conn = self._conn
         assert conn is not None
+        block = bytearray()
         while True:
             nbytes, data = conn.get_copy_data(1)
             if nbytes == 0:
@@ -141,8 +148,15 @@ class BaseBackup:
                 raise self._fail("receiving data")
             kind = data[0]
             if kind == 0x64:  # 'd'
-                yield bytes(data[1:])
-            elif kind == 0x6E:  # 'n'
+                block += data[1:]
+                if len(block) >= COALESCE_BYTES:
+                    out, block = block, bytearray()
+                    yield out
+                continue
+            if block:
+                out, block = block, bytearray()
+                yield out
+            if kind == 0x6E:  # 'n'
                 name, location, _ = bytes(data[1:]).split(b"\x00", 2)
                 yield ArchiveStart(name.decode(), location.decode() or None)
             elif kind == 0x6D:  # 'm'
@@ -151,6 +165,8 @@ class BaseBackup:
                 continue
             else:
                 raise PostgresError(f"unexpected message {chr(kind)!r} in the base backup stream")
+        if block:
+            yield block
         end = self._result("finishing the backup")
         self.stop_lsn = end.get_value(0, 0).decode()  # type: ignore[union-attr]
         self._wait_result()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from ebk.config import Config
 from ebk.errors import PreflightFailed
-from ebk.preflight.inspect import Inspector
-from ebk.preflight.model import Report
-from ebk.preflight.report import failure_lines, run_preflight
+
+if TYPE_CHECKING:  # the detectors load only when the policy asks for a check
+    from ebk.preflight.inspect import Inspector
+    from ebk.preflight.model import Report
 
 log = structlog.get_logger("ebk.preflight")
 
@@ -25,6 +27,8 @@ def enforce(config: Config, *, purpose: str, restore_target: Path | None = None,
     policy = config.preflight.policy
     if policy == "off":
         return None
+    from ebk.preflight.report import failure_lines, run_preflight
+
     report = run_preflight(config, purpose=purpose, restore_target=restore_target,
                            inspector=inspector)
     failing = report.failing()
