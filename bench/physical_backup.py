@@ -2,10 +2,12 @@
 
 Usage: .venv/bin/python bench/physical_backup.py [--scale 50] [--rounds 3] [--level 1]
 
-One pgbench database (scale 50 ~ 750 MiB), runs interleaved (baseline, ebk,
-baseline, ebk, ...) so that a noisy machine affects both alike; prints the
-median times, the ratio ebk/baseline and ebk's peak RSS.  Both write to a
-local directory; both compress with zstd level 1; ebk also encrypts.
+One pgbench database (scale 50 ~ 750 MiB), runs interleaved (pg_basebackup
+server-zstd, pg_basebackup client-zstd, ebk, ...) so that a noisy machine
+affects all alike; prints median times, ratios and ebk's peak RSS.  All write
+to a local directory with zstd at the same level; ebk also encrypts.  ebk asks
+PostgreSQL to compress (server-side zstd), so the server-zstd baseline isolates
+what encryption (and ebk's fixed start-up) costs.
 """
 
 from __future__ import annotations
@@ -57,8 +59,27 @@ def main() -> None:
         ebk = [sys.executable, "-m", "ebk", "--config", str(config)]
         timed([*ebk, "init"])
         base: list[Sample] = []
+        server: list[Sample] = []
         ours: list[Sample] = []
         for i in range(args.rounds):
+            target = work / f"pgbb-server-{i}"
+            server.append(
+                timed(
+                    [
+                        str(PG_BIN / "pg_basebackup"),
+                        "-D",
+                        str(target),
+                        "-Ft",
+                        "-X",
+                        "fetch",
+                        f"--compress=server-zstd:{args.level}",
+                        "-c",
+                        "fast",
+                    ],
+                    env=env,
+                )
+            )
+            shutil.rmtree(target)
             target = work / f"pgbb-{i}"
             base.append(
                 timed(
@@ -88,6 +109,11 @@ def main() -> None:
             "ebk_seconds": [round(s.seconds, 3) for s in ours],
             "baseline_median": round(median([s.seconds for s in base]), 3),
             "ebk_median": round(median([s.seconds for s in ours]), 3),
+            "server_zstd_seconds": [round(s.seconds, 3) for s in server],
+            "server_zstd_median": round(median([s.seconds for s in server]), 3),
+            "ratio_vs_server_zstd": round(
+                median([s.seconds for s in ours]) / median([s.seconds for s in server]), 3
+            ),
             "ratio": round(
                 median([s.seconds for s in ours]) / median([s.seconds for s in base]), 3
             ),
@@ -112,7 +138,15 @@ def main() -> None:
                 f"ebk backup --type physical:    median {result['ebk_median']} s "
                 f"{result['ebk_seconds']}"
             )
+            print(
+                f"pg_basebackup -Ft server-zstd: median {result['server_zstd_median']} s "
+                f"{result['server_zstd_seconds']}"
+            )
             print(f"ratio ebk/baseline: {result['ratio']}   (target <= 1.02)")
+            print(
+                f"ratio ebk/pg_basebackup server-zstd (same compression, the cost of "
+                f"encryption alone): {result['ratio_vs_server_zstd']}"
+            )
             print(
                 f"client CPU seconds (user+sys, median): pg_basebackup "
                 f"{result['baseline_cpu_median']}, ebk {result['ebk_cpu_median']}"

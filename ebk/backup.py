@@ -8,6 +8,8 @@ is listed and nothing is left for the next backup to trip on.
 
 from __future__ import annotations
 
+import json
+
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -96,7 +98,9 @@ class BackupRun:
         self._dek_id = ""
         self.log = log.bind(backup_id=self.backup_id, kind=kind)
 
-    def open_object(self, name: str, role: str, **extra: str | None) -> ObjectSink:
+    def open_object(
+        self, name: str, role: str, *, precompressed: bool = False, **extra: str | None
+    ) -> ObjectSink:
         upload = self.repo.storage.open_write(object_name(self.backup_id, name))
         hasher = HashingWriter(upload)
         payload = PayloadWriter(
@@ -106,6 +110,7 @@ class BackupRun:
             associated_data=stream_context(self.backup_id, name),
             level=self.config.backup.compression_level,
             threads=self.config.backup.compression_threads,
+            precompressed=precompressed,
         )
         self._open = ObjectSink(name, role, upload, hasher, payload, dict(extra), self.cancel)
         return self._open
@@ -178,24 +183,48 @@ class BackupRun:
         self.log.error("backup failed; nothing was listed")
 
 
+MAX_MANIFEST_KEPT = 64 * 1024 * 1024
+
+
+def _source_size(pg_manifest: bytes) -> int | None:
+    """Bytes of database files, summed from PostgreSQL's own backup_manifest."""
+    try:
+        files = json.loads(pg_manifest)["Files"]
+        return sum(int(f["Size"]) for f in files)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def produce_physical(run: BackupRun) -> dict[str, object]:
     cfg = run.config.postgres
-    with BaseBackup(cfg, label=f"ebk {run.backup_id}") as base:
+    with BaseBackup(
+        cfg,
+        label=f"ebk {run.backup_id}",
+        compression_level=run.config.backup.compression_level,
+        compression_workers=run.config.backup.compression_threads,
+    ) as base:
         locations = {t.oid: t.location for t in base.tablespaces}
         sink: ObjectSink | None = None
+        pg_manifest: bytearray | None = None
         with closing(prefetch(base.events())) as events:
             for event in events:
                 if isinstance(event, bytearray):
                     assert sink is not None
                     sink.write(event)
                     run.progress.advance(len(event))
+                    if pg_manifest is not None and len(pg_manifest) < MAX_MANIFEST_KEPT:
+                        pg_manifest += event
                 elif isinstance(event, ArchiveStart):
                     run.close_object()
-                    oid = event.name.removesuffix(".tar")
-                    is_base = event.name == "base.tar"
+                    # Server-compressed archives arrive as base.tar.zst; the stream
+                    # header records the compression, so the stored name stays base.tar.
+                    archive = event.name.removesuffix(".zst")
+                    oid = archive.removesuffix(".tar")
+                    is_base = archive == "base.tar"
                     sink = run.open_object(
-                        f"{event.name}.ebk",
+                        f"{archive}.ebk",
                         "base" if is_base else "tablespace",
+                        precompressed=base.server_compressed,
                         tablespace_oid=None if is_base else oid,
                         tablespace_location=None
                         if is_base
@@ -204,8 +233,14 @@ def produce_physical(run: BackupRun) -> dict[str, object]:
                 elif isinstance(event, ManifestStart):
                     run.close_object()
                     sink = run.open_object("backup_manifest.ebk", "backup_manifest")
+                    pg_manifest = bytearray()
         run.close_object()
-        return {"start_lsn": base.start_lsn, "stop_lsn": base.stop_lsn, "timeline": base.timeline}
+        return {
+            "start_lsn": base.start_lsn,
+            "stop_lsn": base.stop_lsn,
+            "timeline": base.timeline,
+            "source_size": _source_size(bytes(pg_manifest)) if pg_manifest else None,
+        }
 
 
 def _dump_into(

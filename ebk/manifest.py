@@ -53,11 +53,19 @@ class Manifest:
     stop_lsn: str | None = None
     timeline: int | None = None
     databases: list[str] = field(default_factory=list)
+    # Physical: bytes of database files (from PostgreSQL's backup_manifest); the
+    # objects' plain_size may be smaller when PostgreSQL compressed the archives.
+    source_size: int | None = None
     mac: str = ""
 
     @property
     def stored_size(self) -> int:
         return sum(o.stored_size for o in self.objects)
+
+    @property
+    def size(self) -> int:
+        """The size an operator means: database files, else the payload before encryption."""
+        return self.source_size if self.source_size is not None else self.plain_size
 
     @property
     def plain_size(self) -> int:
@@ -66,6 +74,10 @@ class Manifest:
     def _body(self) -> dict[str, Any]:
         body = asdict(self)
         body.pop("mac")
+        if body["source_size"] is None:
+            # Optional field added in ebk 0.1: absent rather than null, so manifests
+            # written before it keep their MAC.
+            body.pop("source_size")
         body["format"] = FORMAT
         return body
 
@@ -95,6 +107,7 @@ class Manifest:
         doc.pop("format")
         doc["stored_size"] = self.stored_size
         doc["plain_size"] = self.plain_size
+        doc["size"] = self.size
         return doc
 
     @classmethod

@@ -63,7 +63,7 @@ def backup(
     else:
         click.echo(
             f"backup {manifest.backup_id} complete: {kind}, "
-            f"{human_bytes(manifest.plain_size)} read, {human_bytes(manifest.stored_size)} stored"
+            f"{human_bytes(manifest.size)} read, {human_bytes(manifest.stored_size)} stored"
         )
 
 

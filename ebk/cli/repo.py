@@ -36,7 +36,7 @@ def list_(config_path: Path | None, json_output: bool) -> None:
                 m.kind,
                 m.start_time,
                 _duration(m.start_time, m.stop_time),
-                human_bytes(m.plain_size),
+                human_bytes(m.size),
                 human_bytes(m.stored_size),
                 m.server_version,
                 ",".join(m.databases) if m.databases else "-",
@@ -85,7 +85,7 @@ def show(config_path: Path | None, backup_id: str, json_output: bool) -> None:
         if value not in (None, []):
             click.echo(f"{key:18} {', '.join(value) if isinstance(value, list) else value}")
     click.echo(
-        f"{'size':18} {human_bytes(manifest.plain_size)} "
+        f"{'size':18} {human_bytes(manifest.size)} "
         f"(stored {human_bytes(manifest.stored_size)})"
     )
     click.echo("objects:")

@@ -45,7 +45,9 @@ class PayloadWriter:
     """Compress (zstd, ``level`` 0 = off) and encrypt into ``dest``.
 
     ``close()`` finishes the compressed frame and the final chunk; it does not
-    close ``dest``.  ``threads`` > 0 lets zstd compress on worker threads that
+    close ``dest``.  ``precompressed``: what is written is already zstd frames
+    (PostgreSQL's server-side compression); they are encrypted as they are and
+    the header says zstd, so readers need not know who compressed.  ``threads`` > 0 lets zstd compress on worker threads that
     run outside the GIL, so compression overlaps with reading and encryption.
     """
 
@@ -59,17 +61,18 @@ class PayloadWriter:
         level: int,
         threads: int = 0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        precompressed: bool = False,
     ) -> None:
         self.encryptor = EncryptingWriter(
             dest,
             data_key,
             key_id=key_id,
             associated_data=associated_data,
-            compression=COMPRESSION_ZSTD if level > 0 else COMPRESSION_NONE,
+            compression=COMPRESSION_ZSTD if level > 0 or precompressed else COMPRESSION_NONE,
             chunk_size=chunk_size,
         )
         self._compressor: zstandard.ZstdCompressionWriter | None = None
-        if level > 0:
+        if level > 0 and not precompressed:
             cctx = zstandard.ZstdCompressor(level=level, threads=threads)
             self._compressor = cctx.stream_writer(
                 cast(IO[bytes], self.encryptor), closefd=False, write_return_read=True

@@ -50,10 +50,22 @@ class Tablespace:
 class BaseBackup:
     """One BASE_BACKUP run.  Iterate ``events()`` for ArchiveStart/ManifestStart/bytes."""
 
-    def __init__(self, cfg: PostgresConfig, *, label: str, fast_checkpoint: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: PostgresConfig,
+        *,
+        label: str,
+        fast_checkpoint: bool = True,
+        compression_level: int = 0,
+        compression_workers: int = 0,
+    ) -> None:
         self._cfg = cfg
         self._label = label
         self._fast = fast_checkpoint
+        self._level = compression_level
+        self._workers = compression_workers
+        # True when the server compresses the archives (zstd frames arrive).
+        self.server_compressed = False
         self._conn: PGconn | None = None
         self.start_lsn = ""
         self.stop_lsn = ""
@@ -87,17 +99,7 @@ class BaseBackup:
         res = conn.exec_(f"CREATE_REPLICATION_SLOT {slot} TEMPORARY PHYSICAL RESERVE_WAL".encode())
         if res.status != pq.ExecStatus.TUPLES_OK:
             raise self._fail("reserving WAL with a temporary replication slot")
-        checkpoint = "fast" if self._fast else "spread"
-        label = self._label.replace("'", "")
-        command = (
-            f"BASE_BACKUP (LABEL '{label}', PROGRESS false, CHECKPOINT '{checkpoint}', "
-            "WAL true, WAIT true, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C')"
-        )
-        try:
-            conn.send_query(command.encode())
-        except psycopg.Error:
-            raise self._fail("starting BASE_BACKUP") from None
-        first = self._result("starting the backup")
+        first = self._send_base_backup(server_compression=self._level > 0)
         self.start_lsn = first.get_value(0, 0).decode()  # type: ignore[union-attr]
         self.timeline = int(first.get_value(0, 1))  # type: ignore[arg-type]
         spaces = self._result("listing tablespaces")
@@ -108,6 +110,42 @@ class BaseBackup:
                 self.tablespaces.append(Tablespace(oid.decode(), location.decode()))
         copy = self._result("opening the backup stream", expect=pq.ExecStatus.COPY_OUT)
         del copy
+
+    def _send_base_backup(self, *, server_compression: bool) -> PGresult:
+        """Start BASE_BACKUP, compressing on the server when it can.
+
+        Server-side zstd means the archives cross the socket compressed and ebk
+        only encrypts them: far less data to receive and no compression in this
+        process.  A server built without zstd says so at once; then ebk asks
+        again without it and compresses itself.
+        """
+        conn = self._conn
+        assert conn is not None
+        checkpoint = "fast" if self._fast else "spread"
+        label = self._label.replace("'", "")
+        options = (
+            f"LABEL '{label}', PROGRESS false, CHECKPOINT '{checkpoint}', "
+            "WAL true, WAIT true, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C'"
+        )
+        if server_compression:
+            detail = f"level={self._level}"
+            if self._workers > 0:
+                detail += f",workers={self._workers}"
+            options += f", COMPRESSION 'zstd', COMPRESSION_DETAIL '{detail}'"
+        try:
+            conn.send_query(f"BASE_BACKUP ({options})".encode())
+        except psycopg.Error:
+            raise self._fail("starting BASE_BACKUP") from None
+        try:
+            first = self._result("starting the backup")
+        except PostgresError as exc:
+            if not server_compression or "not supported" not in exc.message:
+                raise
+            while conn.get_result() is not None:
+                pass
+            return self._send_base_backup(server_compression=False)
+        self.server_compressed = server_compression
+        return first
 
     def _result(self, what: str, expect: pq.ExecStatus = pq.ExecStatus.TUPLES_OK) -> PGresult:
         assert self._conn is not None
