@@ -114,14 +114,15 @@ class Repository:
             if MANIFEST not in names
         ]
 
-    def resolve(self, ref: str) -> Manifest:
-        """A backup id, or 'latest' for the newest complete backup."""
+    def resolve(self, ref: str, *, kind: str | None = None) -> Manifest:
+        """A backup id, or 'latest': the newest complete backup (of ``kind`` when given)."""
         if ref == "latest":
-            backups = self.list_backups()
+            backups = [m for m in self.list_backups() if kind is None or m.kind == kind]
             if not backups:
+                what = f"{kind} backup" if kind else "backup"
                 raise BackupNotFound(
-                    f"the repository {self.storage.url} holds no complete backup",
-                    hint="take one with `ebk backup`",
+                    f"the repository {self.storage.url} holds no complete {what}",
+                    hint=f"take one with `ebk backup{' --type ' + kind if kind else ''}`",
                 )
             return backups[-1]
         return self.read_manifest(ref)

@@ -79,7 +79,20 @@ class EbkGroup(click.Group):
             sys.exit(Interrupted.exit_code)
 
 
-@click.group(cls=EbkGroup, context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_CODES = """\b
+Exit codes (stable, for scripts and CronJobs):
+  0 success            5 integrity (corrupt/tampered)   9 backup not found
+  1 unexpected error   6 preflight: not encrypted       10 restore target unusable
+  2 usage or config    7 PostgreSQL                     130 interrupted, cleaned up
+  3 key provider       8 lock busy (another ebk)
+  4 storage"""
+
+
+@click.group(
+    cls=EbkGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=EXIT_CODES,
+)
 @click.option(
     "--config",
     "config_path",

@@ -108,6 +108,9 @@ def restore(
     pg_verifybackup), so on any failure nothing that PostgreSQL would start
     from is left behind. A logical restore runs in one transaction.
 
+    `latest` is the newest complete backup of the kind the target needs:
+    physical for --to, logical for --to-db.
+
     \b
     Examples:
       ebk restore latest --to /var/lib/postgresql/15/restored --owner postgres
@@ -120,7 +123,9 @@ def restore(
         [RecoveryIdentity(recovery_key)] if recovery_key is not None else runtime.key_providers
     )
     enforce(runtime.config, purpose="restore", restore_target=target)
-    manifest = runtime.repository.resolve(backup_id)
+    manifest = runtime.repository.resolve(
+        backup_id, kind="physical" if target is not None else "logical"
+    )
     if target is not None:
         restore_physical(
             runtime.repository,

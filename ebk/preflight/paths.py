@@ -36,14 +36,23 @@ def _disk_tablespaces(data_dir: Path) -> list[tuple[str, str]]:
 
 
 def _server_facts(pg: PostgresConfig) -> tuple[str, list[tuple[str, str]]]:
+    import psycopg
+
+    from ebk.errors import PostgresError
     from ebk.postgres.connection import connect
 
-    with connect(pg) as conn:
-        row = conn.execute("SHOW data_directory").fetchone()
-        rows = conn.execute(
-            "SELECT spcname, pg_tablespace_location(oid) FROM pg_tablespace"
-            " WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY spcname"
-        ).fetchall()
+    try:
+        with connect(pg) as conn:
+            row = conn.execute("SHOW data_directory").fetchone()
+            rows = conn.execute(
+                "SELECT spcname, pg_tablespace_location(oid) FROM pg_tablespace"
+                " WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY spcname"
+            ).fetchall()
+    except psycopg.Error as exc:
+        raise PostgresError(
+            f"cannot read data_directory from the server: {str(exc).strip()}",
+            hint="grant the role pg_read_all_settings, or set postgres.data_directory",
+        ) from None
     assert row is not None
     return str(row[0]), [(str(name), str(loc)) for name, loc in rows]
 
