@@ -82,9 +82,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old \
         /var/log/apt /var/log/dpkg.log /var/log/alternatives.log \
  && test -x "/usr/lib/postgresql/${PG_MAJOR}/bin/pg_dump"
-# A fixed uid/gid, so volumes and Kubernetes securityContext (runAsUser: 10001,
-# fsGroup: 10001) can be prepared for it.  Its home holds the daemon's state_dir
-# (/var/lib/ebk/daemon by default).
+# A fixed uid/gid, so volumes can be prepared for it.  Its home holds the daemon's
+# state_dir (/var/lib/ebk/daemon by default).  Next to a postgres container whose
+# preflight must read the 0700 PGDATA, run it as the postgres uid instead
+# (infra/docker/prod and infra/kubernetes do: runAsUser 999).
 RUN groupadd --system --gid 10001 ebk \
  && useradd --system --no-log-init --uid 10001 --gid ebk --home-dir /var/lib/ebk \
         --create-home --shell /usr/sbin/nologin ebk
