@@ -9,7 +9,6 @@ is listed and nothing is left for the next backup to trip on.
 from __future__ import annotations
 
 import json
-
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import closing

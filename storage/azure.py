@@ -43,7 +43,7 @@ from ebk.errors import (
     StoragePermissionDenied,
 )
 from ebk.storage.base import IncompleteUpload, ObjectInfo, check_name
-from ebk.storage.retry import Failure, PartPipeline, RangeReader, Retrier
+from ebk.storage.retry import Failure, PartPipeline, PipelinedWriter, RangeReader, Retrier
 
 log = structlog.get_logger("ebk.storage.azure")
 
@@ -353,7 +353,7 @@ class AzureStorage:
         self.service.close()
 
 
-class AzureWriter:
+class AzureWriter(PipelinedWriter[str]):
     """One object being uploaded: a single Put Blob if it fits one block, else staged blocks."""
 
     def __init__(self, storage: AzureStorage, key: str) -> None:
@@ -383,38 +383,20 @@ class AzureWriter:
         )
         return block_id
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self._finished:
-            raise StorageError("write to a finished object")
-        try:
-            return self.pipeline.write(data)
-        except BaseException:
-            self.abort()
-            raise
+    def put_whole(self, data: bytes) -> None:
+        self._s._call(
+            "write an object",
+            lambda: self._blob.upload_blob(data, overwrite=True, **self._s.scope()),
+        )
 
-    def commit(self) -> None:
-        if self._finished:
-            raise StorageError("commit of a finished object")
-        try:
-            if self.pipeline.submitted == 0:
-                data = bytes(self.pipeline.take_pending())
-                self._s._call(
-                    "write an object",
-                    lambda: self._blob.upload_blob(data, overwrite=True, **self._s.scope()),
-                )
-            else:
-                ids = self.pipeline.finish()
-                self._s._call(
-                    "commit the block list",
-                    lambda: self._blob.commit_block_list(
-                        [BlobBlock(block_id=i) for i in ids], **self._s.scope()
-                    ),
-                )
-        except BaseException:
-            self.abort()
-            raise
-        self._finished = True
-        self.pipeline.close()
+    def complete(self) -> None:
+        ids = self.pipeline.finish()
+        self._s._call(
+            "commit the block list",
+            lambda: self._blob.commit_block_list(
+                [BlobBlock(block_id=i) for i in ids], **self._s.scope()
+            ),
+        )
 
     def abort(self) -> None:
         if self._finished:

@@ -37,7 +37,7 @@ from ebk.errors import (
     StoragePermissionDenied,
 )
 from ebk.storage.base import IncompleteUpload, ObjectInfo, check_name
-from ebk.storage.retry import Failure, PartPipeline, RangeReader, Retrier
+from ebk.storage.retry import Failure, PartPipeline, PipelinedWriter, RangeReader, Retrier
 
 log = structlog.get_logger("ebk.storage.gcs")
 
@@ -308,7 +308,7 @@ def cancel_session(url: str, timeout: float) -> None:
         log.info("could not cancel a resumable upload session", error=str(exc))
 
 
-class GcsWriter:
+class GcsWriter(PipelinedWriter[None]):
     """One object being uploaded: a single request if it fits one chunk, else resumable."""
 
     def __init__(self, storage: GcsStorage, key: str) -> None:
@@ -405,39 +405,24 @@ class GcsWriter:
         self._s._call(f"upload {self._key} at byte {start}", attempt)
         self._offset = end
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self._finished:
-            raise StorageError("write to a finished object")
-        try:
-            return self.pipeline.write(data)
-        except BaseException:
-            self.abort()
-            raise
+    def put_whole(self, data: bytes) -> None:
+        blob = self._s.blob(self._key)
+        self._s._call(
+            "write an object",
+            lambda: blob.upload_from_string(
+                data,
+                content_type="application/octet-stream",
+                retry=None,
+                timeout=self._s.config.timeout,
+            ),
+        )
 
-    def commit(self) -> None:
-        if self._finished:
-            raise StorageError("commit of a finished object")
-        try:
-            if self.pipeline.submitted == 0:
-                data = bytes(self.pipeline.take_pending())
-                blob = self._s.blob(self._key)
-                self._s._call(
-                    "write an object",
-                    lambda: blob.upload_from_string(
-                        data,
-                        content_type="application/octet-stream",
-                        retry=None,
-                        timeout=self._s.config.timeout,
-                    ),
-                )
-            else:
-                self.pipeline.finish(send_last=False)
-                self._send(self.pipeline.take_pending(), final=True)
-        except BaseException:
-            self.abort()
-            raise
-        self._finished = True
-        self.pipeline.close()
+    def complete(self) -> None:
+        self.pipeline.finish(send_last=False)
+        self._send(self.pipeline.take_pending(), final=True)
+
+    def after_commit(self) -> None:
+        super().after_commit()
         self._http.close()
 
     def abort(self) -> None:

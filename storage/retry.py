@@ -225,6 +225,56 @@ class PartPipeline(Generic[R]):
         self._pool.shutdown(wait=True)
 
 
+class PipelinedWriter(Generic[R]):
+    """write/commit/abort shared by the object-store writers.
+
+    Bytes go through a PartPipeline; an object smaller than one part is sent
+    whole (``put_whole``), a larger one is finished by ``complete``.  Any
+    failure in write or commit aborts the upload before it propagates, so an
+    error never leaves a half-written object behind.
+    """
+
+    pipeline: PartPipeline[R]
+    _finished: bool
+
+    def put_whole(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def complete(self) -> None:
+        """Finish a multi-part upload: wait for the parts and make the object visible."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def after_commit(self) -> None:
+        """Release what the upload held (connections); the object is durable by now."""
+        self.pipeline.close()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._finished:
+            raise StorageError("write to a finished object")
+        try:
+            return self.pipeline.write(data)
+        except BaseException:
+            self.abort()
+            raise
+
+    def commit(self) -> None:
+        if self._finished:
+            raise StorageError("commit of a finished object")
+        try:
+            if self.pipeline.submitted == 0:
+                self.put_whole(bytes(self.pipeline.take_pending()))
+            else:
+                self.complete()
+        except BaseException:
+            self.abort()
+            raise
+        self._finished = True
+        self.after_commit()
+
+
 class RangeReader:
     """A read-only stream over ``fetch(start, end_inclusive) -> bytes`` ranges.
 

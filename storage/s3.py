@@ -48,7 +48,7 @@ from ebk.errors import (
     StoragePermissionDenied,
 )
 from ebk.storage.base import IncompleteUpload, ObjectInfo, check_name
-from ebk.storage.retry import Failure, PartPipeline, RangeReader, Retrier
+from ebk.storage.retry import Failure, PartPipeline, PipelinedWriter, RangeReader, Retrier
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -381,7 +381,7 @@ class S3Storage:
         self.client.close()
 
 
-class S3Writer:
+class S3Writer(PipelinedWriter[dict[str, Any]]):
     """One object being uploaded: a single PUT if it fits one part, else multipart."""
 
     def __init__(self, storage: S3Storage, key: str) -> None:
@@ -436,46 +436,29 @@ class S3Writer:
             part["ChecksumCRC32"] = resp["ChecksumCRC32"]
         return part
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self._finished:
-            raise StorageError("write to a finished object")
-        try:
-            return self.pipeline.write(data)
-        except BaseException:
-            self.abort()
-            raise
+    def put_whole(self, data: bytes) -> None:
+        self._s._call(
+            "write an object",
+            lambda: self._s.client.put_object(
+                Bucket=self._s.bucket, Key=self._key, Body=data, **self._s.encryption_args()
+            ),
+        )
+        self._s.apply_retention(self._key)
 
-    def commit(self) -> None:
-        if self._finished:
-            raise StorageError("commit of a finished object")
-        try:
-            if self.pipeline.submitted == 0:
-                data = bytes(self.pipeline.take_pending())
-                self._s._call(
-                    "write an object",
-                    lambda: self._s.client.put_object(
-                        Bucket=self._s.bucket, Key=self._key, Body=data, **self._s.encryption_args()
-                    ),
-                )
-            else:
-                parts = self.pipeline.finish()
-                upload_id = self._ensure_upload()
-                self._s._call(
-                    "complete a multipart upload",
-                    lambda: self._s.client.complete_multipart_upload(
-                        Bucket=self._s.bucket,
-                        Key=self._key,
-                        UploadId=upload_id,
-                        MultipartUpload={"Parts": cast(Any, parts)},
-                    ),
-                )
-                self._upload_id = None
-            self._s.apply_retention(self._key)
-        except BaseException:
-            self.abort()
-            raise
-        self._finished = True
-        self.pipeline.close()
+    def complete(self) -> None:
+        parts = self.pipeline.finish()
+        upload_id = self._ensure_upload()
+        self._s._call(
+            "complete a multipart upload",
+            lambda: self._s.client.complete_multipart_upload(
+                Bucket=self._s.bucket,
+                Key=self._key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": cast(Any, parts)},
+            ),
+        )
+        self._upload_id = None
+        self._s.apply_retention(self._key)
 
     def abort(self) -> None:
         if self._finished:

@@ -20,6 +20,7 @@ import structlog
 
 import ebk
 from ebk.errors import EbkError, Interrupted
+from ebk.memory import bound_allocator
 
 DEFAULT_CONFIG = Path("/etc/ebk/ebk.toml")
 
@@ -117,4 +118,5 @@ def main(ctx: click.Context, config_path: str | None) -> None:
       ebk list                      see complete backups
       ebk restore latest --to DIR   restore into an empty directory
     """
+    bound_allocator()
     ctx.obj = _config_path(config_path)

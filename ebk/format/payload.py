@@ -47,8 +47,9 @@ class PayloadWriter:
     ``close()`` finishes the compressed frame and the final chunk; it does not
     close ``dest``.  ``precompressed``: what is written is already zstd frames
     (PostgreSQL's server-side compression); they are encrypted as they are and
-    the header says zstd, so readers need not know who compressed.  ``threads`` > 0 lets zstd compress on worker threads that
-    run outside the GIL, so compression overlaps with reading and encryption.
+    the header says zstd, so readers need not know who compressed.
+    ``threads`` > 0 lets zstd compress on worker threads that run outside the
+    GIL, so compression overlaps with reading and encryption.
     """
 
     def __init__(
