@@ -29,13 +29,13 @@ CHECK = (
 DIGEST = "SELECT md5(string_agg(t::text, ',' ORDER BY 1)) FROM {} t"
 
 
-def sh(*argv: str, env: dict[str, str] | None = None) -> str:
+def sh(*argv: str, env: dict[str, str] | None = None, quiet: bool = False) -> str:
     print(f"$ {shlex.join(argv)}", flush=True)
     out = subprocess.run(argv, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         print(out.stdout + out.stderr, file=sys.stderr)
         raise SystemExit(f"demo failed: {argv[0]} exited {out.returncode}")
-    if out.stdout.strip():
+    if out.stdout.strip() and not quiet:
         print("  " + out.stdout.strip().replace("\n", "\n  "), flush=True)
     return out.stdout
 
@@ -87,7 +87,7 @@ def main() -> None:
         assert not leaked, leaked
 
         print("\n== physical restore, then start the restored cluster")
-        listing = json.loads(sh(*ebk, "list", "--json"))
+        listing = json.loads(sh(*ebk, "list", "--json", quiet=True))
         physical = next(b["backup_id"] for b in listing if b["kind"] == "physical")
         target = work / "restored"
         sh(*ebk, "restore", physical, "--to", str(target), "--owner", "postgres")
