@@ -122,9 +122,20 @@ def restore(
     providers: list[KeyProvider] = (
         [RecoveryIdentity(recovery_key)] if recovery_key is not None else runtime.key_providers
     )
-    enforce(runtime.config, purpose="restore", restore_target=target)
     manifest = runtime.repository.resolve(
         backup_id, kind="physical" if target is not None else "logical"
+    )
+    remap = _parse_tablespace_map(tablespace_map)
+    tablespace_targets = [
+        Path(remap.get(o.tablespace_oid or "", o.tablespace_location or ""))
+        for o in manifest.objects
+        if o.role == "tablespace" and target is not None
+    ]
+    enforce(
+        runtime.config,
+        purpose="restore",
+        restore_target=target,
+        tablespace_targets=tablespace_targets,
     )
     if target is not None:
         restore_physical(
@@ -132,7 +143,7 @@ def restore(
             manifest,
             providers,
             target,
-            tablespace_map=_parse_tablespace_map(tablespace_map),
+            tablespace_map=remap,
             owner=_owner(owner),
             verify=not no_verify,
             bin_dir=runtime.config.postgres.bin_dir,

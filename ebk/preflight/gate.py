@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ log = structlog.get_logger("ebk.preflight")
 
 
 def enforce(config: Config, *, purpose: str, restore_target: Path | None = None,
+            tablespace_targets: Sequence[Path] = (),
             inspector: Inspector | None = None) -> Report | None:
     """Refuse (PreflightFailed) under policy 'require' when a path is not proven encrypted.
 
@@ -30,6 +32,7 @@ def enforce(config: Config, *, purpose: str, restore_target: Path | None = None,
     from ebk.preflight.report import failure_lines, run_preflight
 
     report = run_preflight(config, purpose=purpose, restore_target=restore_target,
+                           tablespace_targets=tablespace_targets,
                            inspector=inspector)
     failing = report.failing()
     if not failing:

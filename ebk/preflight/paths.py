@@ -9,6 +9,7 @@ pg_tablespace).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ebk.config import Config, PostgresConfig
@@ -93,15 +94,22 @@ def cluster_targets(pg: PostgresConfig) -> list[Target]:
     return targets
 
 
-def targets_for(config: Config, *, purpose: str, restore_target: Path | None = None
-                ) -> list[Target]:
-    """What a purpose touches: backup reads the cluster, restore writes its target."""
+def targets_for(config: Config, *, purpose: str, restore_target: Path | None = None,
+                tablespace_targets: Sequence[Path] = ()) -> list[Target]:
+    """What a purpose touches: backup reads the cluster, restore writes its targets."""
     targets: list[Target] = []
     if restore_target is not None:
         targets.append(Target(
             "restore_target", str(restore_target.absolute()), "restore target",
             must_exist=False,
             fix=f"restore into a directory on encrypted storage: {FIX_VOLUME}",
+        ))
+    for location in tablespace_targets:
+        targets.append(Target(
+            "restore_target", str(location.absolute()), "tablespace restore target",
+            must_exist=False,
+            fix=f"map the tablespace onto encrypted storage with --tablespace-map OID=DIR: "
+            f"{FIX_VOLUME}",
         ))
     if purpose != "restore" or restore_target is None:
         targets.extend(cluster_targets(config.postgres))

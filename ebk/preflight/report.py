@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from ebk.config import Config
@@ -14,11 +15,13 @@ NESTED_ROLES = ("data_directory", "tablespace", "restore_target", "pg_wal")
 
 
 def run_preflight(config: Config, *, purpose: str, restore_target: Path | None = None,
+                  tablespace_targets: Sequence[Path] = (),
                   inspector: Inspector | None = None) -> Report:
     """Every target, plus any mount found inside a data directory or tablespace."""
     inspector = inspector or Inspector.from_config(config.preflight)
     report = Report(purpose)
-    for target in targets_for(config, purpose=purpose, restore_target=restore_target):
+    for target in targets_for(config, purpose=purpose, restore_target=restore_target,
+                              tablespace_targets=tablespace_targets):
         verdict = inspector.inspect(target)
         report.verdicts.append(verdict)
         if target.role in NESTED_ROLES and verdict.resolved and not verdict.note:

@@ -69,3 +69,26 @@ def test_preflight_exit_code_and_table(pg_cluster: PgCluster, tmp_path: Path) ->
     assert result.stdout.splitlines()[0].split()[:4] == ["STATUS", "WHAT", "PATH", "MOUNT"]
     assert "UNENCRYPTED  data directory" in result.stdout
     assert "paths are not proven encrypted" in result.stdout
+
+
+def test_restore_checks_tablespace_targets_too(fresh_cluster: PgCluster, postgres_dir: Path,
+                                              tmp_path: Path) -> None:
+    from tests.support.postgres import give_to_postgres
+
+    ts_dir = postgres_dir / "ts"
+    ts_dir.mkdir()
+    give_to_postgres(ts_dir)
+    fresh_cluster.psql(f"CREATE TABLESPACE ts LOCATION '{ts_dir}'")
+    warn_env = _env(tmp_path, fresh_cluster, "warn")
+    manifest = json.loads(warn_env.run("backup", "--type", "physical", "--json").stdout)
+    oid = next(o["tablespace_oid"] for o in manifest["objects"] if o["role"] == "tablespace")
+    strict_config = tmp_path / "strict.toml"
+    strict_config.write_text(warn_env.config_path.read_text().replace(
+        'policy = "warn"', 'policy = "require"'))
+    strict = EbkEnv(warn_env.root, strict_config, warn_env.repo_dir, warn_env.keyfile)
+    mapped = tmp_path / "ts-restored"
+    result = strict.run("restore", "latest", "--to", str(tmp_path / "data"),
+                        "--tablespace-map", f"{oid}={mapped}", expect=6)
+    assert f"tablespace restore target {mapped}: unencrypted" in result.output
+    assert "--tablespace-map OID=DIR" in result.output
+    assert not mapped.exists()
