@@ -10,13 +10,11 @@ records which rules were used, so a test can tell a missing grant from an unused
 
 from __future__ import annotations
 
-import json
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tests.infra.manifests import Manifest
+from tests.support.jsonapi import JsonApiServer
 
 
 @dataclass(frozen=True)
@@ -93,26 +91,10 @@ class RbacApiServer:
     served: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status, body = api.answer(self.path, self.headers.get("Authorization", ""))
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
-        self.thread.start()
+        self.http = JsonApiServer(
+            lambda path, headers: self.answer(path, headers.get("Authorization", ""))
+        )
+        self.url = self.http.url
 
     def answer(self, path: str, authorization: str) -> tuple[int, Any]:
         if authorization != f"Bearer {self.token}":
@@ -131,5 +113,4 @@ class RbacApiServer:
         return 200, self.objects[path_only]
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()

@@ -7,10 +7,7 @@ comes from recorded /dev/disk/by-id and /dev/disk/azure links in a temp dir."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,35 +18,20 @@ from ebk.preflight.cloud_azure import AzureDetector
 from ebk.preflight.cloud_gce import GceDetector
 from ebk.preflight.kubernetes import KubernetesDetector
 from ebk.preflight.model import Status
+from tests.support.jsonapi import JsonApiServer
 
 
-class StandIn:
+class StandIn(JsonApiServer):
     """Routes: path (without query) -> (status, body); records each request's headers."""
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[int, Any]] = {}
         self.seen: list[tuple[str, dict[str, str]]] = []
-        stand_in = self
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                stand_in.seen.append((self.path, dict(self.headers)))
-                status, body = stand_in.routes.get(path, (404, {"error": "not found"}))
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
-        self.thread.start()
+    def _answer(self, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+        self.seen.append((path, headers))
+        return self.routes.get(path.split("?", 1)[0], (404, {"error": "not found"}))
 
     def headers_for(self, prefix: str) -> list[dict[str, str]]:
         return [h for p, h in self.seen if p.startswith(prefix)]
@@ -59,8 +41,7 @@ class StandIn:
 def api() -> Iterator[StandIn]:
     stand_in = StandIn()
     yield stand_in
-    stand_in.server.shutdown()
-    stand_in.server.server_close()
+    stand_in.close()
 
 
 def _link(dev: Path, rel: str, target: str) -> None:
