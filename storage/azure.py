@@ -42,7 +42,8 @@ from ebk.errors import (
     StorageError,
     StoragePermissionDenied,
 )
-from ebk.storage.base import IncompleteUpload, ObjectInfo, check_name
+from ebk.storage.base import IncompleteUpload, ObjectInfo
+from ebk.storage.objectstore import PrefixedStore
 from ebk.storage.retry import Failure, PartPipeline, PipelinedWriter, RangeReader, Retrier
 
 log = structlog.get_logger("ebk.storage.azure")
@@ -111,7 +112,7 @@ def _service_client(config: StorageConfig, **kwargs: Any) -> BlobServiceClient:
     return BlobServiceClient(account_url, credential=credential, **kwargs)
 
 
-class AzureStorage:
+class AzureStorage(PrefixedStore):
     """Objects are block blobs below ``prefix`` in ``container``."""
 
     def __init__(self, container: str, prefix: str, config: StorageConfig) -> None:
@@ -127,19 +128,6 @@ class AzureStorage:
         self._list_page(self._key_prefix(), None, 1)
 
     # -- helpers -------------------------------------------------------------
-
-    def _key(self, name: str) -> str:
-        check_name(name)
-        return f"{self.prefix}/{name}" if self.prefix else name
-
-    def _key_prefix(self, prefix: str = "") -> str:
-        return f"{self.prefix}/{prefix}" if self.prefix else prefix
-
-    def _name(self, key: str) -> str:
-        return key[len(self.prefix) + 1 :] if self.prefix else key
-
-    def _call(self, what: str, fn: Any) -> Any:
-        return self.retrier.call(what, fn)
 
     def scope(self) -> dict[str, Any]:
         scope = self.config.azure_encryption_scope

@@ -36,7 +36,8 @@ from ebk.errors import (
     StorageError,
     StoragePermissionDenied,
 )
-from ebk.storage.base import IncompleteUpload, ObjectInfo, check_name
+from ebk.storage.base import IncompleteUpload, ObjectInfo
+from ebk.storage.objectstore import PrefixedStore
 from ebk.storage.retry import Failure, PartPipeline, PipelinedWriter, RangeReader, Retrier
 
 log = structlog.get_logger("ebk.storage.gcs")
@@ -59,7 +60,7 @@ class HttpStatus(Exception):
         self.status = status
 
 
-class GcsStorage:
+class GcsStorage(PrefixedStore):
     """Objects are blobs below ``prefix`` in ``bucket``."""
 
     def __init__(self, bucket: str, prefix: str, config: StorageConfig) -> None:
@@ -85,19 +86,6 @@ class GcsStorage:
             ) from None
 
     # -- helpers -------------------------------------------------------------
-
-    def _key(self, name: str) -> str:
-        check_name(name)
-        return f"{self.prefix}/{name}" if self.prefix else name
-
-    def _key_prefix(self, prefix: str = "") -> str:
-        return f"{self.prefix}/{prefix}" if self.prefix else prefix
-
-    def _name(self, key: str) -> str:
-        return key[len(self.prefix) + 1 :] if self.prefix else key
-
-    def _call(self, what: str, fn: Any) -> Any:
-        return self.retrier.call(what, fn)
 
     def _classify(self, exc: Exception, what: str) -> Failure | None:
         where = f"GCS {what} ({self.url})"

@@ -22,6 +22,7 @@ import builtins
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import boto3
@@ -47,7 +48,8 @@ from ebk.errors import (
     StorageError,
     StoragePermissionDenied,
 )
-from ebk.storage.base import IncompleteUpload, ObjectInfo, check_name
+from ebk.storage.base import IncompleteUpload, ObjectInfo
+from ebk.storage.objectstore import PrefixedStore
 from ebk.storage.retry import Failure, PartPipeline, PipelinedWriter, RangeReader, Retrier
 
 if TYPE_CHECKING:
@@ -109,7 +111,7 @@ def part_size_for(base: int, number: int) -> int:
     return min(MAX_PART, base << ((number - 1) // GROW_EVERY))
 
 
-class S3Storage:
+class S3Storage(PrefixedStore):
     """Objects are keys below ``prefix`` in ``bucket``."""
 
     def __init__(self, bucket: str, prefix: str, config: StorageConfig) -> None:
@@ -141,19 +143,6 @@ class S3Storage:
             self._check_lock_enabled()
 
     # -- helpers -------------------------------------------------------------
-
-    def _key(self, name: str) -> str:
-        check_name(name)
-        return f"{self.prefix}/{name}" if self.prefix else name
-
-    def _key_prefix(self, prefix: str = "") -> str:
-        return f"{self.prefix}/{prefix}" if self.prefix else prefix
-
-    def _name(self, key: str) -> str:
-        return key[len(self.prefix) + 1 :] if self.prefix else key
-
-    def _call(self, what: str, fn: Any) -> Any:
-        return self.retrier.call(what, fn)
 
     def _classify(self, exc: Exception, what: str) -> Failure | None:
         where = f"S3 {what} ({self.url})"
@@ -311,7 +300,7 @@ class S3Storage:
             args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._key_prefix(prefix)}
             if token:
                 args["ContinuationToken"] = token
-            page = self._call("list objects", lambda a=args: self.client.list_objects_v2(**a))
+            page = self._call("list objects", partial(self.client.list_objects_v2, **args))
             for item in page.get("Contents", []):
                 yield ObjectInfo(self._name(item["Key"]), int(item["Size"]), item["LastModified"])
             token = page.get("NextContinuationToken")
@@ -347,7 +336,7 @@ class S3Storage:
         while True:
             args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._key_prefix(), **markers}
             page = self._call(
-                "list multipart uploads", lambda a=args: self.client.list_multipart_uploads(**a)
+                "list multipart uploads", partial(self.client.list_multipart_uploads, **args)
             )
             for upload in page.get("Uploads", []):
                 found.append(
