@@ -18,7 +18,6 @@ class ClusterInfo:
     system_identifier: str
     server_version: str
     server_version_num: int
-    data_directory: str
 
     @property
     def major(self) -> int:
@@ -89,20 +88,34 @@ def connect(cfg: PostgresConfig, *, dbname: str | None = None) -> psycopg.Connec
         ) from None
 
 
+def _query_failed(cfg: PostgresConfig, what: str, exc: psycopg.Error) -> PostgresError:
+    return PostgresError(
+        f"PostgreSQL refused {what} to {cfg.user}: {str(exc).strip()}",
+        hint="the backup role needs REPLICATION and pg_read_all_data "
+        "(see infra/postgres/ebk-role.sql)",
+    )
+
+
 def cluster_info(cfg: PostgresConfig) -> ClusterInfo:
-    with connect(cfg) as conn:
-        row = conn.execute(
-            "SELECT system_identifier::text, current_setting('server_version'),"
-            " current_setting('server_version_num')::int, current_setting('data_directory')"
-            " FROM pg_control_system()"
-        ).fetchone()
+    try:
+        with connect(cfg) as conn:
+            row = conn.execute(
+                "SELECT system_identifier::text, current_setting('server_version'),"
+                " current_setting('server_version_num')::int FROM pg_control_system()"
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise _query_failed(cfg, "the cluster's identity", exc) from None
     assert row is not None
-    return ClusterInfo(row[0], row[1], row[2], row[3])
+    return ClusterInfo(row[0], row[1], row[2])
 
 
 def list_databases(cfg: PostgresConfig) -> list[str]:
-    with connect(cfg) as conn:
-        rows = conn.execute(
-            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1"
-        ).fetchall()
+    try:
+        with connect(cfg) as conn:
+            rows = conn.execute(
+                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
+                "ORDER BY 1"
+            ).fetchall()
+    except psycopg.Error as exc:
+        raise _query_failed(cfg, "the list of databases", exc) from None
     return [r[0] for r in rows]
