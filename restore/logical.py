@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 
+import psycopg
 import structlog
 from psycopg import sql
 
@@ -119,7 +120,13 @@ def restore_logical(
                     f"database {target_db!r} already exists; refusing to restore over it",
                     hint="drop it first, or restore into another name with --to-db",
                 )
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target_db)))
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target_db)))
+            except psycopg.Error as exc:
+                raise PostgresError(
+                    f"cannot create database {target_db!r}: {str(exc).strip()}",
+                    hint="the role needs CREATEDB, or create the database first and omit --create",
+                ) from None
     pg_restore = find_tool("pg_restore", major, cfg.bin_dir)
     argv = [pg_restore, "--exit-on-error", "--single-transaction", "--no-password", "-d", target_db]
     try:
