@@ -44,7 +44,7 @@ from ebk.errors import (
 )
 from ebk.storage.base import IncompleteUpload, ObjectInfo
 from ebk.storage.objectstore import PrefixedStore
-from ebk.storage.retry import Failure, PartPipeline, PipelinedWriter, RangeReader, Retrier
+from ebk.storage.retry import Failure, PartPipeline, PipelinedWriter, RangeReader
 
 log = structlog.get_logger("ebk.storage.azure")
 
@@ -117,10 +117,7 @@ class AzureStorage(PrefixedStore):
 
     def __init__(self, container: str, prefix: str, config: StorageConfig) -> None:
         self.container_name = container
-        self.prefix = prefix.strip("/")
-        self.config = config
-        self.url = f"azure://{container}/{self.prefix}" if self.prefix else f"azure://{container}"
-        self.retrier = Retrier.from_config(self._classify, config)
+        self._locate("azure", container, prefix, config)
         self.service = _service_client(
             config, retry_total=0, connection_timeout=config.timeout, read_timeout=config.timeout
         )

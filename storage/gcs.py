@@ -38,7 +38,7 @@ from ebk.errors import (
 )
 from ebk.storage.base import IncompleteUpload, ObjectInfo
 from ebk.storage.objectstore import PrefixedStore
-from ebk.storage.retry import Failure, PartPipeline, PipelinedWriter, RangeReader, Retrier
+from ebk.storage.retry import Failure, PartPipeline, PipelinedWriter, RangeReader
 
 log = structlog.get_logger("ebk.storage.gcs")
 
@@ -65,10 +65,7 @@ class GcsStorage(PrefixedStore):
 
     def __init__(self, bucket: str, prefix: str, config: StorageConfig) -> None:
         self.bucket_name = bucket
-        self.prefix = prefix.strip("/")
-        self.config = config
-        self.url = f"gs://{bucket}/{self.prefix}" if self.prefix else f"gs://{bucket}"
-        self.retrier = Retrier.from_config(self._classify, config)
+        self._locate("gs", bucket, prefix, config)
         options = {"api_endpoint": config.endpoint_url} if config.endpoint_url else None
         try:
             self.client = gcs.Client(client_options=options)

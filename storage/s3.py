@@ -50,7 +50,7 @@ from ebk.errors import (
 )
 from ebk.storage.base import IncompleteUpload, ObjectInfo
 from ebk.storage.objectstore import PrefixedStore
-from ebk.storage.retry import Failure, PartPipeline, PipelinedWriter, RangeReader, Retrier
+from ebk.storage.retry import Failure, PartPipeline, PipelinedWriter, RangeReader
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -116,9 +116,7 @@ class S3Storage(PrefixedStore):
 
     def __init__(self, bucket: str, prefix: str, config: StorageConfig) -> None:
         self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self.config = config
-        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._locate("s3", bucket, prefix, config)
         boto_config = BotoConfig(
             region_name=config.region or None,
             s3=cast(Any, {"addressing_style": config.addressing_style}),
@@ -132,7 +130,6 @@ class S3Storage(PrefixedStore):
         self.client: S3Client = session.client(
             "s3", endpoint_url=config.endpoint_url or None, config=boto_config
         )
-        self.retrier = Retrier.from_config(self._classify, config)
         self._call(
             "open the repository",
             lambda: self.client.list_objects_v2(
