@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.support.postgres import PG_BIN, PgCluster  # noqa: E402
+
 
 @dataclass
 class Sample:
@@ -36,3 +38,35 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> Sample:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def pgbench_env(port: int) -> dict[str, str]:
+    """libpq environment for the bench cluster on 127.0.0.1."""
+    return dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(port), PGUSER="postgres")
+
+
+def load_pgbench(cluster: PgCluster, scale: int) -> int:
+    """pgbench -i at ``scale``, checkpointed; returns the database size in bytes."""
+    subprocess.run(
+        [str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(scale), "postgres"],
+        env=pgbench_env(cluster.port),
+        check=True,
+        capture_output=True,
+    )
+    cluster.psql("CHECKPOINT")
+    return int(cluster.psql("SELECT pg_database_size('postgres')"))
+
+
+def pg_basebackup_argv(target: Path, compress: str) -> list[str]:
+    """The baseline: tar format, WAL inside the tar (as ebk does), fast checkpoint."""
+    return [
+        str(PG_BIN / "pg_basebackup"),
+        "-D",
+        str(target),
+        "-Ft",
+        "-X",
+        "fetch",
+        f"--compress={compress}",
+        "-c",
+        "fast",
+    ]

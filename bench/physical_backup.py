@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Sample, median, timed
+from common import Sample, load_pgbench, median, pg_basebackup_argv, pgbench_env, timed
 
-from tests.support.postgres import PG_BIN, init_cluster
+from tests.support.postgres import init_cluster
 
 
 def main() -> None:
@@ -38,17 +37,8 @@ def main() -> None:
     cluster = init_cluster()
     work = Path(tempfile.mkdtemp(prefix="ebk-bench-"))
     try:
-        env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(cluster.port), PGUSER="postgres")
-        import subprocess
-
-        subprocess.run(
-            [str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "postgres"],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        cluster.psql("CHECKPOINT")
-        db_bytes = int(cluster.psql("SELECT pg_database_size('postgres')"))
+        env = pgbench_env(cluster.port)
+        db_bytes = load_pgbench(cluster, args.scale)
         keyfile = work / "kek.json"
         config = work / "ebk.toml"
         config.write_text(
@@ -65,17 +55,7 @@ def main() -> None:
             target = work / f"pgbb-server-{i}"
             server.append(
                 timed(
-                    [
-                        str(PG_BIN / "pg_basebackup"),
-                        "-D",
-                        str(target),
-                        "-Ft",
-                        "-X",
-                        "fetch",
-                        f"--compress=server-zstd:{args.level}",
-                        "-c",
-                        "fast",
-                    ],
+                    pg_basebackup_argv(target, f"server-zstd:{args.level}"),
                     env=env,
                 )
             )
@@ -83,17 +63,7 @@ def main() -> None:
             target = work / f"pgbb-{i}"
             base.append(
                 timed(
-                    [
-                        str(PG_BIN / "pg_basebackup"),
-                        "-D",
-                        str(target),
-                        "-Ft",
-                        "-X",
-                        "fetch",
-                        f"--compress=client-zstd:{args.level}",
-                        "-c",
-                        "fast",
-                    ],
+                    pg_basebackup_argv(target, f"client-zstd:{args.level}"),
                     env=env,
                 )
             )

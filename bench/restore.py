@@ -11,16 +11,15 @@ output, `ebk restore --no-verify` (decrypt + decompress + extract) and
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Sample, median, timed
+from common import Sample, load_pgbench, median, pg_basebackup_argv, pgbench_env, timed
 
-from tests.support.postgres import PG_BIN, init_cluster, make_postgres_dir
+from tests.support.postgres import init_cluster, make_postgres_dir
 
 
 def main() -> None:
@@ -32,28 +31,11 @@ def main() -> None:
     cluster = init_cluster()
     work = make_postgres_dir("ebk-restore-bench-")
     try:
-        env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(cluster.port), PGUSER="postgres")
-        subprocess.run(
-            [str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "postgres"],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        cluster.psql("CHECKPOINT")
-        db_bytes = int(cluster.psql("SELECT pg_database_size('postgres')"))
+        env = pgbench_env(cluster.port)
+        db_bytes = load_pgbench(cluster, args.scale)
         tarball = work / "pgbb"
         subprocess.run(
-            [
-                str(PG_BIN / "pg_basebackup"),
-                "-D",
-                str(tarball),
-                "-Ft",
-                "-X",
-                "fetch",
-                "--compress=server-zstd:1",
-                "-c",
-                "fast",
-            ],
+            pg_basebackup_argv(tarball, "server-zstd:1"),
             env=env,
             check=True,
             capture_output=True,

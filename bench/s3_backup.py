@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Sample, median, timed
+from common import Sample, load_pgbench, median, timed
 from tls_proxy import TlsProxy
 
 from tests.support.net import free_port, wait_for_port
-from tests.support.postgres import PG_BIN, give_to_postgres, init_cluster, make_postgres_dir
+from tests.support.postgres import give_to_postgres, init_cluster, make_postgres_dir
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -101,14 +101,7 @@ def main() -> None:
         for bucket in ("bench-pgbackrest", "bench-ebk"):
             s3.create_bucket(Bucket=bucket)
 
-        pg_env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(cluster.port), PGUSER="postgres")
-        subprocess.run(
-            [str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(args.scale), "postgres"],
-            env=pg_env,
-            check=True,
-            capture_output=True,
-        )
-        cluster.psql("CHECKPOINT")
+        load_pgbench(cluster, args.scale)
         db_bytes = int(cluster.psql("SELECT sum(pg_database_size(datname)) FROM pg_database"))
 
         conf = pgbackrest_conf(work, tls_port, cluster.data_dir, cluster.port, cluster.socket_dir)
