@@ -15,13 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ebk.backup import take_backup
+from ebk.app.backup import run_backup as take_backup_now
+from ebk.app.retention import RetentionPolicy, apply_retention
 from ebk.config import Config, JobConfig
-from ebk.daemon.locks import cluster_backup_lock
-from ebk.daemon.retention import RetentionPolicy, apply_retention
-from ebk.errors import ConfigError, Interrupted
-from ebk.keys.check import check_providers
-from ebk.preflight.gate import enforce
+from ebk.errors import ConfigError
 from ebk.runtime import Runtime
 
 
@@ -52,22 +49,14 @@ Registry = dict[str, JobKind]
 
 
 def run_backup(ctx: JobContext) -> JobResult:
-    """The same path as `ebk backup`: preflight, key check, cluster lock, backup."""
-    config = ctx.runtime.config
-    if ctx.cancel.is_set():
-        raise Interrupted("the daemon is shutting down; the backup was not started")
-    enforce(config, purpose="backup")
-    check_providers(ctx.runtime.key_providers)
-    with cluster_backup_lock(config.postgres):
-        manifest = take_backup(
-            config,
-            ctx.runtime.repository,
-            ctx.runtime.key_providers,
-            kind=ctx.job.kind,
-            databases=ctx.job.databases,
-            progress=False,
-            cancel=ctx.cancel,
-        )
+    """The same application call as `ebk backup` (ebk.app.backup.run_backup)."""
+    manifest = take_backup_now(
+        ctx.runtime,
+        kind=ctx.job.kind,
+        databases=ctx.job.databases,
+        progress=False,
+        cancel=ctx.cancel,
+    )
     return JobResult(
         manifest.stored_size,
         manifest.backup_id,

@@ -40,7 +40,6 @@ from ebk.daemon.metrics import DaemonMetrics
 from ebk.daemon.schedule import StateStore, build_trigger, next_after, utcnow
 from ebk.daemon.sdnotify import Notifier
 from ebk.errors import ConfigError, EbkError, Interrupted, LockBusy
-from ebk.keys.check import check_providers
 from ebk.logsetup import configure_logging
 from ebk.preflight.gate import enforce
 from ebk.runtime import Runtime
@@ -146,12 +145,12 @@ class Daemon:
             (
                 "key provider round trip",
                 config.keys.provider,
-                lambda: check_providers(runtime.key_providers),
+                runtime.checked_key_providers,
             ),
             (
                 "storage reachable",
                 config.repository.url,
-                lambda: next(iter(runtime.storage.list("backups/")), None),
+                runtime.repository.probe,
             ),
         ]
         if any(self.registry[j.kind].uses_cluster for j in config.daemon.jobs):

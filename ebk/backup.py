@@ -15,13 +15,14 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import psycopg
 import structlog
 
 import ebk
 from ebk.config import Config
 from ebk.errors import Interrupted
 from ebk.format.payload import HashingWriter, PayloadWriter
-from ebk.format.stream import VERSION as FORMAT_VERSION
+from ebk.format.stream import VERSION as STREAM_VERSION
 from ebk.keys.base import KeyProvider
 from ebk.keys.envelope import new_data_key
 from ebk.manifest import Manifest, StoredObject
@@ -30,15 +31,11 @@ from ebk.postgres.basebackup import ArchiveStart, BaseBackup, ManifestStart
 from ebk.postgres.connection import ClusterInfo, cluster_info, list_databases
 from ebk.postgres.dump import READ_SIZE, dump_process
 from ebk.progress import Progress
-from ebk.repository import Repository, new_backup_id, object_name
+from ebk.repository import Repository
+from ebk.repository.layout import new_backup_id, stream_context
 from ebk.storage.base import ObjectWriter
 
 log = structlog.get_logger("ebk.backup")
-
-
-def stream_context(backup_id: str, name: str) -> bytes:
-    """Associated data of an object's stream: moving it elsewhere breaks authentication."""
-    return f"ebk/{backup_id}/{name}".encode()
 
 
 @dataclass
@@ -83,8 +80,10 @@ class BackupRun:
         kind: str,
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
+        conn: psycopg.Connection | None = None,
     ) -> None:
         self.config = config
+        self.conn = conn  # the cluster lock's connection: metadata queries share it
         self.cancel = cancel  # set by the daemon on SIGTERM; checked per chunk
         self.repo = repo
         self.providers = providers
@@ -100,7 +99,7 @@ class BackupRun:
     def open_object(
         self, name: str, role: str, *, precompressed: bool = False, **extra: str | None
     ) -> ObjectSink:
-        upload = self.repo.storage.open_write(object_name(self.backup_id, name))
+        upload = self.repo.open_object_writer(self.backup_id, name)
         hasher = HashingWriter(upload)
         payload = PayloadWriter(
             hasher,
@@ -128,35 +127,36 @@ class BackupRun:
 
     def run(self, produce: Callable[[BackupRun], dict[str, object]]) -> Manifest:
         started = datetime.now(UTC)
-        info = cluster_info(self.config.postgres)
+        info = cluster_info(self.config.postgres, self.conn)
         self.info = info
         dek, key_object = new_data_key(
             self.providers, backup_id=self.backup_id, cluster=info.system_identifier
         )
         self._dek, self._dek_id = dek, key_object.dek_id
         self.log.info(
-            "backup started", repository=self.repo.storage.url, cluster=info.system_identifier
+            "backup started", repository=self.repo.url, cluster=info.system_identifier
         )
         try:
-            self.repo.write_key_object(key_object)
+            self.repo.create_key_object(key_object)
             facts = produce(self)
             self.close_object()
             manifest = Manifest(
                 backup_id=self.backup_id,
                 kind=self.kind,
                 ebk_version=ebk.__version__,
-                format_version=FORMAT_VERSION,
+                stream_version=STREAM_VERSION,
                 system_identifier=info.system_identifier,
                 server_version=info.server_version,
-                start_time=started.isoformat(timespec="seconds"),
-                stop_time=datetime.now(UTC).isoformat(timespec="seconds"),
+                server_version_num=info.server_version_num,
+                start_time=started.isoformat(timespec="microseconds"),
+                stop_time=datetime.now(UTC).isoformat(timespec="microseconds"),
                 dek_id=key_object.dek_id,
                 key_slots=[f"{s.provider}/{s.kek_id}" for s in key_object.slots],
                 objects=self.objects,
                 **facts,  # type: ignore[arg-type]
             )
             manifest.seal(dek)
-            self.repo.write_manifest(manifest)
+            self.repo.commit_manifest(manifest)
         except BaseException:
             self._cleanup()
             raise
@@ -172,7 +172,7 @@ class BackupRun:
             self._open.upload.abort()
             self._open = None
         try:
-            self.repo.delete_backup(self.backup_id)
+            self.repo.discard_unfinished(self.backup_id)
         except Exception as exc:  # cleanup must not hide the original error
             self.log.warning(
                 "cleanup of the failed backup was incomplete; `ebk repo check "
@@ -265,7 +265,7 @@ def produce_logical(run: BackupRun, databases: Sequence[str] = ()) -> dict[str, 
     selected = list(databases) or list(run.config.backup.databases)
     everything = not selected
     if everything:
-        selected = list_databases(run.config.postgres)
+        selected = list_databases(run.config.postgres, run.conn)
         _dump_into(run, info, "globals.sql.ebk", "globals", None, globals_only=True)
     for index, database in enumerate(selected, start=1):
         _dump_into(run, info, f"dump-{index:04d}.ebk", "dump", database, globals_only=False)
@@ -281,8 +281,9 @@ def take_backup(
     databases: Sequence[str] = (),
     progress: bool | None = None,
     cancel: threading.Event | None = None,
+    conn: psycopg.Connection | None = None,
 ) -> Manifest:
-    run = BackupRun(config, repo, providers, kind=kind, cancel=cancel)
+    run = BackupRun(config, repo, providers, kind=kind, cancel=cancel, conn=conn)
     run.progress = Progress(f"backup {run.backup_id}", enabled=progress)
     if kind == "physical":
         return run.run(produce_physical)

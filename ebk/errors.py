@@ -58,6 +58,10 @@ class ObjectNotFound(StorageError):
     """A repository object does not exist."""
 
 
+class ObjectExists(StorageError):
+    """A create-if-absent found the name taken: another writer was first."""
+
+
 class ObjectLocked(StorageError):
     """A repository object is under retention (object lock) and cannot be deleted yet."""
 
@@ -111,6 +115,10 @@ class RestoreTargetError(EbkError):
     """The restore target is unusable: not empty, not writable, database exists."""
 
     exit_code = 10
+
+
+class RepositoryNotInitialized(StorageError):
+    """The repository has no marker: `ebk init` never ran against it."""
 
 
 class Interrupted(EbkError):

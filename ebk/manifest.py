@@ -1,9 +1,15 @@
 """The backup manifest: written last, so its presence means the backup is complete.
 
 It lists every stored object with its SHA-256 and size, the cluster, LSNs and
-key ids.  Its ``mac`` is HMAC-SHA-256 under a key derived from the backup's
-DEK, so a restore detects a modified manifest once the DEK is unwrapped;
-listing needs no key.
+key ids.  Version 2 (this writer) is authenticated over the RFC 8785 (JCS)
+canonical form of the stored document without its ``auth`` member, so the
+authenticator covers exactly what was stored, unknown members included: a
+newer ebk can add members and an older one still verifies and keeps them.
+``auth`` holds the authenticators (today an HMAC under a key derived from the
+backup's DEK; a writer signature joins it beside the MAC).
+
+Version 1 manifests (ebk 0.1) are still read: their MAC covers ebk 0.1's own
+re-serialised model (docs/format.md, "Manifest version 1").
 """
 
 from __future__ import annotations
@@ -11,17 +17,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import rfc8785
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ebk.errors import IntegrityError
 
 FORMAT = "ebk-manifest"
-VERSION = 1
+VERSION = 2
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+ROLES = ("base", "tablespace", "backup_manifest", "dump", "globals")
+KINDS = ("physical", "logical")
 
 
 @dataclass
@@ -36,12 +46,14 @@ class StoredObject:
     database: str | None = None
 
 
+_OBJECT_OPTIONAL = ("tablespace_oid", "tablespace_location", "database")
+
+
 @dataclass
 class Manifest:
     backup_id: str
     kind: str  # physical | logical
     ebk_version: str
-    format_version: int
     system_identifier: str
     server_version: str
     start_time: str
@@ -56,7 +68,13 @@ class Manifest:
     # Physical: bytes of database files (from PostgreSQL's backup_manifest); the
     # objects' plain_size may be smaller when PostgreSQL compressed the archives.
     source_size: int | None = None
-    mac: str = ""
+    server_version_num: int | None = None
+    stream_version: int = 1  # the version of docs/format.md's stream every object uses
+    parent: str | None = None  # the backup an incremental backup builds on
+    manifest_version: int = VERSION
+    # Members this ebk does not know: kept, authenticated, written back unchanged.
+    extensions: dict[str, Any] = field(default_factory=dict)
+    auth: dict[str, str] = field(default_factory=dict)
 
     @property
     def stored_size(self) -> int:
@@ -71,25 +89,57 @@ class Manifest:
     def plain_size(self) -> int:
         return sum(o.plain_size for o in self.objects)
 
-    def _body(self) -> dict[str, Any]:
-        body = asdict(self)
-        body.pop("mac")
-        if body["source_size"] is None:
-            # Optional field added in ebk 0.1: absent rather than null, so manifests
-            # written before it keep their MAC.
-            body.pop("source_size")
-        body["format"] = FORMAT
-        return body
+    @property
+    def major(self) -> int:
+        if self.server_version_num:
+            return self.server_version_num // 10000
+        return int(self.server_version.split(".")[0])
 
-    def _canonical(self) -> bytes:
-        return json.dumps(self._body(), sort_keys=True, separators=(",", ":")).encode()
+    # -- encoding ---------------------------------------------------------------------
+
+    def body(self) -> dict[str, Any]:
+        """The stored document without ``auth``; what the authenticators cover."""
+        if self.manifest_version == 1:
+            return _v1_body(self)
+        doc: dict[str, Any] = dict(self.extensions)
+        doc.update(
+            format=FORMAT,
+            manifest_version=self.manifest_version,
+            stream_version=self.stream_version,
+            backup_id=self.backup_id,
+            kind=self.kind,
+            ebk_version=self.ebk_version,
+            system_identifier=self.system_identifier,
+            server_version=self.server_version,
+            start_time=self.start_time,
+            stop_time=self.stop_time,
+            dek_id=self.dek_id,
+            key_slots=list(self.key_slots),
+            databases=list(self.databases),
+            objects=[_object_doc(o) for o in self.objects],
+        )
+        for name in ("start_lsn", "stop_lsn", "timeline", "source_size", "server_version_num"):
+            value = getattr(self, name)
+            if value is not None:
+                doc[name] = value
+        if self.parent is not None:
+            doc["parent"] = self.parent
+        return doc
+
+    def authenticated_bytes(self) -> bytes:
+        if self.manifest_version == 1:
+            return json.dumps(self.body(), sort_keys=True, separators=(",", ":")).encode()
+        return canonical(self.body())
 
     def seal(self, dek: bytes) -> None:
-        self.mac = hmac.new(_mac_key(dek), self._canonical(), hashlib.sha256).hexdigest()
+        if self.manifest_version != VERSION:
+            raise ValueError("only the current manifest version is written")
+        self.auth = {"mac": _mac(dek, self.authenticated_bytes(), VERSION)}
 
     def verify(self, dek: bytes) -> None:
-        expected = hmac.new(_mac_key(dek), self._canonical(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, self.mac):
+        mac = self.auth.get("mac", "")
+        expected = _mac(dek, self.authenticated_bytes(), self.manifest_version)
+        if not hmac.compare_digest(expected.encode(), mac.encode()):
             raise IntegrityError(
                 f"manifest of backup {self.backup_id} failed authentication: it was modified "
                 "or belongs to another backup",
@@ -97,14 +147,20 @@ class Manifest:
             )
 
     def to_json(self) -> bytes:
-        doc = self._body()
-        doc["mac"] = self.mac
-        return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+        doc = self.body()
+        if self.manifest_version == 1:
+            doc["mac"] = self.auth.get("mac", "")
+        else:
+            doc["auth"] = dict(self.auth)
+        return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n"
 
     def to_public(self) -> dict[str, Any]:
-        """The manifest as shown by `ebk show --json` (mac omitted)."""
-        doc = self._body()
-        doc.pop("format")
+        """The manifest as shown by `ebk show --json` (authenticators omitted)."""
+        doc = self.body()
+        doc.pop("format", None)
+        doc.setdefault("start_lsn", None)
+        doc.setdefault("stop_lsn", None)
+        doc.setdefault("timeline", None)
         doc["stored_size"] = self.stored_size
         doc["plain_size"] = self.plain_size
         doc["size"] = self.size
@@ -112,19 +168,234 @@ class Manifest:
 
     @classmethod
     def from_json(cls, raw: bytes, *, where: str) -> Manifest:
+        """Parse (not authenticate) a stored manifest; every member is type-checked."""
         if len(raw) > MAX_MANIFEST_SIZE:
             raise IntegrityError(f"manifest {where} is implausibly large ({len(raw)} bytes)")
         try:
-            doc = json.loads(raw)
-            if doc.pop("format") != FORMAT or doc["format_version"] != VERSION:
-                raise ValueError("unknown manifest format or version")
-            doc["objects"] = [StoredObject(**o) for o in doc["objects"]]
-            return cls(**doc)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IntegrityError(f"manifest {where} is malformed ({exc})") from None
+            doc = json.loads(raw, object_pairs_hook=_no_duplicates)
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+                raise ValueError("not an ebk manifest")
+            if "manifest_version" in doc:
+                return _parse_v2(doc)
+            if doc.get("format_version") == 1:
+                return _parse_v1(doc)
+            raise ValueError("unknown manifest version")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise IntegrityError(
+                f"manifest {where} is malformed ({exc})",
+                hint="it was damaged or not written by ebk; `ebk repo check` lists it",
+            ) from None
 
 
-def _mac_key(dek: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"ebk/manifest/v1").derive(
-        dek
+def canonical(doc: dict[str, Any]) -> bytes:
+    """RFC 8785 JSON Canonicalization: the bytes every authenticator covers."""
+    try:
+        return rfc8785.dumps(doc)
+    except (rfc8785.CanonicalizationError, ValueError) as exc:
+        raise ValueError(f"cannot be canonicalised: {exc}") from None
+
+
+def _mac(dek: bytes, data: bytes, version: int) -> str:
+    info = b"ebk/manifest/v1" if version == 1 else b"ebk/manifest/v2"
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(dek)
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise ValueError(f"duplicate member {key!r}")
+        doc[key] = value
+    return doc
+
+
+def _object_doc(o: StoredObject) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": o.name,
+        "role": o.role,
+        "plain_size": o.plain_size,
+        "stored_size": o.stored_size,
+        "sha256": o.sha256,
+    }
+    for name in _OBJECT_OPTIONAL:
+        value = getattr(o, name)
+        if value is not None:
+            doc[name] = value
+    return doc
+
+
+# -- typed reading of untrusted documents -----------------------------------------------
+
+
+def _take(doc: dict[str, Any], name: str, check: Callable[[Any], bool], what: str) -> Any:
+    value = doc.pop(name)
+    if not check(value):
+        raise ValueError(f"{name} must be {what}")
+    return value
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str) and len(v) <= 4096
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+
+
+def _opt(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and len(v) <= 100_000 and all(_is_str(s) for s in v)
+
+
+def _parse_object(raw: Any) -> StoredObject:
+    if not isinstance(raw, dict):
+        raise ValueError("objects[] entries must be objects")
+    doc = dict(raw)
+    obj = StoredObject(
+        name=_take(doc, "name", _is_str, "a string"),
+        role=_take(doc, "role", lambda v: v in ROLES, f"one of {', '.join(ROLES)}"),
+        plain_size=_take(doc, "plain_size", _is_int, "a size"),
+        stored_size=_take(doc, "stored_size", _is_int, "a size"),
+        sha256=_take(
+            doc,
+            "sha256",
+            lambda v: isinstance(v, str) and len(v) == 64 and v == v.lower() and _hex(v),
+            "64 lower-case hex digits",
+        ),
+        **{
+            name: _take(doc, name, _opt(_is_str), "a string")
+            for name in _OBJECT_OPTIONAL
+            if name in doc
+        },
     )
+    if doc:
+        raise ValueError(f"unknown object member(s) {', '.join(sorted(doc))}")
+    return obj
+
+
+def _hex(v: str) -> bool:
+    try:
+        bytes.fromhex(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _common(doc: dict[str, Any]) -> dict[str, Any]:
+    objects = _take(doc, "objects", lambda v: isinstance(v, list) and len(v) <= 100_000, "a list")
+    return {
+        "backup_id": _take(doc, "backup_id", _is_str, "a string"),
+        "kind": _take(doc, "kind", lambda v: v in KINDS, "physical or logical"),
+        "ebk_version": _take(doc, "ebk_version", _is_str, "a string"),
+        "system_identifier": _take(doc, "system_identifier", _is_str, "a string"),
+        "server_version": _take(doc, "server_version", _is_str, "a string"),
+        "start_time": _take(doc, "start_time", _is_str, "a string"),
+        "stop_time": _take(doc, "stop_time", _is_str, "a string"),
+        "dek_id": _take(doc, "dek_id", _is_str, "a string"),
+        "key_slots": _take(doc, "key_slots", _str_list, "a list of strings"),
+        "objects": [_parse_object(o) for o in objects],
+        "databases": _take(doc, "databases", _str_list, "a list of strings"),
+    }
+
+
+def _optional(doc: dict[str, Any], name: str, check: Callable[[Any], bool], what: str) -> Any:
+    return _take(doc, name, _opt(check), what) if name in doc else None
+
+
+def _parse_v2(doc: dict[str, Any]) -> Manifest:
+    doc.pop("format")
+    version = _take(doc, "manifest_version", _is_int, "an integer")
+    if version != VERSION:
+        raise ValueError(f"manifest version {version} is newer than this ebk reads ({VERSION})")
+    auth = _take(
+        doc,
+        "auth",
+        lambda v: isinstance(v, dict) and all(_is_str(x) for x in v.values()),
+        "an object of strings",
+    )
+    stream_version = _take(doc, "stream_version", _is_int, "an integer")
+    fields = _common(doc)
+    manifest = Manifest(
+        **fields,
+        start_lsn=_optional(doc, "start_lsn", _is_str, "a string"),
+        stop_lsn=_optional(doc, "stop_lsn", _is_str, "a string"),
+        timeline=_optional(doc, "timeline", _is_int, "an integer"),
+        source_size=_optional(doc, "source_size", _is_int, "a size"),
+        server_version_num=_optional(doc, "server_version_num", _is_int, "an integer"),
+        parent=_optional(doc, "parent", _is_str, "a backup id"),
+        stream_version=stream_version,
+        manifest_version=version,
+        extensions=doc,
+        auth=dict(auth),
+    )
+    canonical(manifest.body())  # unknown members must be canonicalisable too
+    return manifest
+
+
+# -- version 1 (ebk 0.1): read only ------------------------------------------------------
+
+_V1_MEMBERS = {
+    "backup_id", "kind", "ebk_version", "format_version", "system_identifier", "server_version",
+    "start_time", "stop_time", "dek_id", "key_slots", "objects", "start_lsn", "stop_lsn",
+    "timeline", "databases", "source_size", "mac",
+}  # fmt: skip
+
+
+def _parse_v1(doc: dict[str, Any]) -> Manifest:
+    doc.pop("format")
+    unknown = set(doc) - _V1_MEMBERS
+    if unknown:
+        raise ValueError(f"unknown member(s) {', '.join(sorted(unknown))}")
+    doc.pop("format_version")
+    mac = _take(doc, "mac", _is_str, "a string")
+    fields = _common(doc)
+    return Manifest(
+        **fields,
+        start_lsn=_take(doc, "start_lsn", _opt(_is_str), "a string"),
+        stop_lsn=_take(doc, "stop_lsn", _opt(_is_str), "a string"),
+        timeline=_take(doc, "timeline", _opt(_is_int), "an integer"),
+        source_size=_optional(doc, "source_size", _is_int, "a size"),
+        manifest_version=1,
+        auth={"mac": mac},
+    )
+
+
+def _v1_body(m: Manifest) -> dict[str, Any]:
+    """ebk 0.1's MAC input: its model, with source_size omitted when unknown."""
+    body: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": 1,
+        "backup_id": m.backup_id,
+        "kind": m.kind,
+        "ebk_version": m.ebk_version,
+        "system_identifier": m.system_identifier,
+        "server_version": m.server_version,
+        "start_time": m.start_time,
+        "stop_time": m.stop_time,
+        "dek_id": m.dek_id,
+        "key_slots": list(m.key_slots),
+        "objects": [
+            {
+                "name": o.name,
+                "role": o.role,
+                "plain_size": o.plain_size,
+                "stored_size": o.stored_size,
+                "sha256": o.sha256,
+                "tablespace_oid": o.tablespace_oid,
+                "tablespace_location": o.tablespace_location,
+                "database": o.database,
+            }
+            for o in m.objects
+        ],
+        "start_lsn": m.start_lsn,
+        "stop_lsn": m.stop_lsn,
+        "timeline": m.timeline,
+        "databases": list(m.databases),
+    }
+    if m.source_size is not None:
+        body["source_size"] = m.source_size
+    return body

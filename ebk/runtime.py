@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from ebk.config import Config, load_config
 from ebk.keys.base import KeyProvider
+from ebk.keys.check import check_providers
 from ebk.keys.factory import build_providers
 from ebk.logsetup import configure_logging
 from ebk.repository import Repository
-from ebk.storage.base import Storage
 from ebk.storage.factory import open_storage
 
 
@@ -19,7 +19,7 @@ from ebk.storage.factory import open_storage
 class Runtime:
     config: Config
     json_output: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
+    key_check: list[dict[str, str]] | None = None  # the result of the one round-trip check
 
     @classmethod
     def load(cls, path: Path | None, *, json_output: bool = False) -> Runtime:
@@ -28,13 +28,19 @@ class Runtime:
         return cls(config, json_output=json_output)
 
     @cached_property
-    def storage(self) -> Storage:
-        return open_storage(self.config.repository.url, self.config.storage)
-
-    @cached_property
     def repository(self) -> Repository:
-        return Repository(self.storage)
+        return Repository(open_storage(self.config.repository.url, self.config.storage))
 
     @cached_property
     def key_providers(self) -> list[KeyProvider]:
         return build_providers(self.config.keys, vault=self.config.vault, awskms=self.config.awskms)
+
+    def checked_key_providers(self) -> list[KeyProvider]:
+        """The providers, proven by a round trip once per Runtime (process or daemon reload).
+
+        The check costs a wrap and two unwraps per provider; a backup then costs
+        one wrap, so a daemon pays the check once, not per backup.
+        """
+        if self.key_check is None:
+            self.key_check = check_providers(self.key_providers)
+        return self.key_providers

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
 
 import psycopg
 import structlog
@@ -11,13 +10,11 @@ from psycopg import sql
 
 from ebk.config import PostgresConfig
 from ebk.errors import EbkError, PostgresError, RestoreTargetError
-from ebk.keys.base import KeyProvider
-from ebk.keys.envelope import open_data_key
 from ebk.manifest import Manifest, StoredObject
 from ebk.postgres.connection import connect, libpq_env
 from ebk.postgres.tools import find_tool
-from ebk.repository import Repository
 from ebk.restore.reader import open_object
+from ebk.restore.session import OpenedBackup
 
 log = structlog.get_logger("ebk.restore")
 PIPE_CHUNK = 1024 * 1024
@@ -43,10 +40,8 @@ def _pick_dump(manifest: Manifest, database: str | None) -> StoredObject:
 
 
 def _pipe(
-    repo: Repository,
-    manifest: Manifest,
+    backup: OpenedBackup,
     stored: StoredObject,
-    dek: bytes,
     argv: list[str],
     env: dict[str, str],
     what: str,
@@ -56,7 +51,7 @@ def _pipe(
     )
     assert proc.stdin is not None and proc.stderr is not None
     try:
-        with open_object(repo, manifest, stored, dek) as reader:
+        with open_object(backup, stored) as reader:
             try:
                 while chunk := reader.read(PIPE_CHUNK):
                     proc.stdin.write(chunk)
@@ -74,9 +69,7 @@ def _pipe(
 
 
 def restore_logical(
-    repo: Repository,
-    manifest: Manifest,
-    providers: Sequence[KeyProvider],
+    backup: OpenedBackup,
     cfg: PostgresConfig,
     *,
     target_db: str,
@@ -84,17 +77,9 @@ def restore_logical(
     create: bool = False,
     with_globals: bool = False,
 ) -> None:
-    if manifest.kind != "logical":
-        raise RestoreTargetError(
-            f"backup {manifest.backup_id} is a physical backup",
-            hint="restore it into an empty directory with --to DIR",
-        )
+    manifest = backup.manifest
     stored = _pick_dump(manifest, database)
-    dek = open_data_key(
-        repo.read_key_object(manifest.backup_id), providers, backup_id=manifest.backup_id
-    )
-    manifest.verify(dek)
-    major = int(manifest.server_version.split(".")[0])
+    major = manifest.major
     bound = log.bind(backup_id=manifest.backup_id, database=stored.database, target_db=target_db)
     if with_globals:
         globals_obj = next((o for o in manifest.objects if o.role == "globals"), None)
@@ -102,10 +87,8 @@ def restore_logical(
             raise RestoreTargetError(f"backup {manifest.backup_id} has no globals (roles)")
         psql = find_tool("psql", major, cfg.bin_dir)
         _pipe(
-            repo,
-            manifest,
+            backup,
             globals_obj,
-            dek,
             [psql, "-X", "-q", "-f", "-"],
             libpq_env(cfg, "postgres"),
             "restoring globals with psql",
@@ -131,10 +114,8 @@ def restore_logical(
     argv = [pg_restore, "--exit-on-error", "--single-transaction", "--no-password", "-d", target_db]
     try:
         _pipe(
-            repo,
-            manifest,
+            backup,
             stored,
-            dek,
             argv,
             libpq_env(cfg, target_db),
             f"pg_restore into {target_db!r}",

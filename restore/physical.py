@@ -12,19 +12,17 @@ import os
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
 
 from ebk.errors import EbkError, IntegrityError, PostgresError, RestoreTargetError
-from ebk.keys.base import KeyProvider
-from ebk.keys.envelope import open_data_key
 from ebk.manifest import Manifest
 from ebk.postgres.tools import find_tool
 from ebk.progress import Progress
-from ebk.repository import Repository
 from ebk.restore.reader import ObjectReader, open_object
+from ebk.restore.session import OpenedBackup
 
 log = structlog.get_logger("ebk.restore")
 PG_CONTROL = "global/pg_control"
@@ -90,10 +88,17 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
             os.lchown(os.path.join(root, name), uid, gid)
 
 
+def tablespace_targets(manifest: Manifest, remap: Mapping[str, str]) -> dict[str | None, Path]:
+    """Where each tablespace of the backup is restored: its recorded location unless remapped."""
+    return {
+        o.tablespace_oid: Path(remap.get(o.tablespace_oid or "", o.tablespace_location or ""))
+        for o in manifest.objects
+        if o.role == "tablespace"
+    }
+
+
 def restore_physical(
-    repo: Repository,
-    manifest: Manifest,
-    providers: Sequence[KeyProvider],
+    backup: OpenedBackup,
     target: Path,
     *,
     tablespace_map: Mapping[str, str] | None = None,
@@ -102,22 +107,9 @@ def restore_physical(
     bin_dir: str = "",
     progress: bool | None = None,
 ) -> None:
-    if manifest.kind != "physical":
-        raise RestoreTargetError(
-            f"backup {manifest.backup_id} is a logical backup",
-            hint="restore it into a database with --to-db NAME",
-        )
-    remap = dict(tablespace_map or {})
-    dek = open_data_key(
-        repo.read_key_object(manifest.backup_id), providers, backup_id=manifest.backup_id
-    )
-    manifest.verify(dek)
+    manifest = backup.manifest
     target = target.absolute()
-    spaces = {
-        o.tablespace_oid: Path(remap.get(o.tablespace_oid or "", o.tablespace_location or ""))
-        for o in manifest.objects
-        if o.role == "tablespace"
-    }
+    spaces = tablespace_targets(manifest, tablespace_map or {})
     created: list[tuple[Path, bool]] = [(target, _prepare_empty_dir(target, "restore target"))]
     meter = Progress(f"restore {manifest.backup_id}", enabled=progress)
     bound = log.bind(backup_id=manifest.backup_id, target=str(target))
@@ -128,7 +120,7 @@ def restore_physical(
             created.append((location, _prepare_empty_dir(location, f"tablespace {oid} target")))
         held: dict[str, bytes] = {}
         for stored in manifest.objects:
-            with open_object(repo, manifest, stored, dek) as reader:
+            with open_object(backup, stored) as reader:
                 if stored.role == "backup_manifest":
                     (target / "backup_manifest").write_bytes(reader.read())
                 else:
@@ -184,7 +176,7 @@ def _verify_with_pg_tools(target: Path, manifest: Manifest, bin_dir: str) -> Non
     """pg_verifybackup checks every restored file against PostgreSQL's own manifest."""
     if not (target / "backup_manifest").exists():
         return
-    major = int(manifest.server_version.split(".")[0])
+    major = manifest.major
     tool = find_tool("pg_verifybackup", major, bin_dir)
     # pg_control is held back until after verification; tell the tool to skip it.
     proc = subprocess.run(

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
-from ebk.backup import stream_context
 from ebk.errors import IntegrityError
 from ebk.format.payload import PayloadReader
 from ebk.format.stream import Readable
 from ebk.manifest import Manifest, StoredObject
-from ebk.repository import Repository, object_name
+from ebk.repository.layout import stream_context
+from ebk.restore.session import OpenedBackup
 
 
 class HashingReader:
@@ -84,11 +84,9 @@ class ObjectReader:
 
 
 @contextmanager
-def open_object(
-    repo: Repository, manifest: Manifest, stored: StoredObject, dek: bytes
-) -> Iterator[ObjectReader]:
-    source = repo.storage.open_read(object_name(manifest.backup_id, stored.name))
+def open_object(backup: OpenedBackup, stored: StoredObject) -> Iterator[ObjectReader]:
+    source = backup.repo.open_object_reader(backup.backup_id, stored.name)
     try:
-        yield ObjectReader(source, stored, manifest, dek)
+        yield ObjectReader(source, stored, backup.manifest, backup.dek)
     finally:
         source.close()

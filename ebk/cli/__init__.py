@@ -41,15 +41,15 @@ def _config_path(value: str | None) -> Path | None:
 COMMAND_MODULES = {
     "init": "setup",
     "backup": "backup",
-    "list": "repo",
-    "show": "repo",
-    "delete": "repo",
+    "list": "backups",
+    "show": "backups",
+    "delete": "backups",
     "restore": "restore",
-    "repo": "repocheck",
+    "repo": "repo",
     "keys": "keys",
     "preflight": "preflight",
     "daemon": "daemon",
-    "retention": "daemon",
+    "retention": "retention",
 }
 
 

@@ -6,11 +6,8 @@ from pathlib import Path
 
 import click
 
-from ebk.backup import take_backup
+from ebk.app.backup import run_backup
 from ebk.cli.output import emit_json
-from ebk.daemon.locks import cluster_backup_lock
-from ebk.keys.check import check_providers
-from ebk.preflight.gate import enforce
 from ebk.progress import human_bytes
 from ebk.runtime import Runtime
 
@@ -44,20 +41,17 @@ def backup(
     The backup is listed only once every object is durably stored and its
     manifest is written; a failed or interrupted backup leaves nothing behind.
     Exit code 0 means the backup is complete.
+
+    \b
+    Examples:
+      ebk backup                                  # physical: the whole cluster
+      ebk backup --type logical --database app    # pg_dump of one database
+      ebk backup --json | jq -r .backup_id
     """
     runtime = Runtime.load(config_path)
     if databases and kind != "logical":
         raise click.UsageError("--database applies to --type logical only")
-    enforce(runtime.config, purpose="backup")
-    check_providers(runtime.key_providers)
-    with cluster_backup_lock(runtime.config.postgres):
-        manifest = take_backup(
-            runtime.config,
-            runtime.repository,
-            runtime.key_providers,
-            kind=kind,
-            databases=databases,
-        )
+    manifest = run_backup(runtime, kind=kind, databases=databases)
     if json_output:
         emit_json(manifest.to_public())
     else:

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import click
 
+from ebk.app.maintenance import rewrap_all
 from ebk.cli.output import emit_json, emit_table
-from ebk.errors import BackupNotFound, EbkError
-from ebk.keys.check import check_providers
-from ebk.keys.envelope import rewrap_key_object
+from ebk.errors import EbkError
 from ebk.keys.keyfile import KeyFileProvider
 from ebk.keys.recovery import write_identity_file
 from ebk.runtime import Runtime
@@ -32,13 +31,14 @@ def check(config_path: Path | None, json_output: bool) -> None:
     """
     runtime = Runtime.load(config_path, json_output=json_output)
     try:
-        results = check_providers(runtime.key_providers)
+        runtime.checked_key_providers()
     except EbkError as exc:
         if json_output:
             emit_json(
                 {"ok": False, "error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
             )
         raise
+    results = runtime.key_check or []
     if json_output:
         emit_json({"ok": True, "providers": results})
         return
@@ -92,26 +92,14 @@ def rotate_rewrap(config_path: Path | None, dry_run: bool, rotate_keyfile: bool)
             raise click.UsageError("--rotate-keyfile applies to keys.provider = keyfile only")
         if not dry_run:
             click.echo(f"new primary KEK {primary.rotate()} in {primary.path}")
-    repo = runtime.repository
-    rows = []
-    for manifest in repo.list_backups():
-        try:
-            key_object = repo.read_key_object(manifest.backup_id)
-        except BackupNotFound:
-            continue
-        before = [f"{s.provider}/{s.kek_id}" for s in key_object.slots]
-        if dry_run:
-            rows.append((manifest.backup_id, ", ".join(before), "(dry run)"))
-            continue
-        updated = rewrap_key_object(key_object, {primary.name: primary})
-        after = [f"{s.provider}/{s.kek_id}" for s in updated.slots]
-        if after != before or any(
-            a.ciphertext != b.ciphertext
-            for a, b in zip(updated.slots, key_object.slots, strict=True)
-        ):
-            repo.write_key_object(updated)
-        rows.append((manifest.backup_id, ", ".join(before), ", ".join(after)))
-    emit_table(["BACKUP", "SLOTS BEFORE", "SLOTS AFTER"], rows)
+    rows = rewrap_all(runtime.repository, primary, dry_run=dry_run)
+    emit_table(
+        ["BACKUP", "SLOTS BEFORE", "SLOTS AFTER"],
+        [
+            (r.backup_id, ", ".join(r.before), "(dry run)" if dry_run else ", ".join(r.after))
+            for r in rows
+        ],
+    )
 
 
 COMMANDS: list[click.Command] = [keys]

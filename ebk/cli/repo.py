@@ -1,124 +1,151 @@
-"""`ebk list`, `ebk show`, `ebk delete`: the repository's backups."""
+"""`ebk repo`: leftovers of interrupted runs (check, --clean) and layout migration."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
 
+from ebk.app.maintenance import Leftover, check_leftovers, clean_leftovers, migrate_layout
 from ebk.cli.output import emit_json, emit_table
+from ebk.config import parse_duration
 from ebk.progress import human_bytes
 from ebk.runtime import Runtime
 
 
-@click.command(name="list")
+def _age(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return "unknown"
+    seconds = max(0, int((now - when).total_seconds()))
+    if seconds >= 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60}m"
+    return f"{seconds // 60}m{seconds % 60}s"
+
+
+@click.group()
+def repo() -> None:
+    """Repository maintenance: leftovers of interrupted runs, layout migration."""
+
+
+@repo.command()
+@click.option(
+    "--clean",
+    is_flag=True,
+    help="Remove the incomplete backups and unfinished uploads older than the grace period.",
+)
+@click.option(
+    "--older-than",
+    "older_than",
+    default="24h",
+    show_default=True,
+    metavar="DURATION",
+    help="Grace period (90s, 30m, 24h, 7d): leftovers active more recently may belong to "
+    "a backup that is running now and are never removed.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def list_(config_path: Path | None, json_output: bool) -> None:
-    """List complete backups, oldest first.
+def check(config_path: Path | None, clean: bool, older_than: str, json_output: bool) -> None:
+    """Report incomplete backups and orphaned uploads; --clean removes the old ones.
 
-    Only backups whose manifest was written are listed: an interrupted backup
-    never is (see `ebk repo check`). Needs no key: listing reads manifests only.
+    An incomplete backup has objects but no manifest: it was interrupted (or
+    is still being written). An orphaned upload is an unfinished multipart
+    upload, uncommitted blocks or a partial file. Neither is ever listed or
+    restored, but both take space. Age counts from the newest object the store
+    reports, so a long-running backup is not mistaken for a dead one; --clean
+    takes the repository lease, and a backup whose leftovers were removed
+    while it ran fails loudly instead of being listed. Exit code 0 whether or
+    not anything was found.
+
+    \b
+    Examples:
+      ebk repo check
+      ebk repo check --clean --older-than 48h
+      ebk repo check --json | jq '.incomplete_backups | length'
+    """
+    grace = timedelta(seconds=parse_duration(older_than, "--older-than"))
+    runtime = Runtime.load(config_path)
+    repository = runtime.repository
+    report = check_leftovers(repository, grace=grace, now=datetime.now(UTC))
+    if clean:
+        clean_leftovers(repository, report)
+    now = report.now
+
+    def doc(entry: Leftover) -> dict[str, object]:
+        out: dict[str, object] = {
+            "started": entry.last_activity.isoformat() if entry.last_activity else None,
+            "age": _age(entry.last_activity, now),
+            "old_enough": entry.old_enough,
+            "removed": entry.removed,
+        }
+        if entry.kind == "incomplete_backup":
+            out.update(backup_id=entry.name, objects=entry.objects, size=entry.size)
+        else:
+            out["name"] = entry.name
+        if entry.note:
+            out["note"] = entry.note
+        return out
+
+    if json_output:
+        emit_json(
+            {
+                "repository": repository.url,
+                "grace_seconds": int(grace.total_seconds()),
+                "incomplete_backups": [doc(b) for b in report.backups],
+                "orphaned_uploads": [doc(u) for u in report.uploads],
+            }
+        )
+        return
+    click.echo(f"repository {repository.url}")
+    if not report.backups and not report.uploads:
+        click.echo("no incomplete backups, no orphaned uploads")
+        return
+
+    def state(entry: Leftover) -> str:
+        if entry.removed:
+            return "removed"
+        if entry.note:
+            return entry.note
+        if not entry.old_enough:
+            return f"kept (active within {older_than}: may be running)"
+        return "removable (--clean)"
+
+    if report.backups:
+        click.echo(f"incomplete backups (no manifest): {len(report.backups)}")
+        emit_table(
+            ["ID", "AGE", "OBJECTS", "SIZE", "STATE"],
+            [
+                [b.name, _age(b.last_activity, now), len(b.objects), human_bytes(b.size), state(b)]
+                for b in report.backups
+            ],
+        )
+    if report.uploads:
+        click.echo(f"orphaned uploads: {len(report.uploads)}")
+        emit_table(
+            ["OBJECT", "AGE", "STATE"],
+            [[u.name, _age(u.last_activity, now), state(u)] for u in report.uploads],
+        )
+
+
+@repo.command()
+@click.pass_obj
+def migrate(config_path: Path | None) -> None:
+    """Move a repository written by ebk 0.1 to the current layout.
+
+    Each manifest moves from backups/<id>/manifest.json to manifests/<id>.json
+    unchanged (nothing is decrypted or re-encrypted); then the repository
+    marker records layout 2, and listing stops scanning every backup's objects.
+    Safe to interrupt and run again; takes the repository lease.
+
+    \b
+    Example:
+      ebk repo migrate
     """
     runtime = Runtime.load(config_path)
-    backups = runtime.repository.list_backups()
-    if json_output:
-        emit_json([m.to_public() for m in backups])
-        return
-    if not backups:
-        click.echo(f"no complete backups in {runtime.storage.url}")
-        return
-    emit_table(
-        ["ID", "KIND", "STARTED", "DURATION", "SIZE", "STORED", "PG", "DATABASES"],
-        [
-            [
-                m.backup_id,
-                m.kind,
-                m.start_time,
-                _duration(m.start_time, m.stop_time),
-                human_bytes(m.size),
-                human_bytes(m.stored_size),
-                m.server_version,
-                ",".join(m.databases) if m.databases else "-",
-            ]
-            for m in backups
-        ],
-    )
+    moved = migrate_layout(runtime.repository)
+    click.echo(f"migrated {len(moved)} backup(s) in {runtime.repository.url} to layout 2")
 
 
-def _duration(start: str, stop: str) -> str:
-    from datetime import datetime
-
-    seconds = int((datetime.fromisoformat(stop) - datetime.fromisoformat(start)).total_seconds())
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-@click.command()
-@click.argument("backup_id", metavar="ID|latest")
-@click.option("--json", "json_output", is_flag=True, help="Machine-readable output.")
-@click.pass_obj
-def show(config_path: Path | None, backup_id: str, json_output: bool) -> None:
-    """Show one backup: cluster, LSNs, objects with sizes and SHA-256, key slots."""
-    runtime = Runtime.load(config_path)
-    manifest = runtime.repository.resolve(backup_id)
-    doc = manifest.to_public()
-    if json_output:
-        emit_json(doc)
-        return
-    for key in (
-        "backup_id",
-        "kind",
-        "system_identifier",
-        "server_version",
-        "start_time",
-        "stop_time",
-        "start_lsn",
-        "stop_lsn",
-        "timeline",
-        "dek_id",
-        "key_slots",
-        "databases",
-        "ebk_version",
-        "format_version",
-    ):
-        value = doc.get(key)
-        if value not in (None, []):
-            click.echo(f"{key:18} {', '.join(value) if isinstance(value, list) else value}")
-    click.echo(
-        f"{'size':18} {human_bytes(manifest.size)} "
-        f"(stored {human_bytes(manifest.stored_size)})"
-    )
-    click.echo("objects:")
-    emit_table(
-        ["NAME", "ROLE", "SIZE", "STORED", "SHA256"],
-        [
-            [
-                o.name,
-                o.role + (f" {o.database}" if o.database else ""),
-                human_bytes(o.plain_size),
-                human_bytes(o.stored_size),
-                o.sha256[:16],
-            ]
-            for o in manifest.objects
-        ],
-    )
-
-
-@click.command()
-@click.argument("backup_id", metavar="ID")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.pass_obj
-def delete(config_path: Path | None, backup_id: str, yes: bool) -> None:
-    """Delete one backup (manifest first, so it is never half-listed)."""
-    runtime = Runtime.load(config_path)
-    manifest = runtime.repository.resolve(backup_id)
-    if not yes:
-        click.confirm(
-            f"delete backup {manifest.backup_id} ({manifest.kind}, {manifest.start_time})?",
-            abort=True,
-        )
-    runtime.repository.delete_backup(manifest.backup_id)
-    click.echo(f"deleted backup {manifest.backup_id}")
-
-
-COMMANDS = [list_, show, delete]
+COMMANDS: list[click.Command] = [repo]

@@ -8,11 +8,8 @@ from pathlib import Path
 
 import click
 
-from ebk.keys.base import KeyProvider
-from ebk.keys.recovery import RecoveryIdentity
-from ebk.preflight.gate import enforce
-from ebk.restore.logical import restore_logical
-from ebk.restore.physical import restore_physical
+from ebk.app.restore import LogicalTarget, PhysicalTarget
+from ebk.app.restore import restore as run_restore
 from ebk.runtime import Runtime
 
 
@@ -119,34 +116,17 @@ def restore(
     if (target is None) == (target_db is None):
         raise click.UsageError("give exactly one of --to DIR (physical) or --to-db NAME (logical)")
     runtime = Runtime.load(config_path)
-    providers: list[KeyProvider] = (
-        [RecoveryIdentity(recovery_key)] if recovery_key is not None else runtime.key_providers
-    )
-    manifest = runtime.repository.resolve(
-        backup_id, kind="physical" if target is not None else "logical"
-    )
-    remap = _parse_tablespace_map(tablespace_map)
-    tablespace_targets = [
-        Path(remap.get(o.tablespace_oid or "", o.tablespace_location or ""))
-        for o in manifest.objects
-        if o.role == "tablespace" and target is not None
-    ]
-    enforce(
-        runtime.config,
-        purpose="restore",
-        restore_target=target,
-        tablespace_targets=tablespace_targets,
-    )
     if target is not None:
-        restore_physical(
-            runtime.repository,
-            manifest,
-            providers,
-            target,
-            tablespace_map=remap,
-            owner=_owner(owner),
-            verify=not no_verify,
-            bin_dir=runtime.config.postgres.bin_dir,
+        manifest = run_restore(
+            runtime,
+            backup_id,
+            PhysicalTarget(
+                target,
+                _parse_tablespace_map(tablespace_map),
+                owner=_owner(owner),
+                verify=not no_verify,
+            ),
+            recovery_key=recovery_key,
         )
         click.echo(f"restored backup {manifest.backup_id} into {target}")
         click.echo(f"  start it with: pg_ctl -D {target} start")
@@ -154,15 +134,11 @@ def restore(
             click.echo("  note: files are owned by root; PostgreSQL needs --owner postgres")
     else:
         assert target_db is not None
-        restore_logical(
-            runtime.repository,
-            manifest,
-            providers,
-            runtime.config.postgres,
-            target_db=target_db,
-            database=database,
-            create=create,
-            with_globals=with_globals,
+        manifest = run_restore(
+            runtime,
+            backup_id,
+            LogicalTarget(target_db, database, create=create, with_globals=with_globals),
+            recovery_key=recovery_key,
         )
         click.echo(f"restored backup {manifest.backup_id} into database {target_db}")
 

@@ -28,7 +28,7 @@ def init(config_path: Path | None) -> None:
         click.echo("  back it up outside the repository: without it no backup can be restored")
     created = runtime.repository.initialize()
     state = "created" if created else "already initialised"
-    click.echo(f"repository {state} at {runtime.storage.url}")
+    click.echo(f"repository {state} at {runtime.repository.url}")
 
 
 COMMANDS = [init]

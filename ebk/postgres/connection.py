@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,10 +97,19 @@ def _query_failed(cfg: PostgresConfig, what: str, exc: psycopg.Error) -> Postgre
     )
 
 
-def cluster_info(cfg: PostgresConfig) -> ClusterInfo:
+def _on(
+    cfg: PostgresConfig, conn: psycopg.Connection | None
+) -> contextlib.AbstractContextManager[psycopg.Connection]:
+    """The caller's connection (kept open), or a new one for this one query."""
+    if conn is not None:
+        return contextlib.nullcontext(conn)
+    return connect(cfg)
+
+
+def cluster_info(cfg: PostgresConfig, conn: psycopg.Connection | None = None) -> ClusterInfo:
     try:
-        with connect(cfg) as conn:
-            row = conn.execute(
+        with _on(cfg, conn) as c:
+            row = c.execute(
                 "SELECT system_identifier::text, current_setting('server_version'),"
                 " current_setting('server_version_num')::int FROM pg_control_system()"
             ).fetchone()
@@ -109,10 +119,10 @@ def cluster_info(cfg: PostgresConfig) -> ClusterInfo:
     return ClusterInfo(row[0], row[1], row[2])
 
 
-def list_databases(cfg: PostgresConfig) -> list[str]:
+def list_databases(cfg: PostgresConfig, conn: psycopg.Connection | None = None) -> list[str]:
     try:
-        with connect(cfg) as conn:
-            rows = conn.execute(
+        with _on(cfg, conn) as c:
+            rows = c.execute(
                 "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
                 "ORDER BY 1"
             ).fetchall()

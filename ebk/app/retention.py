@@ -27,7 +27,6 @@ from typing import Protocol
 import structlog
 
 from ebk.config import RetentionConfig, parse_duration
-from ebk.daemon.locks import RepositoryLease
 from ebk.errors import BackupNotFound, Interrupted
 from ebk.repository import Repository
 
@@ -214,11 +213,11 @@ def apply_retention(
 ) -> RetentionResult:
     """Plan, and unless dry_run delete under the repository lease (checked per deletion)."""
     if dry_run:
-        decisions = plan_retention(repo.list_backups(), policy, now or datetime.now(UTC))
+        decisions = plan_retention(repo.list_backups().backups, policy, now or datetime.now(UTC))
         return RetentionResult(decisions, dry_run=True)
-    with RepositoryLease(repo.storage, purpose=purpose) as lease:
+    with repo.lease(purpose) as lease:
         # Plan under the lease: nobody else deletes between listing and deleting.
-        decisions = plan_retention(repo.list_backups(), policy, now or datetime.now(UTC))
+        decisions = plan_retention(repo.list_backups().backups, policy, now or datetime.now(UTC))
         result = RetentionResult(decisions)
         for decision in decisions:
             if decision.keep:
@@ -228,9 +227,8 @@ def apply_retention(
                     f"retention interrupted after {len(result.deleted)} "
                     "deletions; the rest stays until the next run"
                 )
-            lease.check()
             try:
-                repo.delete_backup(decision.backup_id)
+                repo.delete_backup(decision.backup_id, lease)
             except BackupNotFound:
                 continue
             result.deleted.append(decision.backup_id)

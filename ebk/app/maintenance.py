@@ -1,0 +1,177 @@
+"""Repository maintenance: delete one backup, find and clean leftovers, rewrap, migrate.
+
+Every mutation runs under the repository lease (exit 8 while another ebk
+holds it) and re-checks it before each step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from ebk.errors import BackupNotFound, EbkError
+from ebk.keys.base import KeyProvider
+from ebk.keys.envelope import rewrap_key_object
+from ebk.manifest import Manifest
+from ebk.repository import IncompleteBackup, Repository
+from ebk.repository.layout import BACKUPS, backup_id_time
+from ebk.storage.base import IncompleteUpload
+
+log = structlog.get_logger("ebk.maintenance")
+
+
+def delete_backup(repo: Repository, backup_id: str, *, purpose: str = "ebk delete") -> Manifest:
+    """Delete one complete backup by its id (never `latest`: deletion names what it deletes)."""
+    manifest = repo.read_manifest(backup_id)
+    with repo.lease(purpose) as lease:
+        repo.delete_backup(manifest.backup_id, lease)
+    log.info("backup deleted", backup_id=manifest.backup_id, kind=manifest.kind)
+    return manifest
+
+
+# -- leftovers -----------------------------------------------------------------------------
+
+
+@dataclass
+class Leftover:
+    """An incomplete backup or an unfinished upload, with what --clean does with it."""
+
+    name: str
+    kind: str  # incomplete_backup | unfinished_upload
+    last_activity: datetime | None
+    old_enough: bool
+    size: int = 0
+    objects: list[str] = field(default_factory=list)
+    removed: bool = False
+    note: str = ""
+    upload: IncompleteUpload | None = None
+    incomplete: IncompleteBackup | None = None
+
+
+@dataclass
+class RepoCheckReport:
+    grace: timedelta
+    now: datetime
+    backups: list[Leftover]
+    uploads: list[Leftover]
+
+
+def _latest(*times: datetime | None) -> datetime | None:
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+def check_leftovers(repo: Repository, *, grace: timedelta, now: datetime) -> RepoCheckReport:
+    """What interrupted runs left behind; nothing younger than ``grace`` is removable.
+
+    Age is the time since the newest sign of life: the newest object of an
+    incomplete backup (as the store reports it) or the start of an upload, and
+    never older than the time in the backup id (stores that report no time).
+    """
+    cutoff = now - grace
+    backups = []
+    for inc in repo.incomplete_backups():
+        last = _latest(inc.last_modified, backup_id_time(inc.backup_id))
+        backups.append(
+            Leftover(
+                inc.backup_id,
+                "incomplete_backup",
+                last,
+                last is not None and last <= cutoff,
+                inc.size,
+                inc.objects,
+                incomplete=inc,
+            )
+        )
+    uploads = []
+    for upload in repo.unfinished_uploads():
+        from_id = None
+        if upload.name.startswith(BACKUPS):
+            from_id = backup_id_time(upload.name[len(BACKUPS) :].split("/", 1)[0])
+        last = _latest(upload.started, from_id)
+        uploads.append(
+            Leftover(
+                upload.name,
+                "unfinished_upload",
+                last,
+                last is not None and last <= cutoff,
+                upload=upload,
+            )
+        )
+    return RepoCheckReport(grace, now, backups, uploads)
+
+
+def clean_leftovers(repo: Repository, report: RepoCheckReport) -> None:
+    """Remove the removable leftovers under the lease; a backup that completed meanwhile stays."""
+    if not any(e.old_enough for e in report.backups + report.uploads):
+        return
+    with repo.lease("ebk repo check --clean") as lease:
+        for entry in report.uploads:
+            if entry.old_enough and entry.upload is not None:
+                repo.remove_upload(entry.upload, lease)
+                entry.removed = True
+        for entry in report.backups:
+            if not entry.old_enough:
+                continue
+            try:
+                repo.remove_incomplete_backup(entry.name, lease)
+            except EbkError as exc:
+                entry.note = exc.message
+                continue
+            entry.removed = True
+
+
+# -- rewrap --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RewrapRow:
+    backup_id: str
+    before: list[str]
+    after: list[str]
+    changed: bool
+
+
+def rewrap_all(repo: Repository, primary: KeyProvider, *, dry_run: bool) -> list[RewrapRow]:
+    """Rewrap every complete backup's data key under the primary provider's current KEK."""
+    catalog = repo.list_backups()
+    rows = []
+    if dry_run:
+        for manifest in catalog.backups:
+            try:
+                key_object = repo.read_key_object(manifest.backup_id)
+            except BackupNotFound:
+                continue
+            slots = [f"{s.provider}/{s.kek_id}" for s in key_object.slots]
+            rows.append(RewrapRow(manifest.backup_id, slots, slots, False))
+        return rows
+    with repo.lease("ebk keys rotate-rewrap") as lease:
+        for manifest in catalog.backups:
+            try:
+                key_object = repo.read_key_object(manifest.backup_id)
+            except BackupNotFound:
+                continue
+            updated = rewrap_key_object(key_object, {primary.name: primary})
+            changed = any(
+                (a.kek_id, a.ciphertext) != (b.kek_id, b.ciphertext)
+                for a, b in zip(updated.slots, key_object.slots, strict=True)
+            )
+            if changed:
+                repo.replace_key_object(updated, lease)
+            rows.append(
+                RewrapRow(
+                    manifest.backup_id,
+                    [f"{s.provider}/{s.kek_id}" for s in key_object.slots],
+                    [f"{s.provider}/{s.kek_id}" for s in updated.slots],
+                    changed,
+                )
+            )
+    return rows
+
+
+def migrate_layout(repo: Repository) -> list[str]:
+    """Move layout 1 manifests to manifests/ (their content unchanged), under the lease."""
+    with repo.lease("ebk repo migrate") as lease:
+        return repo.migrate_layout(lease)

@@ -1,0 +1,415 @@
+"""The repository: the one door to storage for every read and write of backups.
+
+Nothing outside this package (and storage/ itself) calls a Storage method; a
+test walks the code and fails otherwise.  Mutations of what other backups or
+readers depend on (deleting backups, rewriting key objects, removing
+leftovers, migrating the layout) take a RepositoryLease and re-check it before
+every step.  Every document read from storage is size-capped before it is
+parsed; what it says is still unauthenticated until the reader verifies it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+import structlog
+
+from ebk.errors import (
+    BackupNotFound,
+    EbkError,
+    IntegrityError,
+    ObjectExists,
+    ObjectNotFound,
+    RepositoryNotInitialized,
+    StorageError,
+)
+from ebk.keys.envelope import MAX_KEY_OBJECT_SIZE, KeyObject
+from ebk.manifest import MAX_MANIFEST_SIZE, Manifest
+from ebk.repository.layout import (
+    BACKUPS,
+    KEY_OBJECT,
+    LAYOUT_VERSION,
+    LEGACY_MANIFEST,
+    MANIFESTS,
+    MARKER,
+    is_backup_id,
+    legacy_manifest_name,
+    manifest_name,
+    new_backup_id,
+    object_name,
+    stream_context,
+)
+from ebk.repository.lease import RepositoryLease
+from ebk.storage.base import IncompleteUpload, ObjectWriter, Storage
+
+__all__ = [
+    "Catalog",
+    "IncompleteBackup",
+    "Problem",
+    "Repository",
+    "RepositoryLease",
+    "new_backup_id",
+    "object_name",
+    "stream_context",
+]
+
+log = structlog.get_logger("ebk.repository")
+
+MAX_MARKER_SIZE = 64 * 1024
+READ_WORKERS = 16  # manifests fetched concurrently when listing an object store
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A manifest (or name) that could not be used, and why; never counted as a backup."""
+
+    name: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"object": self.name, "reason": self.reason}
+
+
+@dataclass
+class Catalog:
+    """The complete backups (oldest first) and what was skipped."""
+
+    backups: list[Manifest] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    legacy: int = 0  # backups still in layout 1 (`ebk repo migrate`)
+
+
+@dataclass(frozen=True)
+class IncompleteBackup:
+    """Objects under backups/<id>/ without a manifest: interrupted, or still being written."""
+
+    backup_id: str
+    objects: list[str]
+    size: int
+    last_modified: datetime | None
+
+
+@dataclass(frozen=True)
+class RepositoryMarker:
+    layout: int
+    repository_id: str | None
+
+
+def _sort_key(m: Manifest) -> tuple[datetime, str]:
+    try:
+        when = datetime.fromisoformat(m.start_time)
+    except ValueError:
+        when = datetime.min
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when, m.backup_id
+
+
+class Repository:
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    @property
+    def url(self) -> str:
+        return self._storage.url
+
+    # -- the repository itself ----------------------------------------------------------
+
+    def marker(self) -> RepositoryMarker | None:
+        try:
+            raw = self._read_capped(MARKER, MAX_MARKER_SIZE)
+        except ObjectNotFound:
+            return None
+        try:
+            doc = json.loads(raw)
+            layout = int(doc.get("layout", doc.get("version", 1)))
+            repo_id = doc.get("repository_id")
+            return RepositoryMarker(layout, repo_id if isinstance(repo_id, str) else None)
+        except (ValueError, TypeError, AttributeError):
+            raise IntegrityError(
+                f"the repository marker {MARKER} in {self.url} is malformed",
+                hint="it was damaged or not written by ebk; check repository.url",
+            ) from None
+
+    def initialize(self) -> bool:
+        """Write the repository marker; returns False when it already existed."""
+        doc = {
+            "format": "ebk-repository",
+            "layout": LAYOUT_VERSION,
+            "repository_id": f"repo-{secrets.token_hex(8)}",
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        try:
+            self._storage.put_if_absent(MARKER, json.dumps(doc, indent=2).encode() + b"\n")
+        except ObjectExists:
+            return False
+        return True
+
+    def require_initialized(self) -> RepositoryMarker:
+        """Backups go only into a repository `ebk init` created (a typo'd URL is not one)."""
+        marker = self.marker()
+        if marker is None:
+            raise RepositoryNotInitialized(
+                f"{self.url} is not an ebk repository (no {MARKER})",
+                hint="check repository.url; for a new repository run `ebk init` "
+                "(or `ebk init --repository-only` when the key already exists)",
+            )
+        return marker
+
+    def probe(self) -> None:
+        """Prove the repository is reachable and readable (the daemon's startup check)."""
+        next(iter(self._storage.list(MANIFESTS)), None)
+
+    # -- writing one backup -------------------------------------------------------------
+
+    def open_object_writer(self, backup_id: str, name: str) -> ObjectWriter:
+        return self._storage.open_write(object_name(backup_id, name))
+
+    def create_key_object(self, key_object: KeyObject) -> None:
+        """A new backup's key object; never overwrites one that exists."""
+        self._storage.put_if_absent(
+            object_name(key_object.backup_id, KEY_OBJECT), key_object.to_json()
+        )
+
+    def commit_manifest(self, manifest: Manifest) -> None:
+        """Make a backup complete, only if every object it lists is stored as listed."""
+        stored = {
+            info.name[len(BACKUPS) + len(manifest.backup_id) + 1 :]: info.size
+            for info in self._storage.list(f"{BACKUPS}{manifest.backup_id}/")
+        }
+        missing = [o.name for o in manifest.objects if stored.get(o.name) != o.stored_size] + (
+            [] if KEY_OBJECT in stored else [KEY_OBJECT]
+        )
+        if missing:
+            raise StorageError(
+                f"backup {manifest.backup_id} lost object(s) while it was written: "
+                f"{', '.join(missing)}; it was not marked complete",
+                hint="another process removed them (`ebk repo check --clean` with a short "
+                "--older-than?); take the backup again",
+            )
+        self._storage.put_if_absent(manifest_name(manifest.backup_id), manifest.to_json())
+
+    def discard_unfinished(self, backup_id: str) -> None:
+        """Remove a failed backup's own objects; never one that has a manifest."""
+        if self._storage.exists(manifest_name(backup_id)):
+            return
+        names = [i.name for i in self._storage.list(f"{BACKUPS}{backup_id}/")]
+        for name in sorted(names, key=lambda n: n.endswith(f"/{KEY_OBJECT}")):
+            self._storage.delete(name)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _read_capped(self, name: str, cap: int) -> bytes:
+        """At most ``cap`` bytes of a document, refused past that (before any parsing)."""
+        with self._storage.open_read(name) as stream:
+            raw = stream.read(cap + 1)
+        if len(raw) > cap:
+            raise IntegrityError(
+                f"{name} in {self.url} is larger than any ebk document ({cap} bytes); "
+                "refusing to read it",
+                hint="it was not written by ebk; `ebk repo check` reports it",
+            )
+        return bytes(raw)
+
+    def read_key_object(self, backup_id: str) -> KeyObject:
+        name = object_name(backup_id, KEY_OBJECT)
+        try:
+            raw = self._read_capped(name, MAX_KEY_OBJECT_SIZE)
+        except ObjectNotFound:
+            raise BackupNotFound(
+                f"backup {backup_id} has no key object ({name}); it cannot be decrypted"
+            ) from None
+        return KeyObject.from_json(raw, where=name)
+
+    def open_object_reader(self, backup_id: str, name: str) -> BinaryIO:
+        return self._storage.open_read(object_name(backup_id, name))
+
+    def _parse_manifest(self, name: str, backup_id: str) -> Manifest:
+        manifest = Manifest.from_json(self._read_capped(name, MAX_MANIFEST_SIZE), where=name)
+        if manifest.backup_id != backup_id:
+            raise IntegrityError(f"{name} describes backup {manifest.backup_id}, not {backup_id}")
+        return manifest
+
+    def read_manifest(self, backup_id: str) -> Manifest:
+        if not is_backup_id(backup_id):
+            raise BackupNotFound(
+                f"{backup_id!r} is not a backup id",
+                hint="`ebk list` shows the complete backups; or use `latest`",
+            )
+        for name in (manifest_name(backup_id), legacy_manifest_name(backup_id)):
+            try:
+                return self._parse_manifest(name, backup_id)
+            except ObjectNotFound:
+                continue
+        raise BackupNotFound(
+            f"no complete backup {backup_id} in {self.url}",
+            hint="`ebk list` shows the complete backups",
+        )
+
+    def _manifest_names(self, catalog: Catalog) -> Iterator[tuple[str, str]]:
+        """(object name, backup id) of every manifest, both layouts; odd names are problems."""
+        for info in self._storage.list(MANIFESTS):
+            backup_id = info.name[len(MANIFESTS) :].removesuffix(".json")
+            if not info.name.endswith(".json") or not is_backup_id(backup_id):
+                catalog.problems.append(Problem(info.name, "not a manifest name ebk writes"))
+            elif info.size > MAX_MANIFEST_SIZE:
+                catalog.problems.append(Problem(info.name, f"implausibly large ({info.size} B)"))
+            else:
+                yield info.name, backup_id
+        marker = self.marker()
+        if marker is None or marker.layout < LAYOUT_VERSION:
+            for info in self._storage.list(BACKUPS):
+                backup_id, _, rest = info.name[len(BACKUPS) :].partition("/")
+                if rest == LEGACY_MANIFEST and is_backup_id(backup_id):
+                    catalog.legacy += 1
+                    yield info.name, backup_id
+
+    def list_backups(self) -> Catalog:
+        """Every complete backup whose manifest parses, oldest first; the rest as problems."""
+        catalog = Catalog()
+        names = list(self._manifest_names(catalog))
+
+        def load(item: tuple[str, str]) -> Manifest | Problem:
+            name, backup_id = item
+            try:
+                return self._parse_manifest(name, backup_id)
+            except ObjectNotFound:
+                return Problem(name, "vanished while listing (deleted meanwhile)")
+            except IntegrityError as exc:
+                return Problem(name, exc.message)
+
+        with ThreadPoolExecutor(max_workers=READ_WORKERS) as pool:
+            for result in pool.map(load, names):
+                if isinstance(result, Problem):
+                    catalog.problems.append(result)
+                else:
+                    catalog.backups.append(result)
+        seen: set[str] = set()
+        unique = []
+        for m in sorted(catalog.backups, key=_sort_key):
+            if m.backup_id not in seen:  # mid-migration: both layouts hold it
+                seen.add(m.backup_id)
+                unique.append(m)
+        catalog.backups = unique
+        for problem in catalog.problems:
+            log.warning("skipped a repository object", object=problem.name, reason=problem.reason)
+        return catalog
+
+    def resolve(self, ref: str, *, kind: str | None = None) -> Manifest:
+        """A backup id, or 'latest': the newest complete backup (of ``kind`` when given)."""
+        if ref != "latest":
+            return self.read_manifest(ref)
+        backups = [m for m in self.list_backups().backups if kind is None or m.kind == kind]
+        if not backups:
+            what = f"{kind} backup" if kind else "backup"
+            raise BackupNotFound(
+                f"the repository {self.url} holds no complete {what}",
+                hint=f"take one with `ebk backup{' --type ' + kind if kind else ''}`",
+            )
+        return backups[-1]
+
+    # -- mutations under the lease ------------------------------------------------------
+
+    def lease(self, purpose: str, **kwargs: float) -> RepositoryLease:
+        return RepositoryLease(self._storage, purpose=purpose, **kwargs)  # type: ignore[arg-type]
+
+    def delete_backup(self, backup_id: str, lease: RepositoryLease) -> None:
+        """Manifest first (the backup stops being listed), then data, key object last."""
+        lease.check()
+        names = [i.name for i in self._storage.list(f"{BACKUPS}{backup_id}/")]
+        manifests = [
+            n
+            for n in (manifest_name(backup_id), legacy_manifest_name(backup_id))
+            if n in names or self._storage.exists(n)
+        ]
+        if not names and not manifests:
+            raise BackupNotFound(f"no backup {backup_id} in {self.url}")
+        for name in manifests:
+            self._storage.delete(name)
+        key = object_name(backup_id, KEY_OBJECT)
+        for name in names:
+            if name not in manifests and name != key:
+                self._storage.delete(name)
+        if key in names:
+            self._storage.delete(key)
+
+    def replace_key_object(self, key_object: KeyObject, lease: RepositoryLease) -> None:
+        """Rewrap: the new key object replaces the old one atomically."""
+        lease.check()
+        self._storage.put_bytes(object_name(key_object.backup_id, KEY_OBJECT), key_object.to_json())
+
+    def incomplete_backups(self) -> list[IncompleteBackup]:
+        """Backups without a manifest: interrupted, or still being written."""
+        catalog = Catalog()
+        complete = {backup_id for _, backup_id in self._manifest_names(catalog)}
+        objects: dict[str, list[str]] = {}
+        sizes: dict[str, int] = {}
+        modified: dict[str, datetime] = {}
+        for info in self._storage.list(BACKUPS):
+            backup_id, _, rest = info.name[len(BACKUPS) :].partition("/")
+            if not rest or backup_id in complete:
+                continue
+            objects.setdefault(backup_id, []).append(rest)
+            sizes[backup_id] = sizes.get(backup_id, 0) + info.size
+            if info.modified is not None:
+                modified[backup_id] = max(modified.get(backup_id, info.modified), info.modified)
+        return [
+            IncompleteBackup(i, sorted(names), sizes.get(i, 0), modified.get(i))
+            for i, names in sorted(objects.items())
+        ]
+
+    def unfinished_uploads(self) -> list[IncompleteUpload]:
+        """Uploads started and never committed (S3 multipart, Azure blocks, local partials)."""
+        return self._storage.list_incomplete()
+
+    def remove_upload(self, upload: IncompleteUpload, lease: RepositoryLease) -> None:
+        lease.check()
+        self._storage.remove_incomplete(upload)
+
+    def remove_incomplete_backup(self, backup_id: str, lease: RepositoryLease) -> None:
+        """Delete the objects of an incomplete backup, unless it completed meanwhile."""
+        lease.check()
+        if self._storage.exists(manifest_name(backup_id)):
+            raise EbkError(f"backup {backup_id} completed meanwhile; it was kept")
+        self.discard_unfinished(backup_id)
+
+    def legacy_manifests(self) -> list[str]:
+        """Backup ids whose manifest is still at layout 1's place."""
+        return [
+            backup_id
+            for name, backup_id in self._manifest_names(Catalog())
+            if name == legacy_manifest_name(backup_id)
+        ]
+
+    def migrate_layout(self, lease: RepositoryLease) -> list[str]:
+        """Layout 1 -> 2: each manifest moves to manifests/ unchanged, then the marker."""
+        moved = []
+        for backup_id in self.legacy_manifests():
+            lease.check()
+            legacy = legacy_manifest_name(backup_id)
+            raw = self._read_capped(legacy, MAX_MANIFEST_SIZE)
+            with contextlib.suppress(ObjectExists):  # an interrupted migration got this far
+                self._storage.put_if_absent(manifest_name(backup_id), raw)
+            self._storage.delete(legacy)
+            moved.append(backup_id)
+        lease.check()
+        marker = self.marker()
+        doc = {
+            "format": "ebk-repository",
+            "layout": LAYOUT_VERSION,
+            "repository_id": (marker.repository_id if marker else None)
+            or f"repo-{secrets.token_hex(8)}",
+            "migrated": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        self._storage.put_bytes(MARKER, json.dumps(doc, indent=2).encode() + b"\n")
+        return moved
+
+    def close(self) -> None:
+        self._storage.close()
