@@ -58,6 +58,10 @@ class ObjectNotFound(StorageError):
     """A repository object does not exist."""
 
 
+class ObjectExists(StorageError):
+    """A create-if-absent write found the name taken; the existing object was kept."""
+
+
 class ObjectLocked(StorageError):
     """A repository object is under retention (object lock) and cannot be deleted yet."""
 
