@@ -59,7 +59,7 @@ class ObjectNotFound(StorageError):
 
 
 class ObjectExists(StorageError):
-    """A create-if-absent found the name taken: another writer was first."""
+    """A create-if-absent write found the name taken; the existing object was kept."""
 
 
 class ObjectLocked(StorageError):

@@ -26,6 +26,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
@@ -246,6 +248,19 @@ class AzureStorage(PrefixedStore):
     def put_bytes(self, name: str, data: bytes) -> None:
         blob = self.blob(self._key(name))
         self._call(f"write {name}", lambda: blob.upload_blob(data, overwrite=True, **self.scope()))
+
+    def put_if_absent(self, name: str, data: bytes) -> None:
+        """Put Blob with ``If-None-Match: *`` (``overwrite=False``): 409 BlobAlreadyExists
+        (or 412 ConditionNotMet when two creates race)."""
+        blob = self.blob(self._key(name))
+
+        def put() -> None:
+            try:
+                blob.upload_blob(data, overwrite=False, **self.scope())
+            except (ResourceExistsError, ResourceModifiedError) as exc:
+                raise self.exists_error(name) from exc
+
+        self._create(name, data, put)
 
     def get_bytes(self, name: str) -> bytes:
         blob = self.blob(self._key(name))

@@ -7,12 +7,19 @@ Contract (every backend, tested by one shared suite in tests/storage/):
   ``name`` until ``commit()`` returns, and then the whole object is durable
   (fsynced, or acknowledged by the object store).  ``abort()`` discards the
   upload and is safe to call at any time, also after a failure.
+- ``put_if_absent(name, data)`` creates a small object only if the name is
+  free, atomically and durably like ``put_bytes``; a taken name raises
+  ObjectExists and the existing object is kept.  Of concurrent writers exactly
+  one wins (locks and leases are built on this).
 - ``open_read`` streams an object; ``list(prefix)`` yields only committed
-  objects; ``delete`` of a missing object is not an error.
+  objects, reads only what is under the prefix (which may end in a partial
+  name) and pages through any number of them; ``delete`` of a missing object
+  is not an error.
 - Interrupted uploads (a crashed process) are found by ``list_incomplete()``
   and removed by ``remove_incomplete()``.
 - Errors are StorageError subclasses with operator messages; ObjectNotFound
-  for missing objects, ObjectLocked for objects under retention.
+  for missing objects, ObjectExists for a taken name, ObjectLocked for objects
+  under retention.
 """
 
 from __future__ import annotations
@@ -59,6 +66,9 @@ class Storage(Protocol):
 
     def put_bytes(self, name: str, data: bytes) -> None:
         """Write a small object atomically and durably (manifests, key objects)."""
+
+    def put_if_absent(self, name: str, data: bytes) -> None:
+        """Like put_bytes, but never overwrites: ObjectExists if ``name`` exists."""
 
     def get_bytes(self, name: str) -> bytes: ...
 

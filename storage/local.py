@@ -2,12 +2,16 @@
 
 Writes go to a hidden partial file beside the target and are renamed into
 place only after fsync of the file, then of the directory, so a crash never
-leaves a half-written object under its final name.
+leaves a half-written object under its final name.  A full filesystem (or an
+exhausted quota) at any step is an operator error, and the partial file is
+removed: nothing half-written stays behind.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Iterator
@@ -15,10 +19,34 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from ebk.errors import ObjectNotFound, StorageError
+import structlog
+
+from ebk.errors import ObjectExists, ObjectNotFound, StorageError
 from ebk.storage.base import IncompleteUpload, ObjectInfo, check_name
 
+log = structlog.get_logger("ebk.storage.local")
+
 PARTIAL_MARK = ".ebk-partial-"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_error(root: Path, doing: str, path: Path, exc: OSError) -> StorageError:
+    """An OSError as an operator error; a full filesystem or quota says what to do."""
+    if exc.errno == errno.ENOSPC:
+        return StorageError(
+            f"the repository filesystem {root} is full: cannot {doing} {path}",
+            hint="free space there (e.g. `ebk retention` removes expired backups) or move the "
+            "repository to a larger filesystem, then run the command again; nothing "
+            "half-written was kept",
+        )
+    if exc.errno == errno.EDQUOT:
+        return StorageError(
+            f"the disk quota for the repository filesystem {root} is exhausted: cannot "
+            f"{doing} {path}",
+            hint="free space there or raise the quota, then run the command again; nothing "
+            "half-written was kept",
+        )
+    return StorageError(f"cannot {doing} {path}: {exc.strerror or exc}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -30,12 +58,17 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalWriter:
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, root: Path) -> None:
         self._final = final
+        self._root = root
         self._partial = final.with_name(f"{PARTIAL_MARK}{uuid.uuid4().hex}-{final.name}")
         final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._file: BinaryIO | None = open(self._partial, "xb")  # noqa: SIM115
-        os.chmod(self._partial, 0o600)
+        try:
+            os.chmod(self._partial, 0o600)
+        except OSError:
+            self.abort()
+            raise
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._file is None:
@@ -44,27 +77,63 @@ class LocalWriter:
             return self._file.write(data)
         except OSError as exc:
             self.abort()
-            raise StorageError(f"cannot write {self._final}: {exc.strerror}") from exc
+            raise storage_error(self._root, "write", self._final, exc) from exc
+
+    def _sync(self) -> None:
+        """Flush and fsync the partial file, then close it."""
+        assert self._file is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
 
     def commit(self) -> None:
         if self._file is None:
             raise StorageError("commit of a finished object")
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
+            self._sync()
             os.replace(self._partial, self._final)
             _fsync_dir(self._final.parent)
         except OSError as exc:
             self.abort()
-            raise StorageError(f"cannot store {self._final}: {exc.strerror}") from exc
+            raise storage_error(self._root, "store", self._final, exc) from exc
+
+    def commit_if_absent(self, name: str) -> None:
+        """Publish under the final name only if it is free: link(2) fails with EEXIST."""
+        if self._file is None:
+            raise StorageError("commit of a finished object")
+        try:
+            self._sync()
+            os.link(self._partial, self._final)
+        except FileExistsError:
+            self.abort()
+            raise ObjectExists(
+                f"object {name} already exists in file://{self._root}; it was not overwritten",
+                hint="another writer created it first; read it, or use a new name",
+            ) from None
+        except OSError as exc:
+            self.abort()
+            raise storage_error(self._root, "store", self._final, exc) from exc
+        self.abort()  # drops the partial name; the object lives on under its final name
+        try:
+            _fsync_dir(self._final.parent)
+        except OSError as exc:
+            raise storage_error(self._root, "store", self._final, exc) from exc
 
     def abort(self) -> None:
+        """Close and remove the partial file; never raises (it runs while an error propagates)."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._partial.unlink(missing_ok=True)
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):
+                file.close()  # a failing flush still closes the descriptor
+        try:
+            self._partial.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning(
+                "could not remove a partial file; `ebk repo check --clean` removes it later",
+                path=str(self._partial),
+                error=exc.strerror,
+            )
 
 
 class LocalStorage:
@@ -88,9 +157,9 @@ class LocalStorage:
     def open_write(self, name: str) -> LocalWriter:
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            return LocalWriter(self._path(name))
+            return LocalWriter(self._path(name), self.root)
         except OSError as exc:
-            raise StorageError(f"cannot create {self._path(name)}: {exc.strerror}") from exc
+            raise storage_error(self.root, "create", self._path(name), exc) from exc
 
     def open_read(self, name: str) -> BinaryIO:
         try:
@@ -105,23 +174,51 @@ class LocalStorage:
         writer.write(data)
         writer.commit()
 
+    def put_if_absent(self, name: str, data: bytes) -> None:
+        """Write a partial file, fsync it, link(2) it to the final name (EEXIST: the
+        name is taken), fsync the directory.  Never overwrites; the repository
+        filesystem must support hard links (ext4, xfs, btrfs, zfs, gocryptfs do)."""
+        writer = self.open_write(name)
+        writer.write(data)
+        writer.commit_if_absent(name)
+
     def get_bytes(self, name: str) -> bytes:
         with self.open_read(name) as f:
             return f.read()
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Only the prefix's directory is read: ``backups/2026`` reads ``backups/`` for
+        entries starting with ``2026`` and walks below those.  Names come in
+        lexicographic order, as the object stores return them."""
         self._require_root()
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
-            for filename in sorted(filenames):
-                if filename.startswith(PARTIAL_MARK):
-                    continue
-                path = Path(dirpath) / filename
-                name = path.relative_to(self.root).as_posix()
-                if not name.startswith(prefix):
-                    continue
-                st = path.stat()
-                yield ObjectInfo(name, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+        folder, _, start = prefix.rpartition("/")
+        base = self.root / folder if folder else self.root
+        if folder and (".." in folder.split("/") or folder.startswith("/")):
+            raise ValueError(f"invalid prefix {prefix!r}")
+        yield from self._walk(base, start)
+
+    def _walk(self, directory: Path, start: str = "") -> Iterator[ObjectInfo]:
+        try:
+            with os.scandir(directory) as it:
+                entries = [e for e in it if e.name.startswith(start)]
+        except (FileNotFoundError, NotADirectoryError):
+            return  # nothing under this prefix (or it vanished meanwhile)
+        except OSError as exc:
+            raise storage_error(self.root, "list", directory, exc) from exc
+        dirs = {e.name for e in entries if e.is_dir(follow_symlinks=False)}
+        # A directory's names sort as "name/...": comparing "name/" keeps the order exact.
+        for entry in sorted(entries, key=lambda e: e.name + "/" if e.name in dirs else e.name):
+            if entry.name in dirs:
+                yield from self._walk(Path(entry.path))
+                continue
+            if entry.name.startswith(PARTIAL_MARK) or entry.is_dir():
+                continue  # a partial upload, or a symlink to a directory (not followed)
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue  # deleted while listing
+            name = Path(entry.path).relative_to(self.root).as_posix()
+            yield ObjectInfo(name, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
     def delete(self, name: str) -> None:
         path = self._path(name)

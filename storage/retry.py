@@ -6,7 +6,8 @@ bucket).  Each backend supplies a ``classify`` function that turns an SDK
 exception into a :class:`Failure`; :class:`Retrier` retries only transient
 ones, with exponential backoff and full jitter, and raises the StorageError
 the backend chose.  Anything a backend does not recognise (a bug) propagates
-unchanged.
+unchanged, and so does ObjectExists: a name that is taken stays taken, so a
+create-if-absent conflict is never retried.
 
 :class:`PartPipeline` turns a stream of writes into fixed-size parts that are
 uploaded by a small thread pool, so memory stays near
@@ -28,7 +29,7 @@ from typing import Generic, TypeVar
 import structlog
 
 from ebk.config import StorageConfig
-from ebk.errors import StorageError
+from ebk.errors import ObjectExists, StorageError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -76,6 +77,8 @@ class Retrier:
         while True:
             try:
                 return fn()
+            except ObjectExists:
+                raise
             except Exception as exc:
                 failure = self.classify(exc, what)
                 if failure is None:

@@ -12,8 +12,9 @@ uploads orphaned by a crash are listed by ListMultipartUploads
 through one Retrier, so the policy is the same for every backend.
 
 With ``storage.object_lock_days`` each committed object gets an Object Lock
-retention; ``delete`` checks it first and raises ObjectLocked instead of
-leaving a delete marker that would hide a backup that still exists.
+retention; in a versioned bucket ``delete`` checks it first and raises
+ObjectLocked instead of leaving a delete marker that would hide a backup that
+still exists (in an unversioned bucket a delete is one DELETE).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ TRANSIENT_CODES = frozenset(
         "PriorRequestNotComplete",
         "OperationAborted",
         "XAmzContentSHA256Mismatch",
+        "ConditionalRequestConflict",  # a concurrent conditional write; S3 says retry
     }
 )
 CREDENTIAL_CODES = frozenset(
@@ -101,8 +103,8 @@ CREDENTIAL_HINT = (
 PERMISSION_HINT = (
     "grant s3:ListBucket, s3:ListBucketMultipartUploads, s3:GetObject, "
     "s3:PutObject, s3:DeleteObject, s3:AbortMultipartUpload (and "
-    "s3:PutObjectRetention, s3:GetObjectRetention with object lock) on the "
-    "bucket and prefix"
+    "s3:PutObjectRetention, s3:GetObjectRetention with object lock; optionally "
+    "s3:GetBucketVersioning, which saves a HEAD per delete) on the bucket and prefix"
 )
 
 
@@ -116,6 +118,7 @@ class S3Storage(PrefixedStore):
 
     def __init__(self, bucket: str, prefix: str, config: StorageConfig) -> None:
         self.bucket = bucket
+        self._versioning: bool | None = None
         self._locate("s3", bucket, prefix, config)
         boto_config = BotoConfig(
             region_name=config.region or None,
@@ -278,6 +281,31 @@ class S3Storage(PrefixedStore):
         )
         self.apply_retention(key)
 
+    def put_if_absent(self, name: str, data: bytes) -> None:
+        """PutObject with ``If-None-Match: *``: S3 answers 412 if the key exists."""
+        key = self._key(name)
+
+        def put() -> None:
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    IfNoneMatch="*",
+                    **self.encryption_args(),
+                )
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if (
+                    exc.response.get("Error", {}).get("Code") == "PreconditionFailed"
+                    or status == 412
+                ):
+                    raise self.exists_error(name) from exc
+                raise
+
+        self._create(name, data, put)
+        self.apply_retention(key)
+
     def get_bytes(self, name: str) -> bytes:
         key = self._key(name)
         try:
@@ -304,11 +332,55 @@ class S3Storage(PrefixedStore):
             if not page.get("IsTruncated") or not token:
                 return
 
+    def _versioned(self) -> bool:
+        """Whether a plain DELETE only adds a delete marker (versioning on or suspended;
+        Object Lock implies it).  Asked once per process; when the bucket's versioning
+        cannot be read, the answer that is right for both kinds (True) is used."""
+        if self._versioning is None:
+            if self.config.object_lock_days:
+                self._versioning = True
+            else:
+                try:
+                    resp = self._call(
+                        "read the bucket versioning",
+                        lambda: self.client.get_bucket_versioning(Bucket=self.bucket),
+                    )
+                    self._versioning = resp.get("Status") in ("Enabled", "Suspended")
+                except StoragePermissionDenied:
+                    self._versioning = True
+        return self._versioning
+
     def delete(self, name: str) -> None:
+        """One DELETE in an unversioned bucket (S3 answers 204 for a missing key too).
+
+        In a versioned bucket (every Object Lock bucket is one) a plain DELETE
+        never fails: on a locked object it adds a delete marker that hides a
+        backup that still exists.  The refusal then cannot come from the
+        DELETE, so the object's retention is read first (HEAD) and a locked
+        object is refused before anything changes.
+        """
         key = self._key(name)
-        head = self._head(key)
-        if head is None:
+        if self._versioned():
+            head = self._head(key)
+            if head is None:
+                return
+            self._refuse_if_locked(name, head)
+        try:
+            self._call(
+                f"delete {name}", lambda: self.client.delete_object(Bucket=self.bucket, Key=key)
+            )
+        except ObjectNotFound:
             return
+        except StoragePermissionDenied as exc:
+            if "object lock" in str(exc.__cause__).lower():
+                raise ObjectLocked(
+                    f"{self.url}/{name} is under Object Lock; it cannot be deleted yet",
+                    hint="this is the immutability you configured; delete it after its "
+                    "retention ends",
+                ) from None
+            raise
+
+    def _refuse_if_locked(self, name: str, head: dict[str, Any]) -> None:
         until = head.get("ObjectLockRetainUntilDate")
         if head.get("ObjectLockLegalHoldStatus") == "ON":
             raise ObjectLocked(
@@ -322,7 +394,6 @@ class S3Storage(PrefixedStore):
                 "it cannot be deleted before then",
                 hint="this is the immutability you configured; delete it after that date",
             )
-        self._call(f"delete {name}", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
 
     def exists(self, name: str) -> bool:
         return self._head(self._key(name)) is not None

@@ -6,6 +6,7 @@ when a test asks for it; every test gets a fresh bucket.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,14 @@ from tests.storage.servers import (
 )
 from tests.support.net import free_port
 
-ARGV = {"s3": moto_argv, "gcs": gcs_argv, "azure": azurite_argv}
+
+def conditional_gcs_argv(port: int) -> list[str]:
+    """The GCS emulator through tests/storage/gcs_conditional.py (honours ifGenerationMatch=0)."""
+    argv = gcs_argv(port)
+    return [sys.executable, str(Path(__file__).with_name("gcs_conditional.py")), *argv[1:]]
+
+
+ARGV = {"s3": moto_argv, "gcs": conditional_gcs_argv, "azure": azurite_argv}
 CLOUD = ["s3", "gcs", "azure"]
 
 

@@ -7,11 +7,13 @@ local runs in the fast tier; s3 (moto), gcs (gcp-storage-emulator) and azure
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from ebk.errors import BucketNotFound, ObjectNotFound, StorageError
+from ebk.errors import BucketNotFound, ObjectExists, ObjectNotFound, StorageError
 from ebk.storage.base import Storage
 from ebk.storage.factory import open_storage
 from tests.storage.backends import MIB, Backend
@@ -188,3 +190,62 @@ def test_server_side_encryption_is_requested_on_every_write(
         assert all(h.get("x-ms-encryption-scope") == "ebkscope" for h in writes)
     backend.apply_env(monkeypatch)
     assert read_all(backend.open(), "big") == PAYLOAD
+
+
+def test_put_if_absent_creates_and_never_overwrites(any_backend: Backend) -> None:
+    storage = any_backend.open()
+    storage.put_if_absent("locks/lease", b"first writer")
+    assert storage.get_bytes("locks/lease") == b"first writer"
+    with pytest.raises(ObjectExists) as taken:
+        storage.put_if_absent("locks/lease", b"second writer")
+    assert "locks/lease" in str(taken.value) and "already exists" in str(taken.value)
+    assert taken.value.exit_code == 4
+    other = any_backend.open()  # another process
+    with pytest.raises(ObjectExists):
+        other.put_if_absent("locks/lease", b"third writer")
+    assert storage.get_bytes("locks/lease") == b"first writer"
+    assert any_backend.raw_names() == ["locks/lease"]
+    assert storage.list_incomplete() == [] and any_backend.raw_incomplete() == []
+    storage.delete("locks/lease")  # released: free again
+    storage.put_if_absent("locks/lease", b"next holder")
+    assert storage.get_bytes("locks/lease") == b"next holder"
+
+
+def test_put_if_absent_concurrent_writers_exactly_one_wins(any_backend: Backend) -> None:
+    writers = 8
+    stores = [any_backend.open() for _ in range(writers)]
+    start = threading.Barrier(writers)
+
+    def attempt(i: int) -> str:
+        start.wait()
+        try:
+            stores[i].put_if_absent("locks/race", f"writer {i}".encode())
+            return "won"
+        except ObjectExists:
+            return "refused"
+
+    with ThreadPoolExecutor(writers) as pool:
+        results = list(pool.map(attempt, range(writers)))
+    assert sorted(results) == ["refused"] * (writers - 1) + ["won"]
+    assert stores[0].get_bytes("locks/race") == f"writer {results.index('won')}".encode()
+
+
+LISTED = 1_050  # more than one page (1,000) on every backend
+
+
+def test_list_pages_and_touches_only_the_prefix(any_backend: Backend) -> None:
+    """More than 1,000 objects under one prefix: every page arrives, nothing outside."""
+    storage = any_backend.open()
+    inside = [f"wal/2026/{i:05d}" for i in range(LISTED)]
+    outside = ["wal/2025/00001", "wal/20260", "walrus", "backups/2026/x", "wal-other/1"]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: storage.put_bytes(n, b"w"), inside + outside))
+    listed = [o.name for o in storage.list("wal/2026/")]
+    assert listed == sorted(inside)  # lexicographic, no duplicates, none missing
+    assert all(o.size == 1 for o in storage.list("wal/2026/"))
+    partial = [o.name for o in storage.list("wal/2026")]  # ends in a partial name
+    assert partial == sorted([*inside, "wal/20260"])
+    assert [o.name for o in storage.list("wal/2025/0000")] == ["wal/2025/00001"]
+    assert [o.name for o in storage.list("wa")][-2:] == ["wal/20260", "walrus"]
+    assert list(storage.list("nothing/here")) == []
+    assert len(list(storage.list())) == LISTED + len(outside)
