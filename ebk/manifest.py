@@ -240,7 +240,7 @@ def _is_str(v: Any) -> bool:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**53
 
 
 def _opt(check: Callable[[Any], bool]) -> Callable[[Any], bool]:

@@ -87,8 +87,8 @@ def test_sigkill_leaves_an_orphan_that_is_never_listed(
 
     # The orphan is real (a key object and a half-written upload) ...
     repo = Repository(LocalStorage(env.repo_dir))
-    assert [b.backup_id for b in repo.list_incomplete()] == [orphan]
-    assert [u.name for u in repo.storage.list_incomplete()] == [f"backups/{orphan}/base.tar.ebk"]
+    assert [b.backup_id for b in repo.incomplete_backups()] == [orphan]
+    assert [u.name for u in repo.unfinished_uploads()] == [f"backups/{orphan}/base.tar.ebk"]
     # ... and never listed, shown or restorable.
     assert listed(env) == []
     env.run("show", orphan, expect=9)
@@ -119,8 +119,8 @@ def test_sigterm_cleans_up_and_exits_130(big_cluster: PgCluster, tmp_path: Path)
     # Cleaned up: no committed object, no partial upload, nothing listed.
     assert not backup_dir.exists() or list(backup_dir.iterdir()) == []
     repo = Repository(LocalStorage(env.repo_dir))
-    assert repo.list_incomplete() == []
-    assert repo.storage.list_incomplete() == []
+    assert repo.incomplete_backups() == []
+    assert repo.unfinished_uploads() == []
     assert listed(env) == []
     # The walsender and its temporary slot are gone: the cluster takes the next backup.
     deadline = time.monotonic() + 10

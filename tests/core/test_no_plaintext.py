@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from ebk.keys.envelope import open_data_key
 from ebk.keys.keyfile import KeyFileProvider
 from ebk.repository import Repository
 from ebk.restore.reader import open_object
+from ebk.restore.session import open_backup
 from ebk.storage.local import LocalStorage
 from tests.support.ebkenv import EbkEnv, make_env
 from tests.support.postgres import PgCluster, init_cluster
@@ -99,11 +99,9 @@ def read_file(path: Path) -> Iterator[bytes]:
 def decrypted(env: EbkEnv, backup_id: str) -> Iterator[bytes]:
     repo = Repository(LocalStorage(env.repo_dir))
     manifest = repo.read_manifest(backup_id)
-    dek = open_data_key(
-        repo.read_key_object(backup_id), [KeyFileProvider(env.keyfile)], backup_id=backup_id
-    )
+    backup = open_backup(repo, manifest, [KeyFileProvider(env.keyfile)], kind=manifest.kind)
     for stored in manifest.objects:
-        with open_object(repo, manifest, stored, dek) as reader:
+        with open_object(backup, stored) as reader:
             while block := reader.read(1 << 20):
                 yield block
             reader.finish()

@@ -72,6 +72,10 @@ def env(source: Source, tmp_path: Path) -> EbkEnv:
     return copy
 
 
+def manifest_file(env: EbkEnv, backup_id: str) -> Path:
+    return env.repo_dir / "manifests" / f"{backup_id}.json"
+
+
 def obj(env: EbkEnv, backup_id: str, name: str) -> Path:
     return env.repo_dir / "backups" / backup_id / name
 
@@ -136,9 +140,9 @@ def _edit_manifest(
     edit: Callable[[dict[str, object], Source], None], from_b: bool = False
 ) -> Callable[[EbkEnv, Source], None]:
     def tamper(env: EbkEnv, s: Source) -> None:
-        doc = json.loads(obj(env, s.b if from_b else s.a, "manifest.json").read_text())
+        doc = json.loads(manifest_file(env, s.b if from_b else s.a).read_text())
         edit(doc, s)
-        obj(env, s.a, "manifest.json").write_text(json.dumps(doc, indent=2))
+        manifest_file(env, s.a).write_text(json.dumps(doc, indent=2))
 
     return tamper
 
@@ -156,7 +160,7 @@ def _claim_a(doc: dict[str, object], s: Source) -> None:
 
 
 def _drop_mac(doc: dict[str, object], _s: Source) -> None:
-    del doc["mac"]
+    del doc["auth"]
 
 
 def _key_object_from_b(env: EbkEnv, s: Source) -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ebk.config import PostgresConfig
-from ebk.daemon.locks import LEASE_OBJECT, RepositoryLease, advisory_key, cluster_backup_lock
+from ebk.postgres.advisory_lock import advisory_key, cluster_backup_lock
+from ebk.repository.layout import LEASE_OBJECT
+from ebk.repository.lease import RepositoryLease
 from ebk.errors import LockBusy, PostgresError
-from ebk.storage.base import IncompleteUpload, ObjectInfo
 from ebk.storage.local import LocalStorage
 from tests.support.postgres import PgCluster
 
@@ -58,32 +58,6 @@ class Clock:
         return self.now
 
 
-class PlainStorage:
-    """A Storage without any conditional write (like the object-store backends today)."""
-
-    def __init__(self, inner: LocalStorage) -> None:
-        self.inner = inner
-        self.url = "plain+" + inner.url
-
-    def put_bytes(self, name: str, data: bytes) -> None:
-        self.inner.put_bytes(name, data)
-
-    def get_bytes(self, name: str) -> bytes:
-        return self.inner.get_bytes(name)
-
-    def delete(self, name: str) -> None:
-        self.inner.delete(name)
-
-    def exists(self, name: str) -> bool:
-        return self.inner.exists(name)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def list_incomplete(self) -> list[IncompleteUpload]:
-        return self.inner.list_incomplete()
-
-
 def _lease(storage, clock: Clock, purpose: str = "test", sleeps: list | None = None):
     return RepositoryLease(storage, purpose=purpose, seconds=60, settle=0.5, clock=clock,
                            sleep=(sleeps.append if sleeps is not None else lambda _s: None))
@@ -95,7 +69,7 @@ def test_local_lease_is_atomic_and_expires(tmp_path: Path) -> None:
     sleeps: list[float] = []
     first = _lease(storage, clock, "retention", sleeps)
     first.acquire()
-    assert sleeps == []  # link(2) is atomic: no settle delay needed
+    assert sleeps == []  # create-if-absent is atomic: no settle delay needed
     doc = json.loads(storage.get_bytes(LEASE_OBJECT))
     assert doc["pid"] == os.getpid() and doc["purpose"] == "retention"
     assert doc["expires"] == clock.now + 60
@@ -122,28 +96,25 @@ def test_local_lease_is_atomic_and_expires(tmp_path: Path) -> None:
     assert not storage.exists(LEASE_OBJECT)
 
 
-def test_lease_without_conditional_writes_verifies_after_settling(tmp_path: Path) -> None:
-    inner = LocalStorage(tmp_path / "repo")
-    storage = PlainStorage(inner)
+def test_racing_takeovers_of_a_stale_lease_leave_one_holder(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "repo")
     clock = Clock()
-    sleeps: list[float] = []
-    first = _lease(storage, clock, "a", sleeps)
-    first.acquire()
-    assert sleeps == [0.5]  # wrote, waited, read back
-    with pytest.raises(LockBusy, match="held by"):
-        _lease(storage, clock).acquire()
-
-    # A racing writer whose write lands during our settle delay wins; we back off.
-    first.release()
+    dead = _lease(storage, clock, "dead")
+    dead.acquire()
+    clock.now += 61  # the holder died: its lease expired
     racer = _lease(storage, clock, "racer")
 
     def racing_sleep(_seconds: float) -> None:
-        storage.put_bytes(LEASE_OBJECT, racer._record().to_json())
+        # While we settle, the racer (which also saw the stale lease) deletes ours and
+        # creates its own: the later writer wins and we must back off.
+        storage.delete(LEASE_OBJECT)
+        storage.put_if_absent(LEASE_OBJECT, racer._record().to_json())
 
     loser = RepositoryLease(storage, purpose="loser", seconds=60, settle=0.5, clock=clock,
                             sleep=racing_sleep)
-    with pytest.raises(LockBusy, match="racer"):
+    with pytest.raises(LockBusy, match="racer") as busy:
         loser.acquire()
+    assert busy.value.exit_code == 8
     assert not loser.held
     assert json.loads(storage.get_bytes(LEASE_OBJECT))["purpose"] == "racer"
 

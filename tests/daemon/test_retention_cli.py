@@ -6,7 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from ebk.daemon.locks import LEASE_OBJECT, LeaseRecord
+from ebk.repository.layout import LEASE_OBJECT
+from ebk.repository.lease import LeaseRecord
 from ebk.storage.local import LocalStorage
 from tests.support.ebkenv import make_env
 from tests.support.postgres import PgCluster

@@ -20,13 +20,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ebk.backup import stream_context
 from ebk.errors import IntegrityError, KeyProviderError, WrongKey
 from ebk.keys.base import canonical_context
 from ebk.keys.envelope import KeyObject, key_context, new_data_key, open_data_key
 from ebk.keys.keyfile import KeyFileProvider, create_key_file
 from ebk.manifest import Manifest, StoredObject
-from ebk.repository import new_backup_id, object_name
+from ebk.repository.layout import new_backup_id, object_name, stream_context
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
             "\r": "\\r"}
@@ -139,15 +138,42 @@ def test_key_object_document_and_checks(tmp_path: Path) -> None:
         KeyObject.from_json(b"x" * (64 * 1024 + 1), where="key.json")
 
 
+def jcs(value: Any) -> bytes:
+    """RFC 8785 for the JSON ebk writes (strings, integers, lists, objects), from the RFC.
+
+    Members sorted by their UTF-16 code units, no whitespace, strings in UTF-8
+    with only the escapes the RFC lists (lower-case \\u00xx for other controls).
+    """
+    if value is None or isinstance(value, bool):
+        return json.dumps(value).encode()
+    if isinstance(value, int):
+        return str(value).encode()
+    if isinstance(value, str):
+        out = []
+        for ch in value:
+            if ch in _ESCAPES:
+                out.append(_ESCAPES[ch])
+            elif ord(ch) < 0x20:
+                out.append(f"\\u{ord(ch):04x}")
+            else:
+                out.append(ch)
+        return ('"' + "".join(out) + '"').encode()
+    if isinstance(value, list):
+        return b"[" + b",".join(jcs(v) for v in value) + b"]"
+    assert isinstance(value, dict)
+    keys = sorted(value, key=lambda k: k.encode("utf-16-be"))
+    return b"{" + b",".join(jcs(k) + b":" + jcs(value[k]) for k in keys) + b"}"
+
+
 def _manifest() -> Manifest:
     return Manifest(
-        backup_id="20261128T142301Z-3fa9c1", kind="logical", ebk_version="0.1.0",
-        format_version=1, system_identifier="7713232264135747606",
-        server_version="15.18 (Debian 15.18-0+deb12u1)",
-        start_time="2026-11-28T14:23:01+00:00", stop_time="2026-11-28T14:23:09+00:00",
+        backup_id="20261128T142301000001Z-3fa9c1", kind="logical", ebk_version="0.2.0",
+        system_identifier="7713232264135747606",
+        server_version="15.18 (Debian 15.18-0+deb12u1)", server_version_num=150018,
+        start_time="2026-11-28T14:23:01.000001+00:00", stop_time="2026-11-28T14:23:09+00:00",
         dek_id="dek-00112233aabbccdd", key_slots=["keyfile/kek-20261128-333e13cb"],
         objects=[StoredObject("dump-0001.ebk", "dump", 10, 99, "ab" * 32, None, None,
-                              'dätä "base"\n🐘')],
+                              'dätä "base"\n\x01🐘')],
         databases=['dätä "base"\n🐘'])
 
 
@@ -156,17 +182,18 @@ def test_manifest_mac_matches_the_formula() -> None:
     manifest = _manifest()
     manifest.seal(dek)
     doc = json.loads(manifest.to_json())
-    assert doc["format"] == "ebk-manifest"
+    assert doc["format"] == "ebk-manifest" and doc["manifest_version"] == 2
+    assert doc["stream_version"] == 1
     assert set(doc) == {
-        "format", "format_version", "backup_id", "kind", "ebk_version", "system_identifier",
-        "server_version", "start_time", "stop_time", "start_lsn", "stop_lsn", "timeline",
-        "databases", "dek_id", "key_slots", "objects", "mac"}
+        "format", "manifest_version", "stream_version", "backup_id", "kind", "ebk_version",
+        "system_identifier", "server_version", "server_version_num", "start_time", "stop_time",
+        "databases", "dek_id", "key_slots", "objects", "auth"}
     assert set(doc["objects"][0]) == {"name", "role", "plain_size", "stored_size", "sha256",
-                                      "tablespace_oid", "tablespace_location", "database"}
-    mac_key = hkdf(dek, bytes(32), b"ebk/manifest/v1")
-    body = {k: v for k, v in doc.items() if k != "mac"}
-    expected = hmac.new(mac_key, spec_canonical(body).encode("ascii"), hashlib.sha256)
-    assert doc["mac"] == expected.hexdigest()
+                                      "database"}  # absent optional members are omitted
+    mac_key = hkdf(dek, bytes(32), b"ebk/manifest/v2")
+    body = {k: v for k, v in doc.items() if k != "auth"}
+    expected = hmac.new(mac_key, jcs(body), hashlib.sha256)
+    assert doc["auth"] == {"mac": expected.hexdigest()}
 
     reread = Manifest.from_json(manifest.to_json(), where="manifest.json")
     reread.verify(dek)
@@ -174,12 +201,55 @@ def test_manifest_mac_matches_the_formula() -> None:
         reread.verify(bytes(32))
 
 
+def test_the_mac_covers_the_stored_document_not_a_model() -> None:
+    """Members a newer ebk adds are authenticated, kept and written back unchanged."""
+    dek = bytes(range(32))
+    doc = json.loads(_manifest().to_json())
+    doc["x_future"] = {"chain": ["a", "b"], "n": 3}
+    doc["objects"][0].pop("database")
+    body = {k: v for k, v in doc.items() if k != "auth"}
+    doc["auth"] = {"mac": hmac.new(hkdf(dek, bytes(32), b"ebk/manifest/v2"), jcs(body),
+                                   hashlib.sha256).hexdigest(), "sig": "for a later reader"}
+    parsed = Manifest.from_json(json.dumps(doc, indent=3).encode(), where="m.json")
+    parsed.verify(dek)  # another writer's formatting, same canonical bytes
+    assert parsed.extensions == {"x_future": {"chain": ["a", "b"], "n": 3}}
+    assert json.loads(parsed.to_json()) == doc
+    doc["x_future"]["n"] = 4
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        Manifest.from_json(json.dumps(doc).encode(), where="m.json").verify(dek)
+
+
+def test_version_1_manifests_still_verify() -> None:
+    """ebk 0.1 wrote format_version 1 with a MAC over its model (docs/format.md)."""
+    dek = bytes(range(32, 64))
+    body = {
+        "format": "ebk-manifest", "format_version": 1,
+        "backup_id": "20261128T142301Z-3fa9c1", "kind": "logical", "ebk_version": "0.1.0",
+        "system_identifier": "7713232264135747606", "server_version": "15.18",
+        "start_time": "2026-11-28T14:23:01+00:00", "stop_time": "2026-11-28T14:23:09+00:00",
+        "dek_id": "dek-00112233aabbccdd", "key_slots": ["keyfile/kek-20261128-333e13cb"],
+        "objects": [{"name": "dump-0001.ebk", "role": "dump", "plain_size": 10,
+                     "stored_size": 99, "sha256": "ab" * 32, "tablespace_oid": None,
+                     "tablespace_location": None, "database": "app"}],
+        "start_lsn": None, "stop_lsn": None, "timeline": None, "databases": ["app"]}
+    mac = hmac.new(hkdf(dek, bytes(32), b"ebk/manifest/v1"),
+                   spec_canonical(body).encode("ascii"), hashlib.sha256).hexdigest()
+    raw = json.dumps({**body, "mac": mac}, indent=2).encode()
+    manifest = Manifest.from_json(raw, where="manifest.json")
+    assert manifest.manifest_version == 1 and manifest.major == 15
+    manifest.verify(dek)
+    assert json.loads(manifest.to_json()) == {**body, "mac": mac}
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        Manifest.from_json(raw.replace(b'"app"', b'"other"'), where="m").verify(dek)
+
+
 @pytest.mark.parametrize("edit", [
-    lambda d: d.update(mac=""),
-    lambda d: d.pop("mac"),
+    lambda d: d.update(auth={}),
+    lambda d: d.pop("auth"),
     lambda d: d["objects"][0].update(stored_size=100),
     lambda d: d.update(databases=["other"]),
     lambda d: d.update(timeline=1),
+    lambda d: d.update(parent="20261128T142301Z-000000"),
 ])
 def test_any_manifest_edit_fails_verification(edit: Any) -> None:
     dek = bytes(range(32))
@@ -191,23 +261,40 @@ def test_any_manifest_edit_fails_verification(edit: Any) -> None:
         Manifest.from_json(json.dumps(doc).encode(), where="manifest.json").verify(dek)
 
 
-@pytest.mark.parametrize("doc_edit", [
-    lambda d: d.update(extra="member"),
+@pytest.mark.parametrize("raw_edit", [
     lambda d: d.update(format="other"),
-    lambda d: d.update(format_version=2),
+    lambda d: d.update(manifest_version=3),
+    lambda d: d.update(manifest_version=True),
     lambda d: d["objects"][0].update(extra="member"),
+    lambda d: d["objects"][0].update(stored_size="99"),
+    lambda d: d["objects"][0].update(plain_size=-1),
+    lambda d: d["objects"][0].update(sha256="AB" * 32),
+    lambda d: d["objects"][0].update(role="anything"),
+    lambda d: d.update(kind="incremental-ish"),
+    lambda d: d.update(stop_time=12),
+    lambda d: d.update(x=2**60),  # outside I-JSON: no canonical form, refused
+    lambda d: d.update(x=float("nan")),
+    lambda d: d.clear(),
 ])
-def test_malformed_manifest_is_rejected(doc_edit: Any) -> None:
+def test_malformed_manifest_is_rejected(raw_edit: Any) -> None:
     manifest = _manifest()
     manifest.seal(bytes(32))
     doc = json.loads(manifest.to_json())
-    doc_edit(doc)
+    raw_edit(doc)
     with pytest.raises(IntegrityError, match="malformed"):
         Manifest.from_json(json.dumps(doc).encode(), where="manifest.json")
 
 
+def test_duplicate_members_are_rejected() -> None:
+    manifest = _manifest()
+    manifest.seal(bytes(32))
+    raw = manifest.to_json().replace(b'"kind": "logical"', b'"kind": "logical", "kind": "physical"')
+    with pytest.raises(IntegrityError, match="duplicate member"):
+        Manifest.from_json(raw, where="manifest.json")
+
+
 def test_names_and_associated_data() -> None:
     backup_id = new_backup_id()
-    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", backup_id)
+    assert re.fullmatch(r"\d{8}T\d{12}Z-[0-9a-f]{6}", backup_id)
     assert object_name(backup_id, "base.tar.ebk") == f"backups/{backup_id}/base.tar.ebk"
     assert stream_context(backup_id, "dump-0001.ebk") == f"ebk/{backup_id}/dump-0001.ebk".encode()

@@ -62,8 +62,8 @@ def test_physical_roundtrip(cloud_backend: Backend, pg_cluster: PgCluster, postg
     assert sorted(o["role"] for o in manifest["objects"]) == ["backup_manifest", "base"]
     prefix = f"backups/{manifest['backup_id']}/"
     assert cloud_backend.raw_names("backups/") == sorted(
-        [f"{prefix}key.json", f"{prefix}manifest.json"]
-        + [f"{prefix}{o['name']}" for o in manifest["objects"]])
+        [f"{prefix}key.json"] + [f"{prefix}{o['name']}" for o in manifest["objects"]])
+    assert cloud_backend.raw_names("manifests/") == [f"manifests/{manifest['backup_id']}.json"]
     assert cloud_backend.raw_incomplete() == []
     listed = json.loads(env.run("list", "--json").stdout)
     assert [b["backup_id"] for b in listed] == [manifest["backup_id"]]

@@ -36,9 +36,9 @@ def test_object_lock_retention_is_set_and_delete_refuses(
     manifest = json.loads(env.run("backup", "--type", "logical", "--database", "postgres",
                                   "--json").stdout)
     backup_id = manifest["backup_id"]
-    for name in ("manifest.json", "key.json", manifest["objects"][0]["name"]):
-        head = s3.head_object(Bucket=s3_backend.bucket,
-                              Key=f"{s3_backend.prefix}/backups/{backup_id}/{name}")
+    for name in (f"manifests/{backup_id}.json", f"backups/{backup_id}/key.json",
+                 f"backups/{backup_id}/{manifest['objects'][0]['name']}"):
+        head = s3.head_object(Bucket=s3_backend.bucket, Key=f"{s3_backend.prefix}/{name}")
         assert head["ObjectLockMode"] == "GOVERNANCE"
         until = head["ObjectLockRetainUntilDate"]
         assert timedelta(days=1, hours=23) < until - datetime.now(UTC) <= timedelta(days=2)
@@ -46,7 +46,7 @@ def test_object_lock_retention_is_set_and_delete_refuses(
     result = env.run("delete", backup_id, "--yes", expect=4)
     assert "Object Lock retention" in result.output and "cannot be deleted" in result.output
     assert [b["backup_id"] for b in json.loads(env.run("list", "--json").stdout)] == [backup_id]
-    assert f"backups/{backup_id}/manifest.json" in s3_backend.raw_names()
+    assert f"manifests/{backup_id}.json" in s3_backend.raw_names()
     # Even bypassing ebk, the locked version cannot be removed.
     versions = s3.list_object_versions(Bucket=s3_backend.bucket)["Versions"]
     with pytest.raises(s3.exceptions.ClientError, match="AccessDenied"):

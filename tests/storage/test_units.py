@@ -267,21 +267,18 @@ class _Raw:
         return body
 
 
-def test_repocheck_helpers() -> None:
-    from ebk.cli.repocheck import backup_time, parse_duration, upload_time
+def test_backup_id_times() -> None:
+    from ebk.repository.layout import backup_id_time, is_backup_id, new_backup_id
 
-    assert parse_duration("90s") == timedelta(seconds=90)
-    assert parse_duration("7d") == timedelta(days=7)
-    with pytest.raises(ConfigError):
-        parse_duration("soon")
-    assert backup_time("20261128T142301Z-3fa9c1") == datetime(2026, 11, 28, 14, 23, 1,
-                                                              tzinfo=UTC)
-    assert backup_time("garbage") is None
-    # moto reports every upload as started in 2010: the backup id's time wins.
-    ancient = datetime(2010, 11, 10, tzinfo=UTC)
-    assert upload_time("backups/20261128T142301Z-3fa9c1/base.tar.ebk", ancient) == \
-        datetime(2026, 11, 28, 14, 23, 1, tzinfo=UTC)
-    assert upload_time("other/x", ancient) == ancient
+    assert backup_id_time("20261128T142301Z-3fa9c1") == datetime(2026, 11, 28, 14, 23, 1,
+                                                                 tzinfo=UTC)
+    assert backup_id_time("20261128T142301000042Z-3fa9c1") == datetime(
+        2026, 11, 28, 14, 23, 1, 42, tzinfo=UTC)
+    assert backup_id_time("garbage") is None
+    assert not is_backup_id("../../etc") and not is_backup_id("20261128T142301Z-3fa9c1/x")
+    # Ids taken within one second sort in the order they were taken.
+    ids = [new_backup_id(datetime(2026, 1, 1, 0, 0, 0, us, tzinfo=UTC)) for us in (1, 20, 300)]
+    assert sorted(ids) == ids and all(is_backup_id(i) for i in ids)
 
 
 def test_repo_check_on_a_local_repository(tmp_path: Path) -> None:
@@ -296,6 +293,7 @@ def test_repo_check_on_a_local_repository(tmp_path: Path) -> None:
     writer._file.close()  # type: ignore[attr-defined]  # a crash: neither commit nor abort
     for partial in env.repo_dir.rglob(".ebk-partial-*"):
         os.utime(partial, (0, time.time() - 3 * 86400))  # crashed three days ago
+    os.utime(env.repo_dir / f"backups/{old_id}/key.json", (0, time.time() - 3 * 86400))
 
     report = json.loads(env.run("repo", "check", "--json").stdout)
     assert [b["backup_id"] for b in report["incomplete_backups"]] == [old_id, young_id]
