@@ -229,6 +229,8 @@ def _object_doc(o: StoredObject) -> dict[str, Any]:
 
 
 def _take(doc: dict[str, Any], name: str, check: Callable[[Any], bool], what: str) -> Any:
+    if name not in doc:
+        raise ValueError(f"missing member {name!r}")
     value = doc.pop(name)
     if not check(value):
         raise ValueError(f"{name} must be {what}")
