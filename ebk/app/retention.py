@@ -28,6 +28,7 @@ import structlog
 
 from ebk.config import RetentionConfig, parse_duration
 from ebk.errors import BackupNotFound, Interrupted
+from ebk.manifest import Manifest
 from ebk.repository import Repository
 
 log = structlog.get_logger("ebk.retention")
@@ -202,6 +203,14 @@ class RetentionResult:
     dry_run: bool = False
 
 
+def _usable(repo: Repository) -> list[Manifest]:
+    """The backups retention may count; what listing skipped is logged, never counted."""
+    catalog = repo.list_backups()
+    for problem in catalog.problems:
+        log.warning("retention skipped an object", object=problem.name, reason=problem.reason)
+    return catalog.backups
+
+
 def apply_retention(
     repo: Repository,
     policy: RetentionPolicy,
@@ -213,11 +222,11 @@ def apply_retention(
 ) -> RetentionResult:
     """Plan, and unless dry_run delete under the repository lease (checked per deletion)."""
     if dry_run:
-        decisions = plan_retention(repo.list_backups().backups, policy, now or datetime.now(UTC))
+        decisions = plan_retention(_usable(repo), policy, now or datetime.now(UTC))
         return RetentionResult(decisions, dry_run=True)
     with repo.lease(purpose) as lease:
         # Plan under the lease: nobody else deletes between listing and deleting.
-        decisions = plan_retention(repo.list_backups().backups, policy, now or datetime.now(UTC))
+        decisions = plan_retention(_usable(repo), policy, now or datetime.now(UTC))
         result = RetentionResult(decisions)
         for decision in decisions:
             if decision.keep:

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-import structlog
-
 from ebk.errors import (
     BackupNotFound,
     EbkError,
@@ -60,7 +58,6 @@ __all__ = [
     "stream_context",
 ]
 
-log = structlog.get_logger("ebk.repository")
 
 MAX_MARKER_SIZE = 64 * 1024
 READ_WORKERS = 16  # manifests fetched concurrently when listing an object store
@@ -298,8 +295,6 @@ class Repository:
                 seen.add(m.backup_id)
                 unique.append(m)
         catalog.backups = unique
-        for problem in catalog.problems:
-            log.warning("skipped a repository object", object=problem.name, reason=problem.reason)
         return catalog
 
     def resolve(self, ref: str, *, kind: str | None = None) -> Manifest:

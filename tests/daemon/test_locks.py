@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from ebk.config import PostgresConfig
+from ebk.errors import LockBusy, PostgresError
 from ebk.postgres.advisory_lock import advisory_key, cluster_backup_lock
 from ebk.repository.layout import LEASE_OBJECT
 from ebk.repository.lease import RepositoryLease
-from ebk.errors import LockBusy, PostgresError
 from ebk.storage.local import LocalStorage
 from tests.support.postgres import PgCluster
 

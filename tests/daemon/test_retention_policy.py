@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ebk.config import RetentionConfig, parse_duration
 from ebk.app.retention import RetentionPolicy, human_age, plan_retention
+from ebk.config import RetentionConfig, parse_duration
 from ebk.errors import ConfigError
 
 NOW = datetime(2024, 6, 15, 12, 0, tzinfo=UTC)  # a Saturday; ISO week 24 is June 10-16
