@@ -29,6 +29,9 @@ class RepositoryConfig:
     """Where backups are stored."""
 
     url: str = "file:///var/lib/ebk/repository"
+    # Local copies of manifests read from an object store, so `ebk list` and retention
+    # fetch only new ones; "" = ~/.cache/ebk, "off" = none.  Holds no key material.
+    cache_dir: str = ""
 
 
 MIB = 1024 * 1024

@@ -138,7 +138,13 @@ class Manifest:
 
     def verify(self, dek: bytes) -> None:
         mac = self.auth.get("mac", "")
-        expected = _mac(dek, self.authenticated_bytes(), self.manifest_version)
+        try:
+            covered = self.authenticated_bytes()
+        except ValueError as exc:
+            raise IntegrityError(
+                f"manifest of backup {self.backup_id} is malformed ({exc})"
+            ) from None
+        expected = _mac(dek, covered, self.manifest_version)
         if not hmac.compare_digest(expected.encode(), mac.encode()):
             raise IntegrityError(
                 f"manifest of backup {self.backup_id} failed authentication: it was modified "
@@ -334,7 +340,7 @@ def _parse_v2(doc: dict[str, Any]) -> Manifest:
         extensions=doc,
         auth=dict(auth),
     )
-    canonical(manifest.body())  # unknown members must be canonicalisable too
+    canonical(manifest.extensions)  # unknown members must have a canonical form too
     return manifest
 
 

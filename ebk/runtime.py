@@ -12,6 +12,7 @@ from ebk.keys.check import check_providers
 from ebk.keys.factory import build_providers
 from ebk.logsetup import configure_logging
 from ebk.repository import Repository
+from ebk.repository.cache import ManifestCache, default_cache_root
 from ebk.storage.factory import open_storage
 
 
@@ -29,7 +30,12 @@ class Runtime:
 
     @cached_property
     def repository(self) -> Repository:
-        return Repository(open_storage(self.config.repository.url, self.config.storage))
+        cfg = self.config.repository
+        cache = None
+        if cfg.cache_dir != "off" and not cfg.url.startswith("file:"):
+            root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
+            cache = ManifestCache(root, cfg.url)
+        return Repository(open_storage(cfg.url, self.config.storage), cache=cache)
 
     @cached_property
     def key_providers(self) -> list[KeyProvider]:

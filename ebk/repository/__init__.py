@@ -30,6 +30,7 @@ from ebk.errors import (
 )
 from ebk.keys.envelope import MAX_KEY_OBJECT_SIZE, KeyObject
 from ebk.manifest import MAX_MANIFEST_SIZE, Manifest
+from ebk.repository.cache import ManifestCache
 from ebk.repository.layout import (
     BACKUPS,
     KEY_OBJECT,
@@ -45,7 +46,7 @@ from ebk.repository.layout import (
     stream_context,
 )
 from ebk.repository.lease import RepositoryLease
-from ebk.storage.base import IncompleteUpload, ObjectWriter, Storage
+from ebk.storage.base import IncompleteUpload, ObjectInfo, ObjectWriter, Storage
 
 __all__ = [
     "Catalog",
@@ -60,6 +61,7 @@ __all__ = [
 
 
 MAX_MARKER_SIZE = 64 * 1024
+READ_CHUNK = 64 * 1024
 READ_WORKERS = 16  # manifests fetched concurrently when listing an object store
 
 
@@ -110,8 +112,11 @@ def _sort_key(m: Manifest) -> tuple[datetime, str]:
 
 
 class Repository:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, cache: ManifestCache | None = None) -> None:
         self._storage = storage
+        self._cache = cache
+        # Object stores answer many small GETs best concurrently; a local disk does not.
+        self._parallel_reads = not storage.url.startswith("file:")
 
     @property
     def url(self) -> str:
@@ -205,8 +210,14 @@ class Repository:
 
     def _read_capped(self, name: str, cap: int) -> bytes:
         """At most ``cap`` bytes of a document, refused past that (before any parsing)."""
+        parts: list[bytes] = []
+        size = 0
         with self._storage.open_read(name) as stream:
-            raw = stream.read(cap + 1)
+            # Small reads: read(cap) would allocate the whole cap for every small document.
+            while size <= cap and (part := stream.read(min(READ_CHUNK, cap + 1 - size))):
+                parts.append(part)
+                size += len(part)
+        raw = b"".join(parts)
         if len(raw) > cap:
             raise IntegrityError(
                 f"{name} in {self.url} is larger than any ebk document ({cap} bytes); "
@@ -250,8 +261,8 @@ class Repository:
             hint="`ebk list` shows the complete backups",
         )
 
-    def _manifest_names(self, catalog: Catalog) -> Iterator[tuple[str, str]]:
-        """(object name, backup id) of every manifest, both layouts; odd names are problems."""
+    def _manifest_objects(self, catalog: Catalog) -> Iterator[tuple[ObjectInfo, str]]:
+        """(listing entry, backup id) of every manifest, both layouts; odd names are problems."""
         for info in self._storage.list(MANIFESTS):
             backup_id = info.name[len(MANIFESTS) :].removesuffix(".json")
             if not info.name.endswith(".json") or not is_backup_id(backup_id):
@@ -259,42 +270,62 @@ class Repository:
             elif info.size > MAX_MANIFEST_SIZE:
                 catalog.problems.append(Problem(info.name, f"implausibly large ({info.size} B)"))
             else:
-                yield info.name, backup_id
+                yield info, backup_id
         marker = self.marker()
         if marker is None or marker.layout < LAYOUT_VERSION:
             for info in self._storage.list(BACKUPS):
                 backup_id, _, rest = info.name[len(BACKUPS) :].partition("/")
                 if rest == LEGACY_MANIFEST and is_backup_id(backup_id):
                     catalog.legacy += 1
-                    yield info.name, backup_id
+                    yield info, backup_id
+
+    def _fetch_manifest(self, info: ObjectInfo) -> bytes:
+        cached = self._cache.get(info) if self._cache else None
+        if cached is not None:
+            return cached
+        raw = self._read_capped(info.name, MAX_MANIFEST_SIZE)
+        if self._cache:
+            self._cache.put(info, raw)
+        return raw
 
     def list_backups(self) -> Catalog:
         """Every complete backup whose manifest parses, oldest first; the rest as problems."""
         catalog = Catalog()
-        names = list(self._manifest_names(catalog))
+        entries = list(self._manifest_objects(catalog))
+        if self._cache is not None:
+            self._cache.keep_only([info for info, _ in entries])
 
-        def load(item: tuple[str, str]) -> Manifest | Problem:
-            name, backup_id = item
+        def fetch(entry: tuple[ObjectInfo, str]) -> bytes | Problem:
             try:
-                return self._parse_manifest(name, backup_id)
+                return self._fetch_manifest(entry[0])
             except ObjectNotFound:
-                return Problem(name, "vanished while listing (deleted meanwhile)")
+                return Problem(entry[0].name, "vanished while listing (deleted meanwhile)")
             except IntegrityError as exc:
-                return Problem(name, exc.message)
+                return Problem(entry[0].name, exc.message)
 
-        with ThreadPoolExecutor(max_workers=READ_WORKERS) as pool:
-            for result in pool.map(load, names):
-                if isinstance(result, Problem):
-                    catalog.problems.append(result)
-                else:
-                    catalog.backups.append(result)
+        if self._parallel_reads:
+            with ThreadPoolExecutor(max_workers=READ_WORKERS) as pool:
+                fetched = list(pool.map(fetch, entries))
+        else:
+            fetched = [fetch(e) for e in entries]
         seen: set[str] = set()
-        unique = []
-        for m in sorted(catalog.backups, key=_sort_key):
-            if m.backup_id not in seen:  # mid-migration: both layouts hold it
-                seen.add(m.backup_id)
-                unique.append(m)
-        catalog.backups = unique
+        for (info, backup_id), raw in zip(entries, fetched, strict=True):
+            if isinstance(raw, Problem):
+                catalog.problems.append(raw)
+                continue
+            try:
+                manifest = Manifest.from_json(raw, where=info.name)
+            except IntegrityError as exc:
+                catalog.problems.append(Problem(info.name, exc.message))
+                continue
+            if manifest.backup_id != backup_id:
+                catalog.problems.append(
+                    Problem(info.name, f"describes backup {manifest.backup_id}, not {backup_id}")
+                )
+            elif backup_id not in seen:  # mid-migration both layouts hold it
+                seen.add(backup_id)
+                catalog.backups.append(manifest)
+        catalog.backups.sort(key=_sort_key)
         return catalog
 
     def resolve(self, ref: str, *, kind: str | None = None) -> Manifest:
@@ -343,7 +374,7 @@ class Repository:
     def incomplete_backups(self) -> list[IncompleteBackup]:
         """Backups without a manifest: interrupted, or still being written."""
         catalog = Catalog()
-        complete = {backup_id for _, backup_id in self._manifest_names(catalog)}
+        complete = {backup_id for _, backup_id in self._manifest_objects(catalog)}
         objects: dict[str, list[str]] = {}
         sizes: dict[str, int] = {}
         modified: dict[str, datetime] = {}
@@ -379,8 +410,8 @@ class Repository:
         """Backup ids whose manifest is still at layout 1's place."""
         return [
             backup_id
-            for name, backup_id in self._manifest_names(Catalog())
-            if name == legacy_manifest_name(backup_id)
+            for info, backup_id in self._manifest_objects(Catalog())
+            if info.name == legacy_manifest_name(backup_id)
         ]
 
     def migrate_layout(self, lease: RepositoryLease) -> list[str]:

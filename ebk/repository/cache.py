@@ -1,0 +1,65 @@
+"""A local cache of manifests fetched from an object store.
+
+Listing 10,000 backups on S3 costs ten list calls but 10,000 GETs; with the
+cache, a GET happens only for a manifest not seen before.  An entry is keyed by
+the object's name, size and the store's modification time, so a replaced
+object misses.  The cache is an optimisation, never a source of trust: its
+bytes are parsed and authenticated exactly like bytes fetched from the store,
+and an unreadable entry is simply fetched again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from datetime import datetime
+from pathlib import Path
+
+from ebk.storage.base import ObjectInfo
+
+
+def default_cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ebk"
+
+
+class ManifestCache:
+    def __init__(self, root: Path, repository_url: str) -> None:
+        self._dir = root / hashlib.sha256(repository_url.encode()).hexdigest()[:24] / "manifests"
+
+    @staticmethod
+    def _entry(info: ObjectInfo) -> str:
+        stamp = (
+            int(info.modified.timestamp() * 1_000_000) if isinstance(info.modified, datetime) else 0
+        )
+        return f"{Path(info.name).name}.{info.size}.{stamp}"
+
+    def get(self, info: ObjectInfo) -> bytes | None:
+        if info.modified is None:
+            return None
+        try:
+            raw = (self._dir / self._entry(info)).read_bytes()
+        except OSError:
+            return None
+        return raw if len(raw) == info.size else None
+
+    def put(self, info: ObjectInfo, raw: bytes) -> None:
+        if info.modified is None or len(raw) != info.size:
+            return
+        with contextlib.suppress(OSError):  # a cache that cannot be written is no cache
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = self._dir / f".tmp-{os.getpid()}-{self._entry(info)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(raw)
+            os.replace(tmp, self._dir / self._entry(info))
+
+    def keep_only(self, listed: list[ObjectInfo]) -> None:
+        """Forget entries of manifests that are gone or changed."""
+        wanted = {self._entry(i) for i in listed}
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self._dir):
+                if entry.name not in wanted:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
