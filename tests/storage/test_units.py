@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ebk.config import StorageConfig, load_config
-from ebk.errors import ConfigError, StorageCredentialsError, StorageError
+from ebk.errors import ConfigError, ObjectExists, StorageCredentialsError, StorageError
 from ebk.storage.factory import open_storage
 from ebk.storage.retry import Failure, PartPipeline, RangeReader, Retrier
 from tests.support.ebkenv import make_env
@@ -307,3 +307,16 @@ def test_repo_check_on_a_local_repository(tmp_path: Path) -> None:
     assert after["orphaned_uploads"] == []
     bad = env.run("repo", "check", "--older-than", "soon", expect=2)
     assert "not a duration" in bad.output
+
+
+def test_object_exists_is_never_retried() -> None:
+    retrier, waits = quiet_retrier()
+    calls = []
+
+    def op() -> None:
+        calls.append(1)
+        raise ObjectExists("object x already exists")
+
+    with pytest.raises(ObjectExists):
+        retrier.call("create x", op)
+    assert calls == [1] and waits == []
