@@ -57,13 +57,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def prune_empty(directory: Path, root: Path) -> None:
+    """Remove ``directory`` and its parents below ``root`` while they are empty."""
+    while directory != root and root in directory.parents:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+        directory = directory.parent
+
+
 class LocalWriter:
     def __init__(self, final: Path, root: Path) -> None:
         self._final = final
         self._root = root
         self._partial = final.with_name(f"{PARTIAL_MARK}{uuid.uuid4().hex}-{final.name}")
-        final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._file: BinaryIO | None = open(self._partial, "xb")  # noqa: SIM115
+        for attempt in range(3):  # an abort or delete may prune the empty directory meanwhile
+            final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                self._file: BinaryIO | None = open(self._partial, "xb")  # noqa: SIM115
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         try:
             os.chmod(self._partial, 0o600)
         except OSError:
@@ -134,6 +150,8 @@ class LocalWriter:
                 path=str(self._partial),
                 error=exc.strerror,
             )
+            return
+        prune_empty(self._final.parent, self._root)
 
 
 class LocalStorage:
@@ -228,13 +246,7 @@ class LocalStorage:
             return
         except OSError as exc:
             raise StorageError(f"cannot delete {path}: {exc.strerror}") from exc
-        parent = path.parent
-        while parent != self.root:
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-            parent = parent.parent
+        prune_empty(path.parent, self.root)
 
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
