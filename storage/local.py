@@ -27,7 +27,6 @@ from ebk.storage.base import IncompleteUpload, ObjectInfo, check_name
 log = structlog.get_logger("ebk.storage.local")
 
 PARTIAL_MARK = ".ebk-partial-"
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def storage_error(root: Path, doing: str, path: Path, exc: OSError) -> StorageError:
@@ -177,6 +176,7 @@ class LocalStorage:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             return LocalWriter(self._path(name), self.root)
         except OSError as exc:
+            prune_empty(self._path(name).parent, self.root)
             raise storage_error(self.root, "create", self._path(name), exc) from exc
 
     def open_read(self, name: str) -> BinaryIO:
@@ -210,10 +210,9 @@ class LocalStorage:
         lexicographic order, as the object stores return them."""
         self._require_root()
         folder, _, start = prefix.rpartition("/")
-        base = self.root / folder if folder else self.root
-        if folder and (".." in folder.split("/") or folder.startswith("/")):
+        if folder.startswith("/") or ".." in folder.split("/"):
             raise ValueError(f"invalid prefix {prefix!r}")
-        yield from self._walk(base, start)
+        yield from self._walk(self.root / folder if folder else self.root, start)
 
     def _walk(self, directory: Path, start: str = "") -> Iterator[ObjectInfo]:
         try:
