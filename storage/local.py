@@ -27,7 +27,6 @@ from ebk.storage.base import IncompleteUpload, ObjectInfo, check_name
 log = structlog.get_logger("ebk.storage.local")
 
 PARTIAL_MARK = ".ebk-partial-"
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def storage_error(root: Path, doing: str, path: Path, exc: OSError) -> StorageError:
@@ -57,13 +56,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def prune_empty(directory: Path, root: Path) -> None:
+    """Remove ``directory`` and its parents below ``root`` while they are empty."""
+    while directory != root and root in directory.parents:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+        directory = directory.parent
+
+
 class LocalWriter:
     def __init__(self, final: Path, root: Path) -> None:
         self._final = final
         self._root = root
         self._partial = final.with_name(f"{PARTIAL_MARK}{uuid.uuid4().hex}-{final.name}")
-        final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._file: BinaryIO | None = open(self._partial, "xb")  # noqa: SIM115
+        for attempt in range(3):  # an abort or delete may prune the empty directory meanwhile
+            final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                self._file: BinaryIO | None = open(self._partial, "xb")  # noqa: SIM115
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         try:
             os.chmod(self._partial, 0o600)
         except OSError:
@@ -134,6 +149,8 @@ class LocalWriter:
                 path=str(self._partial),
                 error=exc.strerror,
             )
+            return
+        prune_empty(self._final.parent, self._root)
 
 
 class LocalStorage:
@@ -159,6 +176,7 @@ class LocalStorage:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             return LocalWriter(self._path(name), self.root)
         except OSError as exc:
+            prune_empty(self._path(name).parent, self.root)
             raise storage_error(self.root, "create", self._path(name), exc) from exc
 
     def open_read(self, name: str) -> BinaryIO:
@@ -192,10 +210,9 @@ class LocalStorage:
         lexicographic order, as the object stores return them."""
         self._require_root()
         folder, _, start = prefix.rpartition("/")
-        base = self.root / folder if folder else self.root
-        if folder and (".." in folder.split("/") or folder.startswith("/")):
+        if folder.startswith("/") or ".." in folder.split("/"):
             raise ValueError(f"invalid prefix {prefix!r}")
-        yield from self._walk(base, start)
+        yield from self._walk(self.root / folder if folder else self.root, start)
 
     def _walk(self, directory: Path, start: str = "") -> Iterator[ObjectInfo]:
         try:
@@ -228,13 +245,7 @@ class LocalStorage:
             return
         except OSError as exc:
             raise StorageError(f"cannot delete {path}: {exc.strerror}") from exc
-        parent = path.parent
-        while parent != self.root:
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-            parent = parent.parent
+        prune_empty(path.parent, self.root)
 
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()

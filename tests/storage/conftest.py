@@ -24,13 +24,13 @@ from tests.storage.servers import (
 from tests.support.net import free_port
 
 
-def conditional_gcs_argv(port: int) -> list[str]:
-    """The GCS emulator through tests/storage/gcs_conditional.py (honours ifGenerationMatch=0)."""
+def faithful_gcs_argv(port: int) -> list[str]:
+    """The GCS emulator through tests/storage/gcs_faithful.py (preconditions, paged lists)."""
     argv = gcs_argv(port)
-    return [sys.executable, str(Path(__file__).with_name("gcs_conditional.py")), *argv[1:]]
+    return [sys.executable, str(Path(__file__).with_name("gcs_faithful.py")), *argv[1:]]
 
 
-ARGV = {"s3": moto_argv, "gcs": conditional_gcs_argv, "azure": azurite_argv}
+ARGV = {"s3": moto_argv, "gcs": faithful_gcs_argv, "azure": azurite_argv}
 CLOUD = ["s3", "gcs", "azure"]
 
 

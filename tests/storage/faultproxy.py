@@ -1,8 +1,10 @@
 """An HTTP proxy on 127.0.0.1 that forwards to an emulator and injects faults.
 
 Rules pick requests (method + path/query) and answer them with an HTTP error
-(503, 500) or drop the connection halfway through the request body, the way
-a broken network or an overloaded store does.  One request per connection
+(503, 500), drop the connection halfway through the request body ("drop"),
+or forward the request and then cut the connection before the answer
+("lose": the store did the work, the client never heard), the way a broken
+network or an overloaded store does.  One request per connection
 (`Connection: close` both ways) keeps the relaying simple and exact.
 """
 
@@ -21,7 +23,7 @@ Match = Callable[[str, str], bool]
 @dataclass
 class Rule:
     match: Match
-    action: str | int  # "drop" or an HTTP status
+    action: str | int  # "drop", "lose" or an HTTP status
     times: int | None  # None: forever
     skip: int = 0  # let this many matching requests through first
     hits: int = 0
@@ -166,6 +168,12 @@ class FaultProxy:
                     break
                 received += chunk
             response = bytes(received)
+        if action == "lose":
+            linger_zero = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # close() sends RST
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
+            conn.close()
+            self.log.append((method, target, "lost"))
+            return
         resp_head, sep, resp_body = response.partition(b"\r\n\r\n")
         if sep:
             resp_head, _ = self._rewrite(resp_head)

@@ -152,3 +152,24 @@ def test_bad_credentials_and_missing_permission_are_distinct(
         storage.put_bytes("x", b"1")
     assert "s3:PutObject" in str(denied.value)
     assert denied.value.exit_code == 4
+
+
+def test_delete_is_one_request_in_an_unversioned_bucket(s3_backend: Backend) -> None:
+    """One DELETE per object (the versioning is asked once per process); a missing object
+    is not an error.  A versioned bucket keeps HEAD + DELETE (test_expired_retention...)."""
+    from tests.storage.faultproxy import FaultProxy
+
+    proxy = FaultProxy(int(s3_backend.endpoint.rsplit(":", 1)[1]))
+    proxy.start()
+    try:
+        storage = s3_backend.via(proxy.endpoint).open()
+        for name in ("a", "b", "c"):
+            storage.put_bytes(name, b"x")
+        proxy.headers.clear()  # requests are recorded as they arrive, before the answer
+        for name in ("a", "b", "c", "missing"):
+            storage.delete(name)
+        methods = [(m, t.split("?")[1] if "?" in t else "") for m, t, _h in proxy.headers]
+    finally:
+        proxy.stop()
+    assert methods == [("GET", "versioning"), *[("DELETE", "")] * 4]
+    assert s3_backend.raw_names() == []

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ebk.config import StorageConfig, load_config
-from ebk.errors import ConfigError, StorageCredentialsError, StorageError
+from ebk.errors import ConfigError, ObjectExists, StorageCredentialsError, StorageError
 from ebk.storage.factory import open_storage
 from ebk.storage.retry import Failure, PartPipeline, RangeReader, Retrier
 from tests.support.ebkenv import make_env
@@ -305,3 +305,43 @@ def test_repo_check_on_a_local_repository(tmp_path: Path) -> None:
     assert after["orphaned_uploads"] == []
     bad = env.run("repo", "check", "--older-than", "soon", expect=2)
     assert "not a duration" in bad.output
+
+
+def test_object_exists_is_never_retried() -> None:
+    retrier, waits = quiet_retrier()
+    calls = []
+
+    def op() -> None:
+        calls.append(1)
+        raise ObjectExists("object x already exists")
+
+    with pytest.raises(ObjectExists):
+        retrier.call("create x", op)
+    assert calls == [1] and waits == []
+
+
+def test_local_list_reads_only_the_prefix_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """list("wal/2026") reads wal/ (for names starting with 2026) and below those only;
+    os.scandir is wrapped to record the directories read, not replaced."""
+    from ebk.storage import local
+    from ebk.storage.local import LocalStorage
+
+    storage = LocalStorage(tmp_path / "repo")
+    for name in ("wal/2026/01/a", "wal/2026/02/b", "wal/20261", "wal/2025/x", "backups/b/m"):
+        storage.put_bytes(name, b"1")
+    read: list[str] = []
+    scandir = os.scandir
+
+    def recording(path: Any) -> Any:
+        read.append(Path(path).relative_to(storage.root).as_posix())
+        return scandir(path)
+
+    monkeypatch.setattr(local.os, "scandir", recording)
+    names = [o.name for o in storage.list("wal/2026")]
+    assert names == ["wal/2026/01/a", "wal/2026/02/b", "wal/20261"]
+    assert sorted(read) == ["wal", "wal/2026", "wal/2026/01", "wal/2026/02"]
+    read.clear()
+    assert [o.name for o in storage.list("backups/")] == ["backups/b/m"]
+    assert sorted(read) == ["backups", "backups/b"]
