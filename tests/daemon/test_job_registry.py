@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.daemon.helpers import DaemonProcess, daemon_env, job
+from tests.support.daemon_process import DaemonProcess, daemon_env, job
 
 SCRIPT = """
 import sys, time
