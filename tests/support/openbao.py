@@ -123,7 +123,7 @@ def start_bao(root: Path) -> Bao:
     tool = bao_path()
     port = _free_pair()
     log = open(root / "bao.log", "wb")  # noqa: SIM115 - owned by the process
-    bao = Bao(root, port, subprocess.Popen(  # type: ignore[arg-type]
+    bao = Bao(root, port, subprocess.Popen(
         [tool, "server", "-dev", "-dev-tls", f"-dev-tls-cert-dir={root / 'tls'}",
          "-dev-root-token-id=ebk-test-root", "-dev-no-store-token",
          f"-dev-listen-address=127.0.0.1:{port}", f"-config={root / 'bao.hcl'}"],
