@@ -15,7 +15,7 @@
 # if the port changes, set EBK_HEALTH_URL for the HEALTHCHECK below.
 #
 # Where no registry is reachable (this project's test machines), build on the base image
-# that tests/docker/harness.py makes with debootstrap + docker import:
+# that tests/support/docker_image.py makes with debootstrap + docker import:
 #
 #   docker build --network host --build-arg BASE_IMAGE=ebk-base:bookworm -t ebk:dev .
 #

@@ -12,6 +12,7 @@ Prints medians, the speed-up (pgBackRest time / ebk time) and ebk's peak RSS.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Sample, load_pgbench, median, timed
 from tls_proxy import TlsProxy
 
+from tests.support.emulators import run_moto
 from tests.support.net import free_port, wait_for_port
 from tests.support.postgres import give_to_postgres, init_cluster, make_postgres_dir
 
@@ -72,20 +74,16 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    moto_port, tls_port = free_port(), free_port()
-    moto = subprocess.Popen(
-        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    tls_port = free_port()
     work = make_postgres_dir("ebk-s3-bench-")
     cluster = init_cluster()
     proxy = None
+    servers = contextlib.ExitStack()
     try:
-        wait_for_port(moto_port)
+        moto = servers.enter_context(run_moto(work / "moto"))
         proxy_dir = work / "proxy"
         proxy_dir.mkdir()
-        proxy = TlsProxy(proxy_dir, tls_port, moto_port)
+        proxy = TlsProxy(proxy_dir, tls_port, moto.port)
         wait_for_port(tls_port)
         import boto3
 
@@ -175,7 +173,7 @@ def main() -> None:
     finally:
         if proxy is not None:
             proxy.stop()
-        moto.terminate()
+        servers.close()
         cluster.destroy()
         import shutil
 

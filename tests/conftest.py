@@ -1,4 +1,4 @@
-"""Fixtures shared by every test tier: real PostgreSQL 15 and an ebk environment."""
+"""Fixtures shared by every test tier: real PostgreSQL 15, an ebk environment, emulators."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import pytest
 
 from tests.support.ebkenv import EbkEnv, make_env
 from tests.support.postgres import PgCluster, init_cluster, make_postgres_dir
+
+# Session-scoped emulators (moto, gcp-storage-emulator, Azurite, OpenBao) for every tier.
+pytest_plugins = ["tests.support.fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 # Runs INSIDE the virtme-ng VM (as root): builds a file-backed loop device, formats it as
 # LUKS2 (key file, fast pbkdf2), opens it, mkfs.ext4, mounts it, writes files, and prints
 # what the kernel reports about it, in sections marked "@@EBK-SECTION@@ NAME" (parsed by
-# tests/vm/harness.py:parse_sections).
+# tests/support/vm.py:parse_sections).
 #
 #   luks_demo.sh [--postgres] [--pg-template TAR] [--python PATH]
 #     --postgres     also initdb + start PostgreSQL 15 with its data dir on the LUKS mount

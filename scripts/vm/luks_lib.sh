@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers for scripts that run INSIDE the virtme-ng VM (tests/vm/harness.py) as root.
+# Helpers for scripts that run INSIDE the virtme-ng VM (tests/support/vm.py) as root.
 # Source this file; every function prints what it does to stderr and fails loudly.
 #
 #   source /work/main/scripts/vm/luks_lib.sh
@@ -19,7 +19,7 @@ EBK_PG_SOCKDIR="${EBK_PG_SOCKDIR:-/run/ebk-pg-sock}"
 
 _ebk_log() { echo "[luks_lib] $*" >&2; }
 
-# ebk_section NAME: print a marker line that tests/vm/harness.py:parse_sections() splits on,
+# ebk_section NAME: print a marker line that tests/support/vm.py:parse_sections() splits on,
 # and the guest uptime to stderr (where the time goes under slow TCG emulation).
 ebk_section() {
     echo "@@EBK-SECTION@@ $1"
@@ -67,7 +67,7 @@ ebk_luks_teardown() {
 # ebk_pg_start DATADIR [TEMPLATE_TAR]: create the cluster if DATADIR has none, and start
 # PostgreSQL 15 as the postgres user, listening only on a unix socket in $EBK_PG_SOCKDIR.
 # Exports PGHOST/PGDATA/PGUSER for psql. With TEMPLATE_TAR (a tar of a fresh initdb made on the
-# host, see tests/vm/harness.py:host_pg_template) the cluster is unpacked instead of initdb'd:
+# host, see tests/support/vm.py:host_pg_template) the cluster is unpacked instead of initdb'd:
 # initdb under TCG emulation takes ~1 min, unpacking a few seconds.
 ebk_pg_start() {
     local data="${1:?datadir}" template="${2:-}"

@@ -7,6 +7,7 @@ import importlib
 from click.testing import CliRunner
 
 from ebk.cli import COMMAND_MODULES, main
+from tests.support.refusal import assert_refused
 
 
 def test_every_listed_command_loads_with_help() -> None:
@@ -26,4 +27,4 @@ def test_no_command_module_defines_an_unlisted_command() -> None:
 
 def test_unknown_command_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["frobnicate"])
-    assert result.exit_code == 2
+    assert_refused(result, 2, mentions="No such command 'frobnicate'")

@@ -13,6 +13,7 @@ from ebk.cli import main
 from ebk.progress import Progress, human_bytes
 from tests.support.ebkenv import make_env
 from tests.support.postgres import PgCluster
+from tests.support.refusal import assert_refused
 
 
 def test_list_show_and_delete_for_people(pg_cluster: PgCluster, tmp_path: Path) -> None:
@@ -32,7 +33,7 @@ def test_list_show_and_delete_for_people(pg_cluster: PgCluster, tmp_path: Path) 
 
     refused = CliRunner().invoke(main, ["--config", str(env.config_path), "delete", backup_id],
                                  input="n\n")
-    assert refused.exit_code == 1  # aborted at the prompt: nothing deleted
+    assert_refused(refused, 1, mentions="Aborted")  # aborted at the prompt: nothing deleted
     assert len(json.loads(env.run("list", "--json").stdout)) == 1
     confirmed = CliRunner().invoke(main, ["--config", str(env.config_path), "delete", backup_id],
                                    input="y\n")

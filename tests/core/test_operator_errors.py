@@ -14,6 +14,7 @@ import pytest
 from tests.support.ebkenv import EbkEnv, make_env
 from tests.support.net import free_port
 from tests.support.postgres import PgCluster
+from tests.support.refusal import assert_refused
 
 
 def assert_clean_error(output: str) -> None:
@@ -112,6 +113,6 @@ def test_unreachable_postgres_exits_7(tmp_path: Path) -> None:
         assert "hint:" in result.stderr
     # subprocess: the real exit status a cron job or CronJob sees
     proc = env.subprocess("backup", "--type", "physical")
-    assert proc.returncode == 7, proc.stderr
+    assert_refused(proc, 7)
     assert_clean_error(proc.stderr)
     assert env.run("list", "--json").stdout.strip() == "[]"

@@ -15,10 +15,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ebk.storage.local import LocalStorage
-from tests.daemon.helpers import DaemonProcess, daemon_env, daemon_section, job
+from tests.support.daemon_process import DaemonProcess, daemon_env, daemon_section, job
 from tests.support.ebkenv import make_env
 from tests.support.net import free_port
 from tests.support.postgres import PgCluster
+from tests.support.refusal import assert_refused
 
 
 def _notify_socket(path: Path) -> socket.socket:
@@ -214,18 +215,17 @@ def test_startup_checks_refuse_with_a_clear_message(tmp_path: Path,
     none = make_env(tmp_path / "none", pg_cluster,
                     extra=daemon_section(tmp_path / "none", port, ""))
     result = none.subprocess("daemon")
-    assert result.returncode == 2
-    assert "ebk daemon not started: the configuration is invalid: no jobs" in result.stderr
+    assert_refused(result, 2,
+                   mentions="ebk daemon not started: the configuration is invalid: no jobs")
 
     kind = make_env(tmp_path / "kind", pg_cluster,
                     extra=daemon_section(tmp_path / "kind", port, job("verify", "0 2 * * *")))
     result = kind.subprocess("daemon")
-    assert result.returncode == 2 and "unknown kind 'verify'" in result.stderr
+    assert_refused(result, 2, mentions="unknown kind 'verify'")
 
     ok.keyfile.rename(ok.keyfile.with_suffix(".moved"))
     result = ok.subprocess("daemon")
-    assert result.returncode == 3, result.stderr
-    assert "key provider round trip check failed" in result.stderr
+    assert_refused(result, 3, mentions="key provider round trip check failed")
     ok.keyfile.with_suffix(".moved").rename(ok.keyfile)
 
     blocker = tmp_path / "blocker"
@@ -233,15 +233,13 @@ def test_startup_checks_refuse_with_a_clear_message(tmp_path: Path,
     text = ok.config_path.read_text().replace(f"file://{ok.repo_dir}", f"file://{blocker}/repo")
     ok.config_path.write_text(text)
     result = ok.subprocess("daemon")
-    assert result.returncode == 4, result.stderr
-    assert "storage reachable check failed" in result.stderr
+    assert_refused(result, 4, mentions="storage reachable check failed")
 
     strict = make_env(tmp_path / "strict", pg_cluster,
                       extra="[preflight]\npolicy = \"require\"\n\n" + daemon_section(
                           tmp_path / "strict", port, job("physical", "0 2 * * *")))
     result = strict.subprocess("daemon")
-    assert result.returncode == 6, result.stderr
-    assert "preflight check failed" in result.stderr
+    assert_refused(result, 6, mentions="preflight check failed")
 
 
 def test_a_missed_run_runs_once_at_start(tmp_path: Path) -> None:

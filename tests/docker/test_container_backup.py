@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,11 @@ from typing import Any
 
 import pytest
 
+from tests.support.docker_engine import REPO
 from tests.support.ebkenv import EbkEnv, make_env
 from tests.support.net import free_port
 from tests.support.postgres import PgCluster, start_existing
-
-harness = sys.modules["ebk_docker_harness"]  # loaded by conftest.py
+from tests.support.refusal import assert_refused
 
 pytestmark = pytest.mark.docker
 
@@ -53,7 +52,7 @@ def ebk_image(
     t0 = time.monotonic()
     docker_engine.build(
         tag=TAG,
-        dockerfile=harness.REPO / "Dockerfile",
+        dockerfile=REPO / "Dockerfile",
         build_args={"BASE_IMAGE": docker_base_image},
     )
     seconds = time.monotonic() - t0
@@ -219,8 +218,7 @@ def test_backup_against_unreachable_postgres_exits_7(
     )
     ctr = _container_env(docker_engine, ebk_image, tmp_path / "ebk", None, extra=section)
     result = ctr.ebk("backup", "--type", "physical")
-    assert result.returncode == 7, (result.returncode, result.stderr)
-    assert "ebk: error:" in result.stderr
+    assert_refused(result, 7, mentions="ebk: error:")
     assert str(closed) in result.stderr
     assert json.loads(ctr.env.run("list", "--json").stdout) == []
 

@@ -3,13 +3,17 @@ host-network container reaching a PostgreSQL on the host's loopback."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-harness = sys.modules["ebk_docker_harness"]  # loaded by conftest.py
+from tests.support.docker_image import (
+    DEFAULT_MIRROR,
+    DEFAULT_SECURITY_MIRROR,
+    apt_mirrors,
+)
+from tests.support.postgres import PgCluster
 
 
 @pytest.mark.docker
@@ -21,7 +25,7 @@ def test_base_image_runs(docker_engine: Any, docker_base_image: str) -> None:
 @pytest.mark.docker
 @pytest.mark.timeout(1200)
 def test_host_network_container_reaches_host_postgres(
-    docker_engine: Any, docker_base_image: str, host_postgres: Any
+    docker_engine: Any, docker_base_image: str, host_postgres: PgCluster
 ) -> None:
     tag = "ebk-test-pgclient:latest"
     docker_engine.build(
@@ -35,7 +39,7 @@ def test_host_network_container_reaches_host_postgres(
         ),
     )
     pg = host_postgres
-    conn = ["-h", pg.host, "-p", str(pg.port), "-U", pg.user]
+    conn = ["-h", pg.host, "-p", str(pg.port), "-U", "postgres"]
     docker_engine.run_container(
         tag,
         "psql",
@@ -71,14 +75,14 @@ def test_apt_mirrors_reads_deb822_and_one_line_sources(
         "Types: deb\nURIs: http://mirror.example/debian-security\n"
         "Suites: bookworm-security\nComponents: main\n"
     )
-    assert harness.apt_mirrors(tmp_path) == (
+    assert apt_mirrors(tmp_path) == (
         "http://mirror.example/debian",
         "http://mirror.example/debian-security",
     )
     (d / "debian.sources").unlink()
-    assert harness.apt_mirrors(tmp_path) == (
-        harness.DEFAULT_MIRROR,
-        harness.DEFAULT_SECURITY_MIRROR,
+    assert apt_mirrors(tmp_path) == (
+        DEFAULT_MIRROR,
+        DEFAULT_SECURITY_MIRROR,
     )
     monkeypatch.setenv("EBK_DEBIAN_MIRROR", "http://other.example/debian")
-    assert harness.apt_mirrors(tmp_path)[0] == "http://other.example/debian"
+    assert apt_mirrors(tmp_path)[0] == "http://other.example/debian"

@@ -19,6 +19,7 @@ import yaml
 from tests.infra.manifests import K8S, ROLE_SQL
 from tests.support.ebkenv import make_env
 from tests.support.postgres import PG_BIN, PgCluster
+from tests.support.refusal import assert_refused
 
 
 def _initdb_script() -> str:
@@ -72,7 +73,9 @@ def test_initdb_script_creates_a_least_privileged_role_that_backs_up(
     assert members == "pg_read_all_data,pg_read_all_settings"
 
     _require_scram_for_ebk(fresh_cluster)
-    assert _psql_as(fresh_cluster, "ebk", "wrong", "SELECT 1").returncode != 0
+    # psql's own exit codes: 2 = the connection failed, 1 = the statement failed
+    assert_refused(_psql_as(fresh_cluster, "ebk", "wrong", "SELECT 1"), 2,
+                   mentions="password authentication failed")
     assert _psql_as(fresh_cluster, "ebk", "s3cr3t-From-The-Secret+/=", "SELECT 1").stdout == "1\n"
 
     # Least privilege: it reads, it never writes.
@@ -83,7 +86,7 @@ def test_initdb_script_creates_a_least_privileged_role_that_backs_up(
     for sql in ("INSERT INTO acct VALUES (1000, 'x')", "CREATE TABLE t2 (i int)",
                 "CREATE DATABASE nope", "ALTER SYSTEM SET work_mem = '1GB'"):
         denied = _psql_as(fresh_cluster, "ebk", "s3cr3t-From-The-Secret+/=", sql)
-        assert denied.returncode != 0 and "permission denied" in denied.stderr, sql
+        assert_refused(denied, 1, mentions="permission denied")
 
     password_file = tmp_path / "pw"
     password_file.write_text("s3cr3t-From-The-Secret+/=\n")

@@ -12,7 +12,8 @@ from ebk.config import AwsKmsConfig
 from ebk.errors import KeyAccessDenied, KeyProviderError, KeyProviderUnavailable, WrongKey
 from ebk.keys.awskms import AwsKmsProvider
 from ebk.keys.recovery import write_identity_file
-from tests.keys.conftest import MotoKms, kms_env, stored_files
+from tests.keys.conftest import MotoKms
+from tests.support.ebkenv import kms_env, stored_files
 from tests.support.net import free_port
 from tests.support.postgres import PgCluster
 

@@ -13,8 +13,9 @@ from ebk.config import VaultConfig
 from ebk.errors import KeyAccessDenied, KeyProviderUnavailable, WrongKey
 from ebk.keys.envelope import KeyObject, rewrap_key_object
 from ebk.keys.vault import VaultTransitProvider
-from tests.keys.conftest import Bao, kms_env, stored_files, vault_toml
+from tests.support.ebkenv import kms_env, stored_files
 from tests.support.net import free_port
+from tests.support.openbao import Bao, vault_toml
 from tests.support.postgres import PgCluster, start_existing
 
 pytestmark = pytest.mark.slow

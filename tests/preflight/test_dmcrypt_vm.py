@@ -1,5 +1,5 @@
 """dm-crypt/LUKS2 detection in a real kernel with device-mapper: ONE boot of Debian's
-kernel under virtme-ng (tests/vm/harness.py; the host kernel has no device-mapper).
+kernel under virtme-ng (tests/support/vm.py; the host kernel has no device-mapper).
 Inside: a LUKS2 volume on a loop device, PGDATA made by initdb as postgres on it, and
 `ebk preflight --json --restore-target <tmpfs dir>` run with postgres.data_directory
 configured (no server runs: preflight works from the config alone).  PGDATA and pg_wal
@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.vm.harness import VMResult, run_in_vm, script_path, vm_available
+from tests.support.needs import skip_or_fail
+from tests.support.vm import VMResult, run_in_vm, script_path, vm_available
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -57,9 +58,9 @@ ebk_luks_teardown && echo teardown=ok
 
 @pytest.fixture(scope="module")
 def vm_run() -> VMResult:
-    reason = vm_available()  # raises under CI=true when something is missing
+    reason = vm_available()
     if reason is not None:
-        pytest.skip(reason)
+        skip_or_fail(reason)  # fails under CI=true, where everything must be installed
     res = run_in_vm(_script(), timeout=540)
     print(f"VM run: {res.accel} {res.duration:.1f}s rc={res.returncode}")
     print(res.stdout)

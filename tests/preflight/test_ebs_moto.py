@@ -7,9 +7,6 @@ on this machine.  Everything after the serial (volume id -> DescribeVolumes) is 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -19,27 +16,18 @@ from ebk.preflight.blockdev import BlockDevice
 from ebk.preflight.cloud_aws import EbsDetector, volume_id_from_serial
 from ebk.preflight.inspect import Inspector
 from ebk.preflight.model import Status
-from tests.preflight.helpers import need
-from tests.support.net import free_port, wait_for_port
+from tests.support.emulators import Server
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.slow
 
 KMS_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
-@pytest.fixture(scope="module")
-def moto_ec2() -> Iterator[str]:
-    server = Path(sys.executable).parent / "moto_server"
-    need(server.exists(), "moto_server (pip moto[server])")
-    port = free_port()
-    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+@pytest.fixture
+def moto_ec2(moto: Server) -> str:
+    """The session's moto (tests/support/fixtures.py) as the EC2 endpoint."""
+    return moto.endpoint
 
 
 @pytest.fixture

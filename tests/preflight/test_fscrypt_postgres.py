@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.preflight.helpers import add_raw_key, loop_ext4, need_root, set_v2_policy
 from tests.support.ebkenv import make_env
+from tests.support.encrypted_fs import add_raw_key, loop_ext4, set_v2_policy
+from tests.support.needs import need_root
 from tests.support.net import free_port
 from tests.support.postgres import PG_BIN, PgCluster, give_to_postgres, make_postgres_dir
 

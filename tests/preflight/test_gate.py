@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tests.support.ebkenv import EbkEnv, make_env
 from tests.support.postgres import PgCluster
+from tests.support.refusal import assert_refused
 
 
 def _env(tmp_path: Path, cluster: PgCluster, policy: str, extra: str = "") -> EbkEnv:
@@ -20,7 +21,7 @@ def test_backup_refuses_unencrypted_pgdata_under_require(pg_cluster: PgCluster,
                                                          tmp_path: Path) -> None:
     env = _env(tmp_path, pg_cluster, "require")
     proc = env.subprocess("backup", "--type", "physical")
-    assert proc.returncode == 6, proc.stderr
+    assert_refused(proc, 6)
     message = proc.stderr
     assert "preflight refused the backup" in message
     assert f"data directory {pg_cluster.data_dir}: unencrypted" in message

@@ -13,8 +13,9 @@ from ebk.config import Config, PostgresConfig, PreflightConfig
 from ebk.preflight.inspect import Inspector
 from ebk.preflight.model import Status, Target
 from ebk.preflight.report import run_preflight
-from tests.preflight.helpers import gocryptfs_mount, loop_ext4
 from tests.support.ebkenv import make_env
+from tests.support.encrypted_fs import gocryptfs_mount, loop_ext4
+from tests.support.refusal import assert_refused
 
 pytestmark = pytest.mark.root
 
@@ -32,6 +33,8 @@ def test_gocryptfs_mount_is_encrypted(tmp_path: Path) -> None:
                 f'[postgres]\ndata_directory = "{plain}"\n\n[preflight]\n'
                 f'spool_dir = "{link}/new/sub"\nextra_paths = ["{bind}"]\n'))
             result = env.run("preflight", "--json", expect=None)
+            # pg_wal does not exist in this fake data directory: unknown, so the run fails
+            assert_refused(result, 6)
             report = json.loads(result.stdout)
         finally:
             subprocess.run(["umount", str(bind)], check=False)
@@ -50,9 +53,7 @@ def test_gocryptfs_mount_is_encrypted(tmp_path: Path) -> None:
     assert extra["status"] == "encrypted", extra
     assert extra["mount_point"] == str(bind)
     assert "(bind of /spool)" in extra["source"]
-    # pg_wal does not exist in this fake data directory: unknown, so the run fails
     assert paths["pg_wal"]["status"] == "unknown"
-    assert result.exit_code == 6
 
 
 def test_plain_ext4_on_loop_is_unencrypted(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from ebk.preflight.kubernetes import storage_verdict
 from ebk.preflight.model import PathVerdict, Status, Target
 from ebk.preflight.mountinfo import mount_for, mounts_below, parse_mountinfo
 from ebk.preflight.zfs import parse_vdevs, zfs_evidence
-from tests.preflight.helpers import need
+from tests.support.needs import need
 
 LAPTOP = """\
 26 1 253:1 / / rw,relatime shared:1 - ext4 /dev/mapper/vg0-root rw,errors=remount-ro

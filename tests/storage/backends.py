@@ -19,7 +19,7 @@ from ebk.config import StorageConfig
 from ebk.storage.base import Storage
 from ebk.storage.factory import open_storage
 from ebk.storage.local import PARTIAL_MARK
-from tests.storage.servers import azurite_connection_string
+from tests.support.emulators import azurite_connection_string
 
 MIB = 1024 * 1024
 # Small parts so a few MiB exercise multipart uploads; fast retries for fault tests.

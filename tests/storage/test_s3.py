@@ -16,9 +16,8 @@ import pytest
 from ebk.errors import ObjectLocked, StorageCredentialsError, StoragePermissionDenied
 from ebk.storage.s3 import S3Storage, S3Writer
 from tests.storage.backends import MIB, Backend
-from tests.storage.servers import Server, moto_argv, run_server
 from tests.support.ebkenv import make_env
-from tests.support.net import free_port
+from tests.support.emulators import Server, run_moto
 from tests.support.postgres import PgCluster
 
 pytestmark = pytest.mark.slow
@@ -116,9 +115,8 @@ def test_memory_stays_bounded_for_a_long_stream(s3_backend: Backend) -> None:
 @pytest.fixture(scope="module")
 def moto_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A second moto that checks credentials and IAM policies after 4 setup calls."""
-    port = free_port()
-    with run_server("moto-auth", moto_argv(port), port, tmp_path_factory.mktemp("moto-auth"),
-                    env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"}) as server:
+    with run_moto(tmp_path_factory.mktemp("moto-auth"), name="moto-auth",
+                  env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"}) as server:
         root: dict[str, Any] = {"endpoint_url": server.endpoint, "region_name": "us-east-1",
                 "aws_access_key_id": "test", "aws_secret_access_key": "test"}
         boto3.client("s3", **root).create_bucket(Bucket="ebk-auth")

@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 
 from ebk.cli import main
 from tests.support.postgres import PgCluster
+from tests.support.refusal import assert_refused
 
 
 @dataclass
@@ -22,11 +23,17 @@ class EbkEnv:
     keyfile: Path
 
     def run(self, *args: str, expect: int | None = 0) -> Result:
-        """Run the CLI in-process (fast, counted by coverage)."""
+        """Run the CLI in-process (fast, counted by coverage).
+
+        ``expect``: the exit code; a non-zero one is checked as a refusal
+        (tests.support.refusal.assert_refused: no traceback either); None checks nothing.
+        """
         result = CliRunner().invoke(
             main, ["--config", str(self.config_path), *args], catch_exceptions=False
         )
-        if expect is not None:
+        if expect:  # a refusal: the exact code and no traceback
+            assert_refused(result, expect)
+        elif expect is not None:
             assert result.exit_code == expect, (
                 f"ebk {' '.join(args)} exited {result.exit_code}, expected {expect}:\n"
                 f"{result.output}"
@@ -59,3 +66,24 @@ def make_env(
     if init:
         env.run("init")
     return env
+
+
+def kms_env(root: Path, cluster: PgCluster | None, keys_toml: str) -> EbkEnv:
+    """An ebk config like make_env, with a [keys] section of the test's."""
+    root.mkdir(parents=True, exist_ok=True)
+    repo = root / "repo"
+    config = root / "ebk.toml"
+    text = f'[repository]\nurl = "file://{repo}"\n\n{keys_toml}\n\n[log]\nformat = "json"\n\n'
+    if cluster is not None:
+        text += cluster.config_section()
+    config.write_text(text)
+    env = EbkEnv(root, config, repo, root / "kek.json")
+    env.run("init")
+    return env
+
+
+def stored_files(env: EbkEnv) -> set[str]:
+    """Every object in the local repository (what a failed backup must not add to)."""
+    if not env.repo_dir.exists():
+        return set()
+    return {str(p.relative_to(env.repo_dir)) for p in env.repo_dir.rglob("*") if p.is_file()}

@@ -5,7 +5,7 @@ boots a kernel with the host's root filesystem shared read-only over 9p, with tm
 overlays on /etc /usr /var /tmp /home /opt /srv (so those are writable inside and changes are
 thrown away at power-off). /work is NOT overlaid: the repo is visible read-only.
 
-    from tests.vm.harness import run_in_vm, vm_available, parse_sections
+    from tests.support.vm import run_in_vm, vm_available, parse_sections
     res = run_in_vm("bash /work/main/scripts/vm/luks_demo.sh", timeout=300)
     res.returncode, res.stdout, res.stderr
 
@@ -22,8 +22,8 @@ when /dev/kvm is usable AND backed by kvm_intel/kvm_amd. The development machine
 decompressor, so there ``auto`` picks TCG (software emulation, ~30-40 s per boot on 2 cores).
 
 Other knobs: ``EBK_VM_VNG`` (path to vng), ``EBK_VM_KERNEL`` (path to a /boot/vmlinuz-*).
-With ``CI=true`` a missing piece makes :func:`vm_available` raise instead of returning a
-skip reason: CI installs everything (scripts/setup.sh), so a missing piece is a failure.
+:func:`vm_available` returns why a VM cannot boot here; tests pass it to
+``tests.support.needs.skip_or_fail`` (CI installs everything, so there a missing piece fails).
 """
 
 from __future__ import annotations
@@ -89,10 +89,6 @@ def parse_sections(text: str) -> dict[str, str]:
         elif current is not None:
             current.append(line)
     return {k: "\n".join(v) for k, v in out.items()}
-
-
-def _is_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def find_vng() -> Path | None:
@@ -174,14 +170,12 @@ def _unavailable_reason() -> str | None:
 
 
 def vm_available() -> str | None:
-    """None if VMs can be booted, else the reason why not (for pytest.skip).
+    """None if VMs can be booted, else the reason why not.
 
-    Under CI=true a missing piece raises RuntimeError instead: CI must run these tests.
+    Tests hand the reason to tests.support.needs.skip_or_fail: under CI=true a missing
+    piece fails, since CI must run these tests.
     """
-    reason = _unavailable_reason()
-    if reason is not None and _is_ci():
-        raise RuntimeError(f"VM tests cannot run in CI: {reason}")
-    return reason
+    return _unavailable_reason()
 
 
 def _wrapper(shared: Path) -> str:
@@ -343,7 +337,7 @@ def script_path(name: str) -> Path:
     return VM_SCRIPTS / name
 
 
-if __name__ == "__main__":  # python -m tests.vm.harness 'lsblk; uname -r'
+if __name__ == "__main__":  # python -m tests.support.vm 'lsblk; uname -r'
     why = vm_available()
     if why:
         sys.exit(f"VM unavailable: {why}")

@@ -12,22 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
-IN_CI = os.environ.get("CI") == "true"
-
-
-def need(condition: bool, what: str) -> None:
-    """Skip locally when a component is missing; in CI a missing component fails."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"CI must provide {what}")
-    pytest.skip(f"needs {what}")
-
-
-def need_root() -> None:
-    need(os.geteuid() == 0, "root (loop devices, mounts)")
+from tests.support.needs import need, need_root
 
 
 def _ioc(direction: int, nr: int, size: int) -> int:
