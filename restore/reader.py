@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
-from ebk.errors import IntegrityError
+from ebk.errors import IntegrityError, ObjectNotFound
 from ebk.format.payload import PayloadReader
 from ebk.format.stream import Readable
 from ebk.manifest import Manifest, StoredObject
@@ -85,7 +85,14 @@ class ObjectReader:
 
 @contextmanager
 def open_object(backup: OpenedBackup, stored: StoredObject) -> Iterator[ObjectReader]:
-    source = backup.repo.open_object_reader(backup.backup_id, stored.name)
+    try:
+        source = backup.repo.open_object_reader(backup.backup_id, stored.name)
+    except ObjectNotFound:
+        raise IntegrityError(
+            f"object {stored.name} of backup {backup.backup_id} is listed in its manifest but "
+            "missing from the repository",
+            hint="the backup was damaged (deleted objects); restore from another backup",
+        ) from None
     try:
         yield ObjectReader(source, stored, backup.manifest, backup.dek)
     finally:

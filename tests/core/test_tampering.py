@@ -277,30 +277,13 @@ def test_untampered_copy_restores(source: Source, env: EbkEnv, tmp_path: Path) -
     assert (target / "global" / "pg_control").is_file()
 
 
-def test_missing_data_object_leaves_no_data_directory(
-    source: Source, env: EbkEnv, tmp_path: Path
-) -> None:
-    """The cleanup and the message; the exit code is pinned in the xfail test below."""
-    _delete_object(env, source)
-    target = tmp_path / "restored"
-    result = env.run("restore", source.a, "--to", str(target), expect=None)
-    assert result.exit_code in (STORAGE, INTEGRITY), result.output
-    assert "Traceback" not in result.output
-    assert "base.tar.ebk" in result.stderr and "does not exist" in result.stderr
-    assert_no_data_directory(target)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="a data object missing from an authenticated manifest is a damaged backup "
-    "(exit 5, integrity, like a truncated one); ebk exits 4 (storage) today",
-)
 def test_missing_data_object_is_refused(source: Source, env: EbkEnv, tmp_path: Path) -> None:
+    """A data object missing from an authenticated manifest is a damaged backup (5)."""
     _delete_object(env, source)
     target = tmp_path / "restored"
     result = env.run("restore", source.a, "--to", str(target), expect=None)
     assert_no_data_directory(target)
-    assert_refused(result, INTEGRITY, mentions=["base.tar.ebk", "does not exist"])
+    assert_refused(result, INTEGRITY, mentions=["base.tar.ebk", "missing from the repository"])
 
 
 def test_wrong_key_file_is_refused(source: Source, env: EbkEnv, tmp_path: Path) -> None:
