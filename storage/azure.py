@@ -46,7 +46,8 @@ from ebk.errors import (
 )
 from ebk.storage.base import IncompleteUpload, ObjectInfo
 from ebk.storage.objectstore import PrefixedStore
-from ebk.storage.retry import Failure, PartPipeline, PipelinedWriter, RangeReader
+from ebk.storage.retry import Failure
+from ebk.storage.transfer import PartPipeline, PipelinedWriter, RangeReader
 
 log = structlog.get_logger("ebk.storage.azure")
 

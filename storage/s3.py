@@ -51,7 +51,8 @@ from ebk.errors import (
 )
 from ebk.storage.base import IncompleteUpload, ObjectInfo
 from ebk.storage.objectstore import PrefixedStore
-from ebk.storage.retry import Failure, PartPipeline, PipelinedWriter, RangeReader
+from ebk.storage.retry import Failure
+from ebk.storage.transfer import PartPipeline, PipelinedWriter, RangeReader
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ebk.preflight.blockdev import BlockDevice
+from ebk.preflight.commands import Runner, run_command
 from ebk.preflight.model import Evidence, Status
 
 LUKS_MAGIC = b"LUKS\xba\xbe"
@@ -30,17 +30,6 @@ TOKEN_NAMES = {
     "clevis": "Clevis (Tang server or TPM)",
     "luks2-keyring": "kernel keyring",
 }
-
-Runner = Callable[[list[str]], str]
-
-
-def run_command(argv: list[str]) -> str:
-    """Run a read-only inspection tool; its failure is reported, never fatal."""
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    if proc.returncode != 0:
-        raise OSError(f"{argv[0]} exited {proc.returncode}: {proc.stderr.strip()[:200]}")
-    return proc.stdout
-
 
 @dataclass(frozen=True)
 class LuksHeader:

@@ -20,7 +20,8 @@ from ebk.preflight.blockdev import BlockDevice, SysfsBlock
 from ebk.preflight.cloud_aws import EbsDetector
 from ebk.preflight.cloud_azure import AzureDetector
 from ebk.preflight.cloud_gce import GceDetector
-from ebk.preflight.dmcrypt import Runner, crypt_evidence, run_command
+from ebk.preflight.commands import Runner, run_command
+from ebk.preflight.dmcrypt import crypt_evidence
 from ebk.preflight.fscrypt import fscrypt_evidence
 from ebk.preflight.fusecrypt import fuse_crypto_evidence
 from ebk.preflight.kubernetes import KubernetesDetector

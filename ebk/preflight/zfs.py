@@ -8,12 +8,11 @@ from mountinfo; when the dataset is not natively encrypted, the pool's vdevs
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
 
+from ebk.preflight.commands import Runner
 from ebk.preflight.model import Evidence, Status
 from ebk.preflight.mountinfo import Mount
 
-Runner = Callable[[list[str]], str]
 PROPS = "encryption,keylocation,keyformat,keystatus,encryptionroot"
 
 

@@ -15,7 +15,8 @@ import pytest
 from ebk.config import StorageConfig, load_config
 from ebk.errors import ConfigError, ObjectExists, StorageCredentialsError, StorageError
 from ebk.storage.factory import open_storage
-from ebk.storage.retry import Failure, PartPipeline, RangeReader, Retrier
+from ebk.storage.retry import Failure, Retrier
+from ebk.storage.transfer import PartPipeline, RangeReader
 from tests.support.ebkenv import make_env
 
 MIB = 1024 * 1024
