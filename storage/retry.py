@@ -24,7 +24,6 @@ from ebk.config import StorageConfig
 from ebk.errors import ObjectExists, StorageError
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 log = structlog.get_logger("ebk.storage")
 
