@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from ebk.childenv import child_env
 from ebk.errors import EbkError, IntegrityError, PostgresError, RestoreTargetError
 from ebk.keys.base import KeyProvider
 from ebk.keys.envelope import open_data_key
@@ -192,6 +193,7 @@ def _verify_with_pg_tools(target: Path, manifest: Manifest, bin_dir: str) -> Non
         capture_output=True,
         text=True,
         check=False,
+        env=child_env(),
     )
     if proc.returncode != 0:
         raise PostgresError(

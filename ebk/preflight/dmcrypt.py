@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ebk.childenv import child_env
 from ebk.preflight.blockdev import BlockDevice
 from ebk.preflight.model import Evidence, Status
 
@@ -36,7 +37,9 @@ Runner = Callable[[list[str]], str]
 
 def run_command(argv: list[str]) -> str:
     """Run a read-only inspection tool; its failure is reported, never fatal."""
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=30, check=False, env=child_env()
+    )
     if proc.returncode != 0:
         raise OSError(f"{argv[0]} exited {proc.returncode}: {proc.stderr.strip()[:200]}")
     return proc.stdout
