@@ -14,6 +14,7 @@ from psycopg.conninfo import make_conninfo
 from ebk.childenv import libpq_child_env
 from ebk.config import PostgresConfig
 from ebk.errors import ConfigError, PostgresError
+from ebk.privatefile import read_private_file
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,13 @@ def _password(cfg: PostgresConfig) -> str | None:
     """A password only ever comes from a 0600 file or libpq's own PGPASSWORD/PGPASSFILE."""
     if not cfg.password_file:
         return None
-    path = Path(cfg.password_file)
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise ConfigError(f"postgres.password_file {path}: {exc.strerror}") from None
-    if st.st_mode & 0o077:
-        raise ConfigError(
-            f"postgres.password_file {path} is readable by group or others",
-            hint=f"run `chmod 600 {path}`",
-        )
-    return path.read_text().strip()
+    _, raw = read_private_file(
+        Path(cfg.password_file),
+        "postgres.password_file",
+        ConfigError,
+        missing_hint="create it (one line, mode 0600) or fix postgres.password_file",
+    )
+    return raw.decode("utf-8", errors="replace").strip()
 
 
 def conninfo(cfg: PostgresConfig, *, replication: bool = False, dbname: str | None = None) -> str:
