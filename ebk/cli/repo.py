@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ebk.cli.output import emit_json, emit_table
+from ebk.cli.text import printable
 from ebk.progress import human_bytes
 from ebk.runtime import Runtime
 
@@ -83,7 +84,8 @@ def show(config_path: Path | None, backup_id: str, json_output: bool) -> None:
     ):
         value = doc.get(key)
         if value not in (None, []):
-            click.echo(f"{key:18} {', '.join(value) if isinstance(value, list) else value}")
+            shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+            click.echo(f"{key:18} {printable(shown)}")
     click.echo(
         f"{'size':18} {human_bytes(manifest.size)} "
         f"(stored {human_bytes(manifest.stored_size)})"
@@ -114,11 +116,13 @@ def delete(config_path: Path | None, backup_id: str, yes: bool) -> None:
     manifest = runtime.repository.resolve(backup_id)
     if not yes:
         click.confirm(
-            f"delete backup {manifest.backup_id} ({manifest.kind}, {manifest.start_time})?",
+            printable(
+                f"delete backup {manifest.backup_id} ({manifest.kind}, {manifest.start_time})?"
+            ),
             abort=True,
         )
     runtime.repository.delete_backup(manifest.backup_id)
-    click.echo(f"deleted backup {manifest.backup_id}")
+    click.echo(f"deleted backup {printable(manifest.backup_id)}")
 
 
 COMMANDS = [list_, show, delete]

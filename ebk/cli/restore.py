@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ebk.cli.text import printable
 from ebk.keys.base import KeyProvider
 from ebk.keys.recovery import RecoveryIdentity
 from ebk.preflight.gate import enforce
@@ -148,7 +149,7 @@ def restore(
             verify=not no_verify,
             bin_dir=runtime.config.postgres.bin_dir,
         )
-        click.echo(f"restored backup {manifest.backup_id} into {target}")
+        click.echo(f"restored backup {printable(manifest.backup_id)} into {target}")
         click.echo(f"  start it with: pg_ctl -D {target} start")
         if os.geteuid() == 0 and owner is None:
             click.echo("  note: files are owned by root; PostgreSQL needs --owner postgres")
@@ -164,7 +165,9 @@ def restore(
             create=create,
             with_globals=with_globals,
         )
-        click.echo(f"restored backup {manifest.backup_id} into database {target_db}")
+        click.echo(
+            f"restored backup {printable(manifest.backup_id)} into database {printable(target_db)}"
+        )
 
 
 COMMANDS = [restore]
