@@ -115,17 +115,26 @@ def _restore_globals(
         roles = [r[0] for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()]
     script = GlobalsFilter(roles)
     psql = find_tool("psql", major, cfg.bin_dir)
-    _pipe(
-        repo,
-        manifest,
-        globals_obj,
-        dek,
-        [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"],
-        cfg,
-        "postgres",
-        "restoring globals with psql (nothing was changed: it runs as one transaction)",
-        transform=script,
-    )
+    try:
+        _pipe(
+            repo,
+            manifest,
+            globals_obj,
+            dek,
+            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"],
+            cfg,
+            "postgres",
+            "restoring globals with psql (nothing was changed: it runs as one transaction)",
+            transform=script,
+        )
+    except PostgresError as exc:
+        if "invalid command \\restrict" not in exc.message:
+            raise
+        raise PostgresError(
+            exc.message,
+            hint=f"{psql} is older than the pg_dumpall that wrote the backup (it lacks "
+            f"\\restrict); install the current postgresql-client-{major}, or set postgres.bin_dir",
+        ) from None
     if script.tablespace_statements:
         log.warning(
             "tablespaces were not restored: create them on this host if the dump uses them",
