@@ -135,7 +135,10 @@ class StatusServer:
                     self._wake_r.recv(64)
                 else:
                     assert isinstance(sock, socket.socket)
-                    self._read(sock)
+                    try:
+                        self._read(sock)
+                    except Exception:  # one odd connection must never stop the probes
+                        self._drop(sock)
             now = time.monotonic()
             for pending in [p for p in self._pending.values() if p.deadline <= now]:
                 self._drop(pending.sock)
@@ -161,7 +164,9 @@ class StatusServer:
             self._selector.register(sock, selectors.EVENT_READ)
 
     def _read(self, sock: socket.socket) -> None:
-        pending = self._pending[sock]
+        pending = self._pending.get(sock)
+        if pending is None:
+            return  # evicted earlier in this round of events
         try:
             chunk = sock.recv(MAX_HEADER + 1 - len(pending.data))
         except (BlockingIOError, InterruptedError):
