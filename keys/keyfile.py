@@ -56,16 +56,27 @@ def _write_private(path: Path, document: dict[str, Any]) -> None:
 
 def create_key_file(path: Path) -> str:
     """Create a new key file with mode 0600; refuse to overwrite one."""
-    if path.exists():
+    if path.is_dir():
+        raise KeyProviderError(
+            f"key file {path} is a directory, not a file",
+            hint=f"set keys.keyfile to a file path inside it, e.g. {path / 'kek.json'}",
+        )
+    if os.path.lexists(path):
         raise KeyProviderError(
             f"key file {path} already exists; refusing to overwrite a key",
             hint="losing a KEK makes every backup it wraps unreadable; pick another path",
         )
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     kek_id = _new_kek_id()
-    _write_private(
-        path, {"type": FILE_TYPE, "version": 1, "primary": kek_id, "keys": [_entry(kek_id)]}
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(
+            path, {"type": FILE_TYPE, "version": 1, "primary": kek_id, "keys": [_entry(kek_id)]}
+        )
+    except OSError as exc:
+        raise KeyProviderError(
+            f"cannot create key file {path}: {exc.strerror or exc}",
+            hint=f"check that {path.parent} can be created and written by this user",
+        ) from None
     return kek_id
 
 

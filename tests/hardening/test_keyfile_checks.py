@@ -201,3 +201,18 @@ def test_checks_apply_to_the_bytes_read(tmp_path: Path) -> None:
         stop.set()
         flipper.join()
     assert loaded + refused == 400
+
+
+def test_init_with_a_directory_as_key_file(tmp_path: Path) -> None:
+    keydir = tmp_path / "keys"
+    keydir.mkdir()
+    result = _env(tmp_path / "ebk", keydir).run("init", expect=3)
+    assert "is a directory" in result.stderr and "Traceback" not in result.output
+    assert "kek.json" in result.stderr and "chmod" not in result.stderr
+
+
+def test_init_in_a_directory_it_cannot_write(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory\n")
+    result = _env(tmp_path / "ebk", blocker / "kek.json").run("init", expect=3)
+    assert "cannot create key file" in result.stderr and "Traceback" not in result.output
