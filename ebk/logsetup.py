@@ -7,7 +7,7 @@ import sys
 
 import structlog
 
-from ebk.cli.text import printable
+from ebk.text import printable
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:

@@ -19,9 +19,9 @@ import click
 import structlog
 
 import ebk
-from ebk.cli.text import printable
 from ebk.errors import EbkError, Interrupted
 from ebk.memory import bound_allocator
+from ebk.text import printable
 
 DEFAULT_CONFIG = Path("/etc/ebk/ebk.toml")
 

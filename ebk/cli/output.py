@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ebk.cli.text import printable
+from ebk.text import printable
 
 
 def emit_json(data: Any) -> None:

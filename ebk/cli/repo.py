@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from ebk.cli.output import emit_json, emit_table
-from ebk.cli.text import printable
 from ebk.progress import human_bytes
 from ebk.runtime import Runtime
+from ebk.text import printable
 
 
 @click.command(name="list")

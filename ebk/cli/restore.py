@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from ebk.cli.text import printable
 from ebk.keys.base import KeyProvider
 from ebk.keys.recovery import RecoveryIdentity
 from ebk.preflight.gate import enforce
 from ebk.restore.logical import restore_logical
 from ebk.restore.physical import restore_physical
 from ebk.runtime import Runtime
+from ebk.text import printable
 
 
 def _parse_tablespace_map(values: tuple[str, ...]) -> dict[str, str]:

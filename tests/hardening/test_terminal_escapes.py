@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 
-from ebk.cli.text import printable
+from ebk.text import printable
 from tests.support.ebkenv import EbkEnv
 
 OSC = "\x1b]0;pwned\x07"
