@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from ebk.text import printable
+
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog once per process; logs go to stderr, data never does."""
@@ -16,12 +18,15 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         if use_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    # JSON escapes control characters itself; console lines need it done for them.
+    escape: list[structlog.typing.Processor] = [] if use_json else [_escape_for_terminal]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *escape,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -30,3 +35,13 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def _escape_for_terminal(
+    _logger: object, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Log values may quote repository strings (object names, backup ids)."""
+    return {
+        key: printable(value, newlines=key == "exception") if isinstance(value, str) else value
+        for key, value in event.items()
+    }

@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+from ebk.text import printable
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -23,7 +25,7 @@ class Progress:
     ) -> None:
         self._stream = stream or sys.stderr
         self.enabled = self._stream.isatty() if enabled is None else enabled
-        self._label = label
+        self._label = printable(label)  # it may quote a backup id from the repository
         self._start = time.monotonic()
         self._last = 0.0
         self.done = 0

@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import secrets
-import stat
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ebk.errors import KeyProviderError, WrongKey
 from ebk.keys.base import WrappedKey, canonical_context
+from ebk.privatefile import read_private_file
 
 FILE_TYPE = "ebk-kek-file"
 _AAD_LABEL = b"ebk/keyfile/v1"
@@ -56,21 +56,38 @@ def _write_private(path: Path, document: dict[str, Any]) -> None:
 
 def create_key_file(path: Path) -> str:
     """Create a new key file with mode 0600; refuse to overwrite one."""
-    if path.exists():
+    if path.is_dir():
+        raise KeyProviderError(
+            f"key file {path} is a directory, not a file",
+            hint=f"set keys.keyfile to a file path inside it, e.g. {path / 'kek.json'}",
+        )
+    if os.path.lexists(path):
         raise KeyProviderError(
             f"key file {path} already exists; refusing to overwrite a key",
             hint="losing a KEK makes every backup it wraps unreadable; pick another path",
         )
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     kek_id = _new_kek_id()
-    _write_private(
-        path, {"type": FILE_TYPE, "version": 1, "primary": kek_id, "keys": [_entry(kek_id)]}
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(
+            path, {"type": FILE_TYPE, "version": 1, "primary": kek_id, "keys": [_entry(kek_id)]}
+        )
+    except OSError as exc:
+        raise KeyProviderError(
+            f"cannot create key file {path}: {exc.strerror or exc}",
+            hint=f"check that {path.parent} can be created and written by this user",
+        ) from None
     return kek_id
 
 
 class KeyFileProvider:
-    """KEKs held in a local file; the file must be readable by its owner only."""
+    """KEKs held in a local file; the file must be readable by its owner only.
+
+    The file is opened once and checked on the descriptor (ebk/privatefile.py):
+    regular file, owned by the user running ebk or root, no group/other bits,
+    in a directory nobody else can write.  A symlink is followed only when the
+    directory holding it is private; ``real_path`` is the file actually used.
+    """
 
     name = "keyfile"
 
@@ -79,23 +96,14 @@ class KeyFileProvider:
         self._primary, self._keys = self._load()
 
     def _load(self) -> tuple[str, dict[str, bytes]]:
+        self.real_path, raw = read_private_file(
+            self.path,
+            "key file",
+            KeyProviderError,
+            missing_hint="create one with `ebk init`, or set keys.keyfile to the right path",
+        )
         try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            raise KeyProviderError(
-                f"key file {self.path} does not exist",
-                hint="create one with `ebk init`, or set keys.keyfile to the right path",
-            ) from None
-        except PermissionError:
-            raise KeyProviderError(f"key file {self.path} is not readable by this user") from None
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyProviderError(
-                f"key file {self.path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); refusing to use it",
-                hint=f"run `chmod 600 {self.path}` and check who could have copied it",
-            )
-        try:
-            doc = json.loads(self.path.read_text())
+            doc = json.loads(raw)
             if doc.get("type") != FILE_TYPE or doc.get("version") != 1:
                 raise ValueError("not an ebk key file")
             keys = {k["id"]: base64.b64decode(k["key"], validate=True) for k in doc["keys"]}
@@ -154,10 +162,14 @@ class KeyFileProvider:
 
     def rotate(self) -> str:
         """Add a new KEK and make it primary; old KEKs stay for unwrapping."""
-        doc = json.loads(self.path.read_text())
+        self.real_path, raw = read_private_file(
+            self.path, "key file", KeyProviderError, missing_hint="restore it from your key backup"
+        )
+        doc = json.loads(raw)
         kek_id = _new_kek_id()
         doc["keys"].append(_entry(kek_id))
         doc["primary"] = kek_id
-        _write_private(self.path, doc)
+        # Replace the checked file itself: a symlinked key file stays a symlink.
+        _write_private(self.real_path, doc)
         self._primary, self._keys = self._load()
         return kek_id

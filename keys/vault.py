@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import stat
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,6 +38,7 @@ from ebk.errors import (
     WrongKey,
 )
 from ebk.keys.base import WrappedKey, canonical_context
+from ebk.privatefile import read_private_file
 
 T = TypeVar("T")
 _VERSION = re.compile(r"^vault:v(\d+):")
@@ -46,20 +46,17 @@ _BACKOFF = 0.25
 
 
 def read_secret_file(path: Path, what: str) -> str:
-    """A token or secret-id file: must be private to its owner, must not be empty."""
+    """A token or secret-id file: private to its owner (ebk/privatefile.py), not empty."""
+    _, raw = read_private_file(
+        path,
+        f"{what} file",
+        KeyProviderError,
+        missing_hint="create it (mode 0600; Kubernetes secret volumes: defaultMode: 0400)",
+    )
     try:
-        st = path.stat()
-        value = path.read_text().strip()
-    except FileNotFoundError:
-        raise KeyProviderError(f"{what} file {path} does not exist") from None
-    except (PermissionError, UnicodeDecodeError):
-        raise KeyProviderError(f"{what} file {path} is not readable by this user") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyProviderError(
-            f"{what} file {path} is accessible by group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}); refusing to use it",
-            hint=f"run `chmod 600 {path}` (Kubernetes secret volumes: defaultMode: 0400)",
-        )
+        value = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise KeyProviderError(f"{what} file {path} is not UTF-8 text") from None
     if not value:
         raise KeyProviderError(f"{what} file {path} is empty")
     return value

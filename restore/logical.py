@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Callable, Iterable
 
 import psycopg
 import structlog
@@ -13,6 +15,7 @@ from ebk.errors import EbkError, PostgresError, RestoreTargetError
 from ebk.manifest import Manifest, StoredObject
 from ebk.postgres.connection import connect, libpq_env
 from ebk.postgres.tools import find_tool
+from ebk.restore.globals import GlobalsFilter
 from ebk.restore.reader import open_object
 from ebk.restore.session import OpenedBackup
 
@@ -43,29 +46,93 @@ def _pipe(
     backup: OpenedBackup,
     stored: StoredObject,
     argv: list[str],
-    env: dict[str, str],
+    cfg: PostgresConfig,
+    dbname: str,
     what: str,
+    transform: Callable[[Iterable[bytes]], Iterable[bytes]] | None = None,
 ) -> None:
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
-    )
-    assert proc.stdin is not None and proc.stderr is not None
-    try:
-        with open_object(backup, stored) as reader:
-            try:
-                while chunk := reader.read(PIPE_CHUNK):
-                    proc.stdin.write(chunk)
+    """Stream one object into a client tool; the whole stream authenticates before success.
+
+    If the tool stops reading early, the rest of the object is still read and
+    authenticated, so damage is reported as an integrity error (exit 5), not as
+    the tool's complaint about bad input.
+    """
+    with libpq_env(cfg, dbname) as env:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        )
+        assert proc.stdin is not None and proc.stderr is not None
+        try:
+            with open_object(backup, stored) as reader:
+                chunks: Iterable[bytes] = iter(lambda: reader.read(PIPE_CHUNK), b"")
+                if transform is not None:
+                    chunks = transform(chunks)
+                try:
+                    for chunk in chunks:
+                        proc.stdin.write(chunk)
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
                 reader.finish()
-            except BrokenPipeError:
-                pass
-            proc.stdin.close()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    err = proc.stderr.read().decode(errors="replace").strip()
-    if proc.wait() != 0:
-        raise PostgresError(f"{what} failed: {err or 'exit code ' + str(proc.returncode)}")
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+        err = proc.stderr.read().decode(errors="replace").strip()
+        proc.stderr.close()
+        returncode = proc.wait()
+    if returncode != 0:
+        raise PostgresError(f"{what} failed: {err or 'exit code ' + str(returncode)}")
+
+
+def _check_new_database(cfg: PostgresConfig, target_db: str) -> None:
+    with connect(cfg) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (target_db,)
+        ).fetchone()
+    if exists:
+        raise RestoreTargetError(
+            f"database {target_db!r} already exists; refusing to restore over it",
+            hint="drop it first, or restore into another name with --to-db",
+        )
+
+
+def _restore_globals(backup: OpenedBackup, cfg: PostgresConfig, major: int) -> None:
+    """Roles in one transaction with ON_ERROR_STOP: a failure changes no role."""
+    manifest = backup.manifest
+    globals_obj = next((o for o in manifest.objects if o.role == "globals"), None)
+    if globals_obj is None:
+        raise RestoreTargetError(f"backup {manifest.backup_id} has no globals (roles)")
+    with connect(cfg) as conn:
+        roles = [r[0] for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()]
+    script = GlobalsFilter(roles)
+    psql = find_tool("psql", major, cfg.bin_dir)
+    try:
+        _pipe(
+            backup,
+            globals_obj,
+            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"],
+            cfg,
+            "postgres",
+            "restoring globals with psql (nothing was changed: it runs as one transaction)",
+            transform=script,
+        )
+    except PostgresError as exc:
+        if "invalid command \\restrict" not in exc.message:
+            raise
+        raise PostgresError(
+            exc.message,
+            hint=f"{psql} is older than the pg_dumpall that wrote the backup (it lacks "
+            f"\\restrict); install the current postgresql-client-{major}, or set postgres.bin_dir",
+        ) from None
+    if script.tablespace_statements:
+        log.warning(
+            "tablespaces were not restored: create them on this host if the dump uses them",
+            statements_skipped=script.tablespace_statements,
+        )
 
 
 def restore_logical(
@@ -81,28 +148,12 @@ def restore_logical(
     stored = _pick_dump(manifest, database)
     major = manifest.major
     bound = log.bind(backup_id=manifest.backup_id, database=stored.database, target_db=target_db)
+    if create:
+        _check_new_database(cfg, target_db)
     if with_globals:
-        globals_obj = next((o for o in manifest.objects if o.role == "globals"), None)
-        if globals_obj is None:
-            raise RestoreTargetError(f"backup {manifest.backup_id} has no globals (roles)")
-        psql = find_tool("psql", major, cfg.bin_dir)
-        _pipe(
-            backup,
-            globals_obj,
-            [psql, "-X", "-q", "-f", "-"],
-            libpq_env(cfg, "postgres"),
-            "restoring globals with psql",
-        )
+        _restore_globals(backup, cfg, major)
     if create:
         with connect(cfg) as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (target_db,)
-            ).fetchone()
-            if exists:
-                raise RestoreTargetError(
-                    f"database {target_db!r} already exists; refusing to restore over it",
-                    hint="drop it first, or restore into another name with --to-db",
-                )
             try:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target_db)))
             except psycopg.Error as exc:
@@ -117,7 +168,8 @@ def restore_logical(
             backup,
             stored,
             argv,
-            libpq_env(cfg, target_db),
+            cfg,
+            target_db,
             f"pg_restore into {target_db!r}",
         )
     except BaseException as exc:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from ebk.childenv import child_env
 from ebk.errors import EbkError, IntegrityError, PostgresError, RestoreTargetError
 from ebk.manifest import Manifest
 from ebk.postgres.tools import find_tool
@@ -184,6 +185,7 @@ def _verify_with_pg_tools(target: Path, manifest: Manifest, bin_dir: str) -> Non
         capture_output=True,
         text=True,
         check=False,
+        env=child_env(),
     )
     if proc.returncode != 0:
         raise PostgresError(

@@ -81,6 +81,15 @@ class ObjectReader:
                 f"({self._hashing.size} bytes read, {self.stored.stored_size} expected)",
                 hint="the stored object was replaced or damaged; restore from another backup",
             )
+        # plain_size is the size before ebk's own compression (docs/format.md): the
+        # payload, or for archives PostgreSQL compressed, the zstd data as received.
+        if self.stored.plain_size not in (self.plain_bytes, self._payload.stream_size):
+            raise IntegrityError(
+                f"object {self.stored.name} decrypted to {self.plain_bytes} bytes "
+                f"({self._payload.stream_size} before decompression), but its manifest entry "
+                f"says {self.stored.plain_size}",
+                hint="the backup was written by a faulty writer; restore from another backup",
+            )
 
 
 @contextmanager

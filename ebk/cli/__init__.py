@@ -21,6 +21,7 @@ import structlog
 import ebk
 from ebk.errors import EbkError, Interrupted
 from ebk.memory import bound_allocator
+from ebk.text import printable
 
 DEFAULT_CONFIG = Path("/etc/ebk/ebk.toml")
 
@@ -73,7 +74,7 @@ class EbkGroup(click.Group):
             return super().invoke(ctx)
         except EbkError as exc:
             structlog.get_logger("ebk").debug("command failed", error=exc.message)
-            click.echo(f"ebk: error: {exc}", err=True)
+            click.echo(f"ebk: error: {printable(exc, newlines=True)}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("ebk: interrupted; partial work was cleaned up", err=True)

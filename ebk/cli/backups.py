@@ -12,6 +12,7 @@ from ebk.cli.output import emit_json, emit_table
 from ebk.progress import human_bytes
 from ebk.repository import Catalog
 from ebk.runtime import Runtime
+from ebk.text import printable
 
 
 @click.command(name="list")
@@ -71,7 +72,10 @@ def _started(start: str) -> str:
 def report_skipped(catalog: Catalog) -> None:
     """What listing skipped goes to stderr: never shown as a backup, never silently lost."""
     for problem in catalog.problems:
-        click.echo(f"ebk: warning: skipped {problem.name}: {problem.reason}", err=True)
+        click.echo(
+            f"ebk: warning: skipped {printable(problem.name)}: {printable(problem.reason)}",
+            err=True,
+        )
     if catalog.legacy:
         click.echo(
             f"ebk: note: {catalog.legacy} backup(s) use the repository layout of ebk 0.1; "
@@ -110,7 +114,8 @@ def show(config_path: Path | None, backup_id: str, json_output: bool) -> None:
     ):
         value = doc.get(key)
         if value not in (None, []):
-            click.echo(f"{key:18} {', '.join(value) if isinstance(value, list) else value}")
+            shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+            click.echo(f"{key:18} {printable(shown)}")
     click.echo(
         f"{'size':18} {human_bytes(manifest.size)} (stored {human_bytes(manifest.stored_size)})"
     )
@@ -150,11 +155,13 @@ def delete(config_path: Path | None, backup_id: str, yes: bool) -> None:
     manifest = repo.read_manifest(backup_id)
     if not yes:
         click.confirm(
-            f"delete backup {manifest.backup_id} ({manifest.kind}, {manifest.start_time})?",
+            printable(
+                f"delete backup {manifest.backup_id} ({manifest.kind}, {manifest.start_time})?"
+            ),
             abort=True,
         )
     delete_backup(repo, manifest.backup_id)
-    click.echo(f"deleted backup {manifest.backup_id}")
+    click.echo(f"deleted backup {printable(manifest.backup_id)}")
 
 
 COMMANDS = [list_, show, delete]

@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from ebk.text import printable
+
 
 def emit_json(data: Any) -> None:
     """Indented for a person at a terminal; compact (and fast: C encoder) for a pipe."""
@@ -17,7 +19,8 @@ def emit_json(data: Any) -> None:
 
 
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[str(c) for c in row] for row in rows]
+    """Cells may come from the repository: every one is escaped for the terminal."""
+    cells = [[printable(c) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:

@@ -11,6 +11,7 @@ import click
 from ebk.app.restore import LogicalTarget, PhysicalTarget
 from ebk.app.restore import restore as run_restore
 from ebk.runtime import Runtime
+from ebk.text import printable
 
 
 def _parse_tablespace_map(values: tuple[str, ...]) -> dict[str, str]:
@@ -128,7 +129,7 @@ def restore(
             ),
             recovery_key=recovery_key,
         )
-        click.echo(f"restored backup {manifest.backup_id} into {target}")
+        click.echo(f"restored backup {printable(manifest.backup_id)} into {target}")
         click.echo(f"  start it with: pg_ctl -D {target} start")
         if os.geteuid() == 0 and owner is None:
             click.echo("  note: files are owned by root; PostgreSQL needs --owner postgres")
@@ -140,7 +141,9 @@ def restore(
             LogicalTarget(target_db, database, create=create, with_globals=with_globals),
             recovery_key=recovery_key,
         )
-        click.echo(f"restored backup {manifest.backup_id} into database {target_db}")
+        click.echo(
+            f"restored backup {printable(manifest.backup_id)} into database {printable(target_db)}"
+        )
 
 
 COMMANDS = [restore]

@@ -21,6 +21,7 @@ from ebk.format.stream import (
     Readable,
     Writable,
 )
+from ebk.format.zstdframes import ZstdFrameTracker
 
 
 class HashingWriter:
@@ -94,27 +95,68 @@ class PayloadWriter:
         self.encryptor.close()
 
 
+class _FramedSource:
+    """The decrypted stream on its way into the decompressor: counted, frames followed.
+
+    At the end of the stream the last zstd frame must be complete; a stream
+    that ends inside one is rejected (docs/format.md, "Compression").
+    """
+
+    def __init__(self, source: DecryptingReader) -> None:
+        self._source = source
+        self._frames = ZstdFrameTracker()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        if data:
+            self.size += len(data)
+            self._frames.feed(data)
+        elif not self._frames.at_frame_boundary():
+            raise IntegrityError(
+                "backup object decrypted but its zstd data ends inside an incomplete frame "
+                "(the object was written truncated)",
+                hint="restore from another backup",
+            )
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
 class PayloadReader:
-    """Authenticate, decrypt and decompress a payload; ``read()`` returns plaintext."""
+    """Authenticate, decrypt and decompress a payload; ``read()`` returns plaintext.
+
+    ``stream_size`` counts the decrypted stream plaintext (before decompression).
+    """
 
     def __init__(self, source: Readable, data_key: bytes, *, associated_data: bytes) -> None:
         self.decryptor = DecryptingReader(source, data_key, associated_data=associated_data)
         self.key_id = self.decryptor.header.key_id
         self._reader: Readable
+        self._framed: _FramedSource | None = None
         if self.decryptor.header.compression == COMPRESSION_ZSTD:
+            self._framed = _FramedSource(self.decryptor)
             dctx = zstandard.ZstdDecompressor()
             self._reader = dctx.stream_reader(
-                cast(IO[bytes], self.decryptor), read_across_frames=True, closefd=False
+                cast(IO[bytes], self._framed), read_across_frames=True, closefd=False
             )
         else:
             self._reader = self.decryptor
+        self._payload_size = 0
+
+    @property
+    def stream_size(self) -> int:
+        return self._framed.size if self._framed is not None else self._payload_size
 
     def read(self, size: int = -1) -> bytes:
         try:
-            return self._reader.read(size)
+            data = self._reader.read(size)
         except zstandard.ZstdError as exc:
             # Authenticated bytes that do not decompress mean a writer bug, not tampering.
             raise IntegrityError(f"backup object decrypted but did not decompress: {exc}") from exc
+        self._payload_size += len(data)
+        return data
 
     def readable(self) -> bool:
         return True

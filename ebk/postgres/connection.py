@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from ebk.childenv import libpq_child_env
 from ebk.config import PostgresConfig
 from ebk.errors import ConfigError, PostgresError
+from ebk.privatefile import read_private_file
 
 
 @dataclass(frozen=True)
@@ -29,17 +33,13 @@ def _password(cfg: PostgresConfig) -> str | None:
     """A password only ever comes from a 0600 file or libpq's own PGPASSWORD/PGPASSFILE."""
     if not cfg.password_file:
         return None
-    path = Path(cfg.password_file)
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise ConfigError(f"postgres.password_file {path}: {exc.strerror}") from None
-    if st.st_mode & 0o077:
-        raise ConfigError(
-            f"postgres.password_file {path} is readable by group or others",
-            hint=f"run `chmod 600 {path}`",
-        )
-    return path.read_text().strip()
+    _, raw = read_private_file(
+        Path(cfg.password_file),
+        "postgres.password_file",
+        ConfigError,
+        missing_hint="create it (one line, mode 0600) or fix postgres.password_file",
+    )
+    return raw.decode("utf-8", errors="replace").strip()
 
 
 def conninfo(cfg: PostgresConfig, *, replication: bool = False, dbname: str | None = None) -> str:
@@ -59,23 +59,27 @@ def conninfo(cfg: PostgresConfig, *, replication: bool = False, dbname: str | No
     return make_conninfo(**params)  # type: ignore[arg-type]
 
 
-def libpq_env(cfg: PostgresConfig, dbname: str | None = None) -> dict[str, str]:
-    """Environment for pg_dump/pg_restore/psql: nothing secret goes on a command line."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "PGHOST": cfg.host,
-            "PGPORT": str(cfg.port),
-            "PGUSER": cfg.user,
-            "PGDATABASE": dbname or cfg.dbname,
-            "PGAPPNAME": "ebk",
-            "PGCONNECT_TIMEOUT": "10",
-        }
-    )
+@contextmanager
+def libpq_env(cfg: PostgresConfig, dbname: str | None = None) -> Iterator[dict[str, str]]:
+    """Environment for pg_dump/pg_restore/psql, held open while the child runs.
+
+    Nothing secret goes on a command line or into the environment: the child
+    gets the allow-list of ebk.childenv and the password through a private
+    PGPASSFILE (from postgres.password_file, else ebk's own PGPASSWORD).
+    """
+    settings = {
+        "PGHOST": cfg.host,
+        "PGPORT": str(cfg.port),
+        "PGUSER": cfg.user,
+        "PGDATABASE": dbname or cfg.dbname,
+        "PGAPPNAME": "ebk",
+        "PGCONNECT_TIMEOUT": "10",
+    }
     password = _password(cfg)
-    if password is not None:
-        env["PGPASSWORD"] = password
-    return env
+    if password is None:
+        password = os.environ.get("PGPASSWORD")
+    with libpq_child_env(settings, password) as env:
+        yield env
 
 
 def connect(cfg: PostgresConfig, *, dbname: str | None = None) -> psycopg.Connection:

@@ -24,23 +24,25 @@ def dump_process(
         argv = [find_tool("pg_dumpall", major, cfg.bin_dir), "--globals-only", "--no-password"]
     else:
         argv = [find_tool("pg_dump", major, cfg.bin_dir), "-Fc", "--no-password", "-Z", "0"]
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=libpq_env(cfg, database),
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        yield proc.stdout
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    proc.stdout.close()
-    err = proc.stderr.read().decode(errors="replace").strip()
-    proc.stderr.close()
-    if proc.wait() != 0:
+    with libpq_env(cfg, database) as env:
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            yield proc.stdout
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace").strip()
+        proc.stderr.close()
+        returncode = proc.wait()
+    if returncode != 0:
         what = "pg_dumpall --globals-only" if globals_only else f"pg_dump of database {database!r}"
-        raise PostgresError(f"{what} failed: {err or 'exit code ' + str(proc.returncode)}")
+        raise PostgresError(f"{what} failed: {err or 'exit code ' + str(returncode)}")

@@ -68,7 +68,7 @@ def words(size: int) -> bytes:
 class Vector:
     name: str
     description: str
-    expect: str  # success | header failure | payload failure
+    expect: str  # success | header failure | payload failure | decompression failure
     stream: bytes
     key: bytes = KEY
     associated_data: bytes = AD
@@ -308,12 +308,64 @@ def payload_failures(base: bytes, two: bytes, one_byte: bytes, empty: bytes) -> 
     return out
 
 
+def raw_frame(content: bytes, *, blocks: int = 1) -> bytes:
+    """A zstd frame (RFC 8878) built by hand from raw blocks: the same bytes with every zstd.
+
+    Frame header: single segment, 1-byte content size, no checksum, no dictionary.
+    """
+    assert len(content) < 256 and blocks >= 1
+    out = (0xFD2FB528).to_bytes(4, "little") + bytes([0x20, len(content)])
+    size = -(-len(content) // blocks) if content else 0
+    pieces = [content[i:i + size] for i in range(0, len(content), size)] if content else [b""]
+    for i, piece in enumerate(pieces):
+        last = 1 if i == len(pieces) - 1 else 0
+        out += ((len(piece) << 3) | last).to_bytes(3, "little") + piece
+    return out
+
+
+def zstd_vectors() -> list[Vector]:
+    """Compression 1: what the payload layer must accept and reject (docs/format.md,
+    "Compression").  Every failure here is an authentic stream (it decrypts to
+    ``plaintext``) whose zstd data is incomplete or not zstd at all."""
+    def make(name: str, description: str, expect: str, plaintext: bytes,
+             payload: bytes | None = None) -> Vector:
+        return Vector(name, description, expect, encode(plaintext, compression=COMPRESSION_ZSTD),
+                      compression=COMPRESSION_ZSTD, plaintext=plaintext, payload=payload,
+                      from_encoder=True)
+
+    hello, world = raw_frame(b"hello, "), raw_frame(b"world", blocks=2)
+    checked = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(b"checked " * 8)
+    assert checked[4] & 0x04, "the frame must carry a content checksum"
+    fail = "decompression failure"
+    return [
+        make("zstd-two-frames", "two zstd frames (raw blocks, the second in two blocks): "
+             "the payload is their contents in order", "success", hello + world,
+             payload=b"hello, world"),
+        make("zstd-no-frames", "compression 1 with an empty plaintext: zero frames, empty payload",
+             "success", b"", payload=b""),
+        make("zstd-truncated-in-block", "the only frame ends inside its block's content",
+             fail, hello[:-2]),
+        make("zstd-truncated-missing-last-block",
+             "the frame ends after a complete block that is not the last one", fail,
+             world[: len(world) - 3 - 2]),
+        make("zstd-truncated-in-frame-header", "the frame ends after its magic number", fail,
+             hello[:4]),
+        make("zstd-truncated-second-frame", "a complete frame, then a second frame cut inside "
+             "its header", fail, hello + world[:5]),
+        make("zstd-truncated-checksum", "the frame's 4-byte content checksum is cut to 2 bytes",
+             fail, checked[:-2]),
+        make("zstd-not-zstd", "authentic plaintext that is not zstd data (no frame magic)", fail,
+             b"plain text, not zstd"),
+    ]
+
+
 def build() -> list[Vector]:
     success = success_vectors()
     by_name = {v.name: v.stream for v in success}
     return (success + header_failures(by_name["one-byte"])
             + payload_failures(by_name["several-chunks"], by_name["two-chunks"],
-                               by_name["one-byte"], by_name["empty"]))
+                               by_name["one-byte"], by_name["empty"])
+            + zstd_vectors())
 
 
 def render(vector: Vector) -> str:
