@@ -60,7 +60,8 @@ def test_planted_control_sequences_never_reach_the_terminal(ebk_env: EbkEnv) -> 
     )
     real_id = manifest["backup_id"]
     backups = ebk_env.repo_dir / "backups"
-    doc = json.loads((backups / real_id / "manifest.json").read_text())
+    manifests = ebk_env.repo_dir / "manifests"
+    doc = json.loads((manifests / f"{real_id}.json").read_text())
     doc["server_version"] = "15.0" + OSC
     doc["ebk_version"] = LINK
     doc["databases"] = ["post" + CSI + "gres\u202e"]
@@ -68,12 +69,12 @@ def test_planted_control_sequences_never_reach_the_terminal(ebk_env: EbkEnv) -> 
     for obj in doc["objects"]:
         obj["name"] = obj["name"] + "\x9b2J\x7f"
         obj["database"] = obj.get("database") and obj["database"] + "\u2066"
-    (backups / real_id / "manifest.json").write_text(json.dumps(doc))
-    # A planted backup whose very id (a directory name) carries an OSC sequence.
+    (manifests / f"{real_id}.json").write_text(json.dumps(doc))
+    # A planted backup whose very id (an object name) carries an OSC sequence.
     planted_id = "20991231T235959Z-" + "\x1b]0;x\x07"
     shutil.copytree(backups / real_id, backups / planted_id)
     planted = dict(doc, backup_id=planted_id)
-    (backups / planted_id / "manifest.json").write_text(json.dumps(planted))
+    (manifests / f"{planted_id}.json").write_text(json.dumps(planted))
 
     console = ebk_env.config_path.read_text().replace('format = "json"', 'format = "console"')
     ebk_env.config_path.write_text(console)

@@ -18,11 +18,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from ebk.backup import stream_context
 from ebk.format.stream import COMPRESSION_ZSTD, DecryptingReader, EncryptingWriter
 from ebk.keys.envelope import open_data_key
-from ebk.repository import object_name
+from ebk.repository.layout import manifest_name, object_name, stream_context
 from ebk.runtime import Runtime
+from ebk.storage.local import LocalStorage
 from tests.support.ebkenv import EbkEnv, make_env
 from tests.support.postgres import PgCluster, init_cluster
 
@@ -50,7 +50,8 @@ def _truncate_object(env: EbkEnv, backup_id: str, role: str) -> None:
     index, stored = next((i, o) for i, o in enumerate(manifest.objects) if o.role == role)
     name = object_name(backup_id, stored.name)
     ad = stream_context(backup_id, stored.name)
-    frame = DecryptingReader(io.BytesIO(repo.storage.get_bytes(name)), dek, associated_data=ad)
+    storage = LocalStorage(env.repo_dir)  # the test writes as an attacker holding the DEK
+    frame = DecryptingReader(io.BytesIO(storage.get_bytes(name)), dek, associated_data=ad)
     plaintext = frame.read()
     assert frame.header.compression == COMPRESSION_ZSTD
     cut = plaintext[: len(plaintext) * 2 // 3]
@@ -60,7 +61,7 @@ def _truncate_object(env: EbkEnv, backup_id: str, role: str) -> None:
     )
     writer.write(cut)
     writer.close()
-    repo.storage.put_bytes(name, out.getvalue())
+    storage.put_bytes(name, out.getvalue())
     manifest.objects[index] = dataclasses.replace(
         stored,
         plain_size=len(cut),
@@ -68,7 +69,7 @@ def _truncate_object(env: EbkEnv, backup_id: str, role: str) -> None:
         sha256=hashlib.sha256(out.getvalue()).hexdigest(),
     )
     manifest.seal(dek)
-    repo.write_manifest(manifest)
+    storage.put_bytes(manifest_name(backup_id), manifest.to_json())
 
 
 def _backup(env: EbkEnv) -> str:
