@@ -33,6 +33,7 @@ from ebk.postgres.dump import READ_SIZE, dump_process
 from ebk.progress import Progress
 from ebk.repository import Repository
 from ebk.repository.layout import new_backup_id, stream_context
+from ebk.repository.writer import WriterKey
 from ebk.storage.base import ObjectWriter
 
 log = structlog.get_logger("ebk.backup")
@@ -76,6 +77,7 @@ class BackupRun:
         config: Config,
         repo: Repository,
         providers: Sequence[KeyProvider],
+        writer: WriterKey,
         *,
         kind: str,
         progress: Progress | None = None,
@@ -87,6 +89,7 @@ class BackupRun:
         self.cancel = cancel  # set by the daemon on SIGTERM; checked per chunk
         self.repo = repo
         self.providers = providers
+        self.writer = writer
         self.kind = kind
         self.backup_id = new_backup_id()
         self.progress = progress or Progress(f"backup {self.backup_id}", enabled=False)
@@ -156,6 +159,7 @@ class BackupRun:
                 **facts,  # type: ignore[arg-type]
             )
             manifest.seal(dek)
+            manifest.sign(self.writer)
             self.repo.commit_manifest(manifest)
         except BaseException:
             self._cleanup()
@@ -276,6 +280,7 @@ def take_backup(
     config: Config,
     repo: Repository,
     providers: Sequence[KeyProvider],
+    writer: WriterKey,
     *,
     kind: str,
     databases: Sequence[str] = (),
@@ -283,7 +288,7 @@ def take_backup(
     cancel: threading.Event | None = None,
     conn: psycopg.Connection | None = None,
 ) -> Manifest:
-    run = BackupRun(config, repo, providers, kind=kind, cancel=cancel, conn=conn)
+    run = BackupRun(config, repo, providers, writer, kind=kind, cancel=cancel, conn=conn)
     run.progress = Progress(f"backup {run.backup_id}", enabled=progress)
     if kind == "physical":
         return run.run(produce_physical)

@@ -32,6 +32,9 @@ class RepositoryConfig:
     # Local copies of manifests read from an object store, so `ebk list` and retention
     # fetch only new ones; "" = ~/.cache/ebk, "off" = none.  Holds no key material.
     cache_dir: str = ""
+    # The writer public keys (ebkwriter1…) readers trust, printed by `ebk keys writer-key`.
+    # Pinned, `ebk list` and retention need no KMS; empty = derive from the KEK.
+    writer_keys: list[str] = field(default_factory=list)
 
 
 MIB = 1024 * 1024

@@ -14,18 +14,22 @@ re-serialised model (docs/format.md, "Manifest version 1").
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rfc8785
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ebk.errors import IntegrityError
+
+if TYPE_CHECKING:
+    from ebk.repository.writer import TrustedWriters, WriterKey
 
 FORMAT = "ebk-manifest"
 VERSION = 2
@@ -151,6 +155,34 @@ class Manifest:
                 "or belongs to another backup",
                 hint="the backup's metadata cannot be trusted; restore from another backup",
             )
+
+    def upgraded(self) -> Manifest:
+        """This manifest as the current version, unauthenticated (seal and sign it next)."""
+        return dataclasses.replace(self, manifest_version=VERSION, stream_version=1, auth={})
+
+    def sign(self, writer: WriterKey) -> None:
+        """Add the writer signature (after ``seal``: the MAC and the signature cover the same)."""
+        self.auth["sig"] = writer.sign(self.authenticated_bytes())
+
+    def verify_signature(self, trusted: TrustedWriters) -> None:
+        """The repository's writer signed exactly this document; else IntegrityError."""
+        what = f"manifest of backup {self.backup_id}"
+        if self.manifest_version == 1:
+            raise IntegrityError(
+                f"{what} was written by ebk 0.1 and carries no writer signature",
+                hint="`ebk repo migrate` re-signs it (after authenticating it with the KEK); "
+                "until then it restores only when named by id, with the KEK",
+            )
+        if "sig" not in self.auth:
+            raise IntegrityError(
+                f"{what} carries no writer signature",
+                hint="it was not written by the ebk that owns this repository",
+            )
+        try:
+            covered = self.authenticated_bytes()
+        except ValueError as exc:
+            raise IntegrityError(f"{what} is malformed ({exc})") from None
+        trusted.verify(covered, self.auth["sig"], what=what)
 
     def to_json(self) -> bytes:
         doc = self.body()

@@ -133,15 +133,23 @@ def generate_identity() -> tuple[str, str]:
     return identity, encode_recipient(private.public_key())
 
 
-def write_identity_file(path: Path) -> str:
-    """Write a new identity with mode 0600, never over an existing file; return its recipient."""
+WRITER_KEY_LINE = "# writer-key: "
+
+
+def write_identity_file(path: Path, writer_keys: Sequence[str] = ()) -> str:
+    """Write a new identity with mode 0600, never over an existing file; return its recipient.
+
+    ``writer_keys`` (public) are recorded so that a break-glass restore with only
+    this file still checks that a backup was written by the repository's ebk.
+    """
     identity, recipient = generate_identity()
     text = (
         "# ebk offline recovery key: it opens every backup that lists its recipient.\n"
         "# Keep it OFFLINE (a safe, a password manager), never next to the repository.\n"
         f"# created: {datetime.now(UTC).isoformat(timespec='seconds')}\n"
         f"# recipient: {recipient}\n"
-        f"{identity}\n"
+        + "".join(f"{WRITER_KEY_LINE}{key}\n" for key in writer_keys)
+        + f"{identity}\n"
     )
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -232,6 +240,11 @@ class RecoveryIdentity:
                 f"(mode {stat.S_IMODE(st.st_mode):04o}); refusing to use it",
                 hint=f"run `chmod 600 {self.path}`",
             )
+        self.writer_keys = [
+            ln[len(WRITER_KEY_LINE) :].strip()
+            for ln in text.splitlines()
+            if ln.startswith(WRITER_KEY_LINE)
+        ]
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
         try:
             if len(lines) != 1:

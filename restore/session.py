@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ebk.errors import RestoreTargetError
+from ebk.errors import IntegrityError, RestoreTargetError
 from ebk.keys.base import KeyProvider
 from ebk.keys.envelope import open_data_key
 from ebk.manifest import Manifest
@@ -42,6 +42,13 @@ def open_backup(
         raise RestoreTargetError(
             f"backup {manifest.backup_id} is a {manifest.kind} backup",
             hint=_HINTS.get(manifest.kind, "choose a backup of the other kind"),
+        )
+    if manifest.manifest_version < 2 and any(p.name == "recovery" for p in providers):
+        raise IntegrityError(
+            f"backup {manifest.backup_id} was written by ebk 0.1 without a writer signature; "
+            "a --recovery-key restore accepts only signed backups",
+            hint="run `ebk repo migrate` with the KEK first (it re-signs old backups), or "
+            "restore it with the KEK",
         )
     key_object = repo.read_key_object(manifest.backup_id)
     dek = open_data_key(key_object, providers, backup_id=manifest.backup_id)

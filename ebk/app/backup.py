@@ -33,11 +33,13 @@ def run_backup(
     enforce(config, purpose="backup")
     providers = runtime.checked_key_providers()
     runtime.repository.require_initialized()
+    writer = runtime.writer_key()
     with cluster_backup_lock(config.postgres) as conn:
         return take_backup(
             config,
             runtime.repository,
             providers,
+            writer,
             kind=kind,
             databases=databases,
             progress=progress,

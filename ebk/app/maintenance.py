@@ -11,12 +11,15 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from ebk.errors import BackupNotFound, EbkError
+from ebk.errors import BackupNotFound, EbkError, RepositoryNotInitialized
 from ebk.keys.base import KeyProvider
 from ebk.keys.envelope import rewrap_key_object
 from ebk.manifest import Manifest
 from ebk.repository import IncompleteBackup, Repository
 from ebk.repository.layout import BACKUPS, backup_id_time
+from ebk.repository.writer import WriterKey, new_writer_key
+from ebk.restore.session import open_backup
+from ebk.runtime import Runtime
 from ebk.storage.base import IncompleteUpload
 
 log = structlog.get_logger("ebk.maintenance")
@@ -171,7 +174,56 @@ def rewrap_all(repo: Repository, primary: KeyProvider, *, dry_run: bool) -> list
     return rows
 
 
-def migrate_layout(repo: Repository) -> list[str]:
-    """Move layout 1 manifests to manifests/ (their content unchanged), under the lease."""
+def ensure_writer_key(runtime: Runtime) -> WriterKey:
+    """The repository's writer key: unwrapped if stored, else created (wrapped by the KEK)."""
+    repo = runtime.repository
+    marker = repo.require_initialized()
+    if marker.repository_id is not None:
+        try:
+            return runtime.writer_key()
+        except RepositoryNotInitialized:
+            pass  # no keys/writer.json yet
+    if marker.repository_id is None:
+        raise RepositoryNotInitialized(
+            f"{repo.url} has no repository id", hint="run `ebk repo migrate` once"
+        )
+    _, raw = new_writer_key(runtime.key_providers[0], marker.repository_id)
+    if not repo.create_writer_key_object(raw):
+        log.info("another process created the writer key first; using it")
+    runtime.__dict__.pop("_writer_key", None)  # read back what won the create-if-absent
+    return runtime.writer_key()
+
+
+@dataclass(frozen=True)
+class Migration:
+    repository_id: str
+    writer_key_id: str
+    resigned: list[str]
+
+
+def migrate_repository(runtime: Runtime) -> Migration:
+    """ebk 0.1 -> now: a repository id, a writer key, and every 0.1 manifest re-signed.
+
+    Each 0.1 manifest is first authenticated with its own data key, unwrapped by
+    the configured KEK (never by a recovery identity, whose recipient is public):
+    only then is it upgraded, MAC'd and signed, and its layout-1 copy removed.
+    Idempotent; safe to interrupt; under the repository lease.
+    """
+    repo = runtime.repository
+    repo.require_initialized()
+    providers = [p for p in runtime.key_providers if not getattr(p, "wrap_only", False)]
     with repo.lease("ebk repo migrate") as lease:
-        return repo.migrate_layout(lease)
+        marker = repo.write_marker(lease)
+        writer = ensure_writer_key(runtime)
+        resigned = []
+        for backup_id in repo.unsigned_backups():
+            legacy = repo.read_manifest(backup_id)
+            opened = open_backup(repo, legacy, providers, kind=legacy.kind)
+            current = legacy.upgraded()
+            current.seal(opened.dek)
+            current.sign(writer)
+            repo.replace_manifest(current, lease)
+            repo.remove_legacy_manifest(backup_id, lease)
+            resigned.append(backup_id)
+            log.info("backup re-signed", backup_id=backup_id)
+    return Migration(str(marker.repository_id), writer.key_id, resigned)

@@ -18,6 +18,7 @@ from ebk.keys.base import KeyProvider
 from ebk.keys.recovery import RecoveryIdentity
 from ebk.manifest import Manifest
 from ebk.preflight.gate import enforce
+from ebk.repository.writer import trusted_from
 from ebk.restore.logical import restore_logical
 from ebk.restore.physical import restore_physical, tablespace_targets
 from ebk.restore.session import open_backup
@@ -45,9 +46,31 @@ class LogicalTarget:
 
 
 def _providers(runtime: Runtime, recovery_key: Path | None) -> list[KeyProvider]:
-    if recovery_key is not None:
-        return [RecoveryIdentity(recovery_key)]
-    return runtime.key_providers
+    """The configured providers, or only the recovery identity (and the writer keys it pins).
+
+    A recovery recipient is public, so anyone can wrap a data key for it: a
+    recovery restore accepts only manifests the repository's writer signed, by
+    keys pinned in the config or in the identity file, never derived via a KMS.
+    """
+    if recovery_key is None:
+        return runtime.key_providers
+    identity = RecoveryIdentity(recovery_key)
+    pinned = {f"{recovery_key}: writer-key {i}": k for i, k in enumerate(identity.writer_keys)}
+    pinned.update(
+        {
+            f"repository.writer_keys[{i}]": k
+            for i, k in enumerate(runtime.config.repository.writer_keys)
+        }
+    )
+    if not pinned:
+        raise ConfigError(
+            "a restore with --recovery-key needs the repository's writer public key, to refuse "
+            "backups anyone could have forged for the (public) recovery recipient",
+            hint="add `# writer-key: ebkwriter1…` (from `ebk keys writer-key`) to the identity "
+            "file, or set repository.writer_keys in the config",
+        )
+    runtime.trust_override = trusted_from(pinned)
+    return [identity]
 
 
 def restore(

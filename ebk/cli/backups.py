@@ -78,8 +78,9 @@ def report_skipped(catalog: Catalog) -> None:
         )
     if catalog.legacy:
         click.echo(
-            f"ebk: note: {catalog.legacy} backup(s) use the repository layout of ebk 0.1; "
-            "`ebk repo migrate` moves them (nothing is re-encrypted)",
+            f"ebk: note: {len(catalog.legacy)} backup(s) written by ebk 0.1 carry no writer "
+            "signature and are not listed; `ebk repo migrate` re-signs them (nothing is "
+            "re-encrypted); until then they restore when named by id",
             err=True,
         )
 

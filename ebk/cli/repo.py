@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ebk.app.maintenance import Leftover, check_leftovers, clean_leftovers, migrate_layout
+from ebk.app.maintenance import Leftover, check_leftovers, clean_leftovers, migrate_repository
 from ebk.cli.output import emit_json, emit_table
 from ebk.config import parse_duration
 from ebk.progress import human_bytes
@@ -132,20 +132,26 @@ def check(config_path: Path | None, clean: bool, older_than: str, json_output: b
 @repo.command()
 @click.pass_obj
 def migrate(config_path: Path | None) -> None:
-    """Move a repository written by ebk 0.1 to the current layout.
+    """Bring a repository written by ebk 0.1 up to date.
 
-    Each manifest moves from backups/<id>/manifest.json to manifests/<id>.json
-    unchanged (nothing is decrypted or re-encrypted); then the repository
-    marker records layout 2, and listing stops scanning every backup's objects.
-    Safe to interrupt and run again; takes the repository lease.
+    Gives the repository an id and a writer key (wrapped by the KEK), and
+    re-signs every backup ebk 0.1 wrote: each manifest is authenticated with
+    its data key (unwrapped by the configured KEK) before it is upgraded,
+    MAC'd and signed, then moved from backups/<id>/manifest.json to
+    manifests/<id>.json. Nothing is decrypted or re-encrypted. Until then,
+    0.1 backups restore only when named by id. Safe to interrupt and run
+    again; takes the repository lease.
 
     \b
     Example:
       ebk repo migrate
     """
     runtime = Runtime.load(config_path)
-    moved = migrate_layout(runtime.repository)
-    click.echo(f"migrated {len(moved)} backup(s) in {runtime.repository.url} to layout 2")
+    result = migrate_repository(runtime)
+    click.echo(
+        f"repository {runtime.repository.url} ({result.repository_id}): writer key "
+        f"{result.writer_key_id}; re-signed {len(result.resigned)} backup(s)"
+    )
 
 
 COMMANDS: list[click.Command] = [repo]

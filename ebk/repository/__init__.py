@@ -10,10 +10,9 @@ parsed; what it says is still unauthenticated until the reader verifies it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +45,7 @@ from ebk.repository.layout import (
     stream_context,
 )
 from ebk.repository.lease import RepositoryLease
+from ebk.repository.writer import MAX_WRITER_KEY_SIZE, WRITER_KEY_OBJECT, TrustedWriters
 from ebk.storage.base import IncompleteUpload, ObjectInfo, ObjectWriter, Storage
 
 __all__ = [
@@ -82,7 +82,8 @@ class Catalog:
 
     backups: list[Manifest] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
-    legacy: int = 0  # backups still in layout 1 (`ebk repo migrate`)
+    # Backups written by ebk 0.1 (unsigned): restorable by id, listed once re-signed.
+    legacy: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,18 @@ def _sort_key(m: Manifest) -> tuple[datetime, str]:
 
 
 class Repository:
-    def __init__(self, storage: Storage, *, cache: ManifestCache | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        cache: ManifestCache | None = None,
+        trust: Callable[[], TrustedWriters] | None = None,
+    ) -> None:
         self._storage = storage
         self._cache = cache
+        # The writer keys readers trust, resolved on first need (pinned, or via the KEK).
+        self._trust = trust
+        self._trusted: TrustedWriters | None = None
         # Object stores answer many small GETs best concurrently; a local disk does not.
         self._parallel_reads = not storage.url.startswith("file:")
 
@@ -168,6 +178,35 @@ class Repository:
     def probe(self) -> None:
         """Prove the repository is reachable and readable (the daemon's startup check)."""
         next(iter(self._storage.list(MANIFESTS)), None)
+
+    # -- the writer key ------------------------------------------------------------------
+
+    def trusted_writers(self) -> TrustedWriters:
+        if self._trusted is None:
+            if self._trust is None:
+                raise IntegrityError(
+                    f"no writer key is trusted for {self.url}; refusing to use its manifests",
+                    hint="pin repository.writer_keys, or configure the KEK that wraps it",
+                )
+            self._trusted = self._trust()
+        return self._trusted
+
+    def read_writer_key_object(self) -> bytes:
+        try:
+            return self._read_capped(WRITER_KEY_OBJECT, MAX_WRITER_KEY_SIZE)
+        except ObjectNotFound:
+            raise RepositoryNotInitialized(
+                f"{self.url} has no writer key ({WRITER_KEY_OBJECT}): it was created by ebk 0.1",
+                hint="run `ebk repo migrate` once (it creates the key and re-signs old backups)",
+            ) from None
+
+    def create_writer_key_object(self, raw: bytes) -> bool:
+        """Store the wrapped writer key unless one exists; True when this one was stored."""
+        try:
+            self._storage.put_if_absent(WRITER_KEY_OBJECT, raw)
+        except ObjectExists:
+            return False
+        return True
 
     # -- writing one backup -------------------------------------------------------------
 
@@ -253,9 +292,12 @@ class Repository:
             )
         for name in (manifest_name(backup_id), legacy_manifest_name(backup_id)):
             try:
-                return self._parse_manifest(name, backup_id)
+                manifest = self._parse_manifest(name, backup_id)
             except ObjectNotFound:
                 continue
+            if manifest.manifest_version != 1:  # 0.1's unsigned ones: only by id, MAC-checked
+                manifest.verify_signature(self.trusted_writers())
+            return manifest
         raise BackupNotFound(
             f"no complete backup {backup_id} in {self.url}",
             hint="`ebk list` shows the complete backups",
@@ -276,7 +318,6 @@ class Repository:
             for info in self._storage.list(BACKUPS):
                 backup_id, _, rest = info.name[len(BACKUPS) :].partition("/")
                 if rest == LEGACY_MANIFEST and is_backup_id(backup_id):
-                    catalog.legacy += 1
                     yield info, backup_id
 
     def _fetch_manifest(self, info: ObjectInfo) -> bytes:
@@ -315,6 +356,10 @@ class Repository:
                 continue
             try:
                 manifest = Manifest.from_json(raw, where=info.name)
+                if manifest.manifest_version == 1:  # unsigned (0.1): never listed or counted
+                    catalog.legacy.add(backup_id)
+                    continue
+                manifest.verify_signature(self.trusted_writers())
             except IntegrityError as exc:
                 catalog.problems.append(Problem(info.name, exc.message))
                 continue
@@ -366,6 +411,29 @@ class Repository:
         if key in names:
             self._storage.delete(key)
 
+    def replace_manifest(self, manifest: Manifest, lease: RepositoryLease) -> None:
+        """Re-signing (migration): the new manifest replaces any copy at layout 2's place."""
+        lease.check()
+        self._storage.put_bytes(manifest_name(manifest.backup_id), manifest.to_json())
+
+    def remove_legacy_manifest(self, backup_id: str, lease: RepositoryLease) -> None:
+        lease.check()
+        self._storage.delete(legacy_manifest_name(backup_id))
+
+    def write_marker(self, lease: RepositoryLease) -> RepositoryMarker:
+        """Layout 2's marker, keeping the repository id (or giving one to a 0.1 repository)."""
+        lease.check()
+        marker = self.marker()
+        repo_id = (marker.repository_id if marker else None) or f"repo-{secrets.token_hex(8)}"
+        doc = {
+            "format": "ebk-repository",
+            "layout": LAYOUT_VERSION,
+            "repository_id": repo_id,
+            "migrated": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        self._storage.put_bytes(MARKER, json.dumps(doc, indent=2).encode() + b"\n")
+        return RepositoryMarker(LAYOUT_VERSION, repo_id)
+
     def replace_key_object(self, key_object: KeyObject, lease: RepositoryLease) -> None:
         """Rewrap: the new key object replaces the old one atomically."""
         lease.check()
@@ -406,36 +474,9 @@ class Repository:
             raise EbkError(f"backup {backup_id} completed meanwhile; it was kept")
         self.discard_unfinished(backup_id)
 
-    def legacy_manifests(self) -> list[str]:
-        """Backup ids whose manifest is still at layout 1's place."""
-        return [
-            backup_id
-            for info, backup_id in self._manifest_objects(Catalog())
-            if info.name == legacy_manifest_name(backup_id)
-        ]
-
-    def migrate_layout(self, lease: RepositoryLease) -> list[str]:
-        """Layout 1 -> 2: each manifest moves to manifests/ unchanged, then the marker."""
-        moved = []
-        for backup_id in self.legacy_manifests():
-            lease.check()
-            legacy = legacy_manifest_name(backup_id)
-            raw = self._read_capped(legacy, MAX_MANIFEST_SIZE)
-            with contextlib.suppress(ObjectExists):  # an interrupted migration got this far
-                self._storage.put_if_absent(manifest_name(backup_id), raw)
-            self._storage.delete(legacy)
-            moved.append(backup_id)
-        lease.check()
-        marker = self.marker()
-        doc = {
-            "format": "ebk-repository",
-            "layout": LAYOUT_VERSION,
-            "repository_id": (marker.repository_id if marker else None)
-            or f"repo-{secrets.token_hex(8)}",
-            "migrated": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        self._storage.put_bytes(MARKER, json.dumps(doc, indent=2).encode() + b"\n")
-        return moved
+    def unsigned_backups(self) -> list[str]:
+        """Backups whose manifest was written by ebk 0.1 (either layout): to re-sign."""
+        return sorted(self.list_backups().legacy)
 
     def close(self) -> None:
         self._storage.close()
