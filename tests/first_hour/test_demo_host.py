@@ -21,13 +21,17 @@ FORBIDDEN = re.compile(r"docker|qemu|nginx|linux-image|containerd|runc")
 def test_demo_apt_list_has_only_postgres_and_venv() -> None:
     demo = subprocess.run(
         [str(REPO / "scripts" / "setup.sh"), "--demo", "--print-apt"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert "postgresql-15" in demo and "postgresql-client-15" in demo
     assert not [p for p in demo if FORBIDDEN.search(p)], demo
     full = subprocess.run(
         [str(REPO / "scripts" / "setup.sh"), "--print-apt"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert set(demo) <= set(full) and "docker.io" in full  # the test setup installs the rest
 
@@ -40,7 +44,8 @@ def debian_cluster() -> Iterator[tuple[str, int]]:
     name, port = f"ebkdemo{os.getpid()}", free_port()
     subprocess.run(
         ["pg_createcluster", "15", name, "-p", str(port), "--start-conf", "auto"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     try:
         subprocess.run(["pg_ctlcluster", "15", name, "start"], check=True, capture_output=True)
