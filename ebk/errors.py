@@ -7,6 +7,55 @@ messages: callers pass names and paths, never key material or tokens.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+
+class ExitCode(NamedTuple):
+    code: int
+    meaning: str
+    hint: str  # said when an error of this kind has no hint of its own
+
+
+# The one table of exit codes: `ebk --help`, README.md and docs/operations.md are generated
+# from it (tests/first_hour/test_exit_codes.py compares them).
+EXIT_CODES: tuple[ExitCode, ...] = (
+    ExitCode(0, "success", ""),
+    ExitCode(
+        1,
+        "unexpected error (a bug: report it with the traceback), or a confirmation declined",
+        "run again with --verbose and report the output",
+    ),
+    ExitCode(2, "usage or config error", "check the config file and the command's --help"),
+    ExitCode(3, "key provider (key file, Vault, KMS)", "run `ebk keys check` for details"),
+    ExitCode(4, "storage (repository unreachable, denied, full)", "check repository.url"),
+    ExitCode(
+        5,
+        "integrity: corrupted, truncated or tampered data (never retried)",
+        "restore another backup (`ebk list`) and keep this one for investigation",
+    ),
+    ExitCode(6, "preflight: a path is not proven encrypted", "run `ebk preflight`"),
+    ExitCode(7, "PostgreSQL or its client tools", "check [postgres] and the server log"),
+    ExitCode(8, "lock busy: another ebk holds it", "wait for the other run to finish"),
+    ExitCode(9, "backup not found", "`ebk list` shows the complete backups"),
+    ExitCode(10, "restore target unusable", "restore into a new or empty directory"),
+    ExitCode(130, "interrupted (SIGINT/SIGTERM); partial work cleaned up", ""),
+)
+
+
+def exit_code_info(code: int) -> ExitCode:
+    return next((e for e in EXIT_CODES if e.code == code), EXIT_CODES[1])
+
+
+def exit_codes_text() -> str:
+    """The table as plain text, for `ebk --help`."""
+    return "\n".join(f"  {e.code:>3}  {e.meaning}" for e in EXIT_CODES)
+
+
+def exit_codes_markdown() -> str:
+    """The table as Markdown, for README.md and docs/operations.md."""
+    rows = [f"| {e.code} | {e.meaning} |" for e in EXIT_CODES]
+    return "\n".join(["| code | meaning |", "| ---: | --- |", *rows])
+
 
 class EbkError(Exception):
     """Root of every error ebk reports to an operator."""
