@@ -44,6 +44,11 @@ def backup(
     The backup is listed only once every object is durably stored and its
     manifest is written; a failed or interrupted backup leaves nothing behind.
     Exit code 0 means the backup is complete.
+
+    \b
+    Examples:
+      ebk backup --type physical
+      ebk backup --type logical --database app --json
     """
     runtime = Runtime.load(config_path)
     if databases and kind != "logical":

@@ -53,11 +53,14 @@ def daemon(config_path: Path | None, check_only: bool) -> None:
     ebk_job_last_duration_seconds, ebk_job_last_bytes, ebk_job_failures_total,
     ebk_job_next_run_timestamp_seconds, ... per job).
 
+    For a Kubernetes CronJob use `ebk backup` instead (exit codes: `ebk --help`;
+    only 0 means a backup was listed).
+
     \b
-    For a Kubernetes CronJob use `ebk backup` instead; its exit codes:
-      0 complete · 2 config · 3 key provider · 4 storage · 6 preflight
-      7 PostgreSQL · 8 another backup of the cluster is running (lock busy)
-      130 interrupted (cleaned up). Only 0 means a backup was listed.
+    Examples:
+      ebk daemon --check
+      ebk daemon --check --strict
+      ebk --config /etc/ebk/ebk.toml daemon
     """
     from ebk.daemon.service import Daemon
 
@@ -85,6 +88,11 @@ def retention(config_path: Path | None, dry_run: bool, json_output: bool) -> Non
     backups. Every kept backup is shown with each rule that keeps it.
     Deletion takes the repository lease (locks/delete.json), so two deleters
     never run at once; exit 8 if another holds it.
+
+    \b
+    Examples:
+      ebk retention --dry-run
+      ebk retention --json
     """
     from ebk.daemon.retention import RetentionPolicy, apply_retention
 

@@ -19,6 +19,11 @@ def list_(config_path: Path | None, json_output: bool) -> None:
 
     Only backups whose manifest was written are listed: an interrupted backup
     never is (see `ebk repo check`). Needs no key: listing reads manifests only.
+
+    \b
+    Examples:
+      ebk list
+      ebk list --json | jq -r '.[-1].backup_id'
     """
     runtime = Runtime.load(config_path)
     backups = runtime.repository.list_backups()
@@ -58,7 +63,13 @@ def _duration(start: str, stop: str) -> str:
 @click.option("--json", "json_output", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def show(config_path: Path | None, backup_id: str, json_output: bool) -> None:
-    """Show one backup: cluster, LSNs, objects with sizes and SHA-256, key slots."""
+    """Show one backup: cluster, LSNs, objects with sizes and SHA-256, key slots.
+
+    \b
+    Examples:
+      ebk show latest
+      ebk show 20261128T142301Z-3fa9c1 --json
+    """
     runtime = Runtime.load(config_path)
     manifest = runtime.repository.resolve(backup_id)
     doc = manifest.to_public()
@@ -109,7 +120,15 @@ def show(config_path: Path | None, backup_id: str, json_output: bool) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def delete(config_path: Path | None, backup_id: str, yes: bool) -> None:
-    """Delete one backup (manifest first, so it is never half-listed)."""
+    """Delete one backup (manifest first, so it is never half-listed).
+
+    Asks for confirmation unless --yes; answering no exits 1 and deletes nothing.
+
+    \b
+    Examples:
+      ebk delete 20261128T142301Z-3fa9c1
+      ebk delete 20261128T142301Z-3fa9c1 --yes
+    """
     runtime = Runtime.load(config_path)
     manifest = runtime.repository.resolve(backup_id)
     if not yes:

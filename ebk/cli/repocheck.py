@@ -68,7 +68,13 @@ def _age(when: datetime | None, now: datetime) -> str:
 
 @click.group()
 def repo() -> None:
-    """Repository maintenance."""
+    """Repository maintenance.
+
+    \b
+    Examples:
+      ebk repo check
+      ebk repo check --clean --older-than 7d
+    """
 
 
 @repo.command()
@@ -95,6 +101,11 @@ def check(config_path: Path | None, clean: bool, older_than: str, json_output: b
     is still being written). An orphaned upload is an unfinished multipart
     upload, uncommitted blocks or a partial file. Neither is ever listed or
     restored, but both take space. Exit code 0 whether or not anything was found.
+
+    \b
+    Examples:
+      ebk repo check
+      ebk repo check --clean --older-than 24h --json
     """
     grace = parse_duration(older_than)
     runtime = Runtime.load(config_path)

@@ -19,6 +19,11 @@ def init(config_path: Path | None) -> None:
     somewhere other than the repository (a password manager, a safe), or
     configure a KMS instead (keys.provider). Without it, backups cannot be
     restored. ebk refuses to overwrite an existing key file.
+
+    \b
+    Examples:
+      ebk init
+      ebk --config /etc/ebk/ebk.toml init
     """
     runtime = Runtime.load(config_path)
     cfg = runtime.config
