@@ -96,8 +96,9 @@ class EbkGroup(click.Group):
             report_error(exc, no_config=ctx.obj is None and quiet)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("ebk: interrupted; partial work was cleaned up", err=True)
-            sys.exit(Interrupted.exit_code)
+            stop = Interrupted("interrupted by SIGINT; partial work was cleaned up")
+            report_error(stop, no_config=False)
+            sys.exit(stop.exit_code)
 
 
 EPILOG = "\b\nExit codes (stable, for scripts and CronJobs):\n" + exit_codes_text()
