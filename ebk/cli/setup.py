@@ -40,8 +40,8 @@ def init(config_path: Path | None, repository_only: bool) -> None:
         path = Path(cfg.keys.keyfile)
         if path.exists():
             raise KeyProviderError(
-                f"key file {path} already exists; ebk never overwrites a key, and created "
-                "no repository",
+                f"key file {path} already exists; refusing to overwrite a key (no repository "
+                "was created)",
                 hint="to create a repository that uses this key file: ebk init --repository-only",
             )
         kek_id = create_key_file(path)
