@@ -72,7 +72,9 @@ def bad_config(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
+@pytest.mark.parametrize(
+    ("path", "command"), READS_CONFIG, ids=[" ".join(p) for p, _ in READS_CONFIG]
+)
 def test_bad_config_keeps_stdout_clean(
     path: tuple[str, ...], command: click.Command, bad_config: Path, tmp_path: Path
 ) -> None:
