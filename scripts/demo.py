@@ -126,7 +126,7 @@ def main() -> None:
         blobs = [p.read_bytes() for p in objects]
         packed = sum(len(zstandard.ZstdCompressor(level=3).compress(b)) for b in blobs)
         print(
-            f"  {len(objects)} files, {total / 2**20:.1f} MiB: entropy {bits:.4f} bits/byte "
+            f"  {len(objects)} files, {total / 2**20:.1f} MiB: entropy {bits:.5f} bits/byte "
             f"(8 = random), zstd -3 ratio {total / packed:.3f}"
         )
         print(f"  markers: {MARKERS} random 64-byte values in table secrets (bytea)")
