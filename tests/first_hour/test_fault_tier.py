@@ -1,5 +1,5 @@
-"""Seeded fault injection (slow tier): kill -9 at seeded moments of backup, restore and
-delete, and a full filesystem under the restore target.
+"""Seeded fault injection (slow tier): kill -9 at seeded moments of backup, restore,
+delete and KEK rotation + rewrap, and a full filesystem under the restore target.
 
 Asserts what an operator relies on after a bad day: no traceback, only documented exit
 codes, every listed backup restores, and `repo check --clean` finds and removes what the
@@ -95,7 +95,7 @@ def test_kill9_at_seeded_moments(cluster: PgCluster, tmp_path: Path) -> None:
         restore_time = timed(env, "restore", first, "--to", str(restore_dir(scratch, "probe")))
         killed: list[tuple[str, float]] = []
         for round_ in range(ROUNDS):
-            ops = ["backup", "restore"] + (["delete"] if len(listed(env)) > 1 else [])
+            ops = ["backup", "restore", "rewrap"] + (["delete"] if len(listed(env)) > 1 else [])
             op = rng.choice(ops)
             if op == "backup":
                 delay = rng.uniform(0, backup_time)
@@ -104,6 +104,9 @@ def test_kill9_at_seeded_moments(cluster: PgCluster, tmp_path: Path) -> None:
                 delay = rng.uniform(0, restore_time)
                 target = restore_dir(scratch, f"killed-{round_}")
                 proc = ebk(env, "restore", rng.choice(listed(env)), "--to", str(target))
+            elif op == "rewrap":
+                delay = rng.uniform(0, 1.0)
+                proc = ebk(env, "keys", "rotate-rewrap", "--rotate-keyfile")
             else:
                 delay = rng.uniform(0, 0.5)
                 proc = ebk(env, "delete", rng.choice(listed(env)[1:]), "--yes")
