@@ -39,17 +39,17 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/ebk
 WORKDIR /src
-# Dependencies first, in their own layer: only a pyproject.toml change rebuilds it.
+# Dependencies first, in their own layer: only a lock change rebuilds it.  They come from
+# requirements.lock (every version pinned, every file's sha256: scripts/lock.sh).
 # .ebk-build-ca.pem is optional (the wildcard may match nothing): the test harness adds
 # the host's CA bundle there, for networks where HTTPS to PyPI is intercepted by a proxy
 # whose CA only the host trusts.  It lives in this build stage only.
-COPY pyproject.toml .ebk-build-ca.pe[m] ./
+COPY requirements.lock .ebk-build-ca.pe[m] ./
 RUN if [ -f .ebk-build-ca.pem ]; then printf '[global]\ncert = /src/.ebk-build-ca.pem\n' > /etc/pip.conf; fi \
- && /opt/ebk/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
- && /opt/ebk/bin/pip install -r /tmp/requirements.txt
+ && /opt/ebk/bin/pip install --require-hashes -r requirements.lock
 # The package folders of [tool.setuptools] package-dir, one COPY each (a multi-source
 # COPY of folders would merge their contents).  Keep in step with pyproject.toml.
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY ebk/ ./ebk/
 COPY daemon/ ./daemon/
 COPY storage/ ./storage/

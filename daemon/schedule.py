@@ -117,6 +117,25 @@ class JobState:
         return datetime.fromisoformat(text) if text else None
 
 
+def probe_state_dir(directory: Path) -> None:
+    """What StateStore() would refuse, found without writing (for `ebk daemon --check`)."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == directory and not directory.is_dir():
+        raise ConfigError(
+            f"daemon.state_dir {directory} is not a directory",
+            hint="remove it or change daemon.state_dir",
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is" if existing == directory else f"cannot be created: {existing}"
+        raise ConfigError(
+            f"daemon.state_dir {directory} {what} not writable by this user",
+            hint="create it writable for the ebk user (the systemd unit's StateDirectory= "
+            "does that), or change daemon.state_dir",
+        )
+
+
 class StateStore:
     """``<state_dir>/jobs.json``, rewritten atomically (temp file, fsync, rename)."""
 

@@ -37,7 +37,13 @@ from ebk.config import Config, JobConfig, load_config
 from ebk.daemon.http import StatusServer
 from ebk.daemon.jobs import JobContext, JobResult, Registry, default_registry
 from ebk.daemon.metrics import DaemonMetrics
-from ebk.daemon.schedule import StateStore, build_trigger, next_after, utcnow
+from ebk.daemon.schedule import (
+    StateStore,
+    build_trigger,
+    next_after,
+    probe_state_dir,
+    utcnow,
+)
 from ebk.daemon.sdnotify import Notifier
 from ebk.errors import ConfigError, EbkError, Interrupted, LockBusy
 from ebk.logsetup import configure_logging
@@ -92,6 +98,7 @@ class Daemon:
         self._running: dict[str, threading.Thread] = {}
         self._running_lock = threading.Lock()
         self._triggers: dict[str, BaseTrigger] = {}
+        self.warnings: list[tuple[str, str]] = []  # from the last check(): preflight under 'warn'
 
     # -- configuration and checks -------------------------------------------------------
 
@@ -130,17 +137,23 @@ class Daemon:
         return runtime
 
     def check(
-        self, runtime: Runtime, *, refusal: str = "ebk daemon not started"
+        self, runtime: Runtime, *, refusal: str = "ebk daemon not started", dry_run: bool = False
     ) -> list[tuple[str, str]]:
-        """Startup checks, in order; raises the failing check's error, naming the check."""
+        """Startup checks, in order; raises the failing check's error, naming the check.
+
+        dry_run (`ebk daemon --check`) writes nothing: the state directory is probed, not
+        created. Preflight findings under policy 'warn' are kept in self.warnings.
+        """
         done: list[tuple[str, str]] = []
+        self.warnings = []
         config = runtime.config
+        state_dir = Path(config.daemon.state_dir)
         done.append(("config", f"{config.source}: {len(config.daemon.jobs)} jobs"))
         steps: list[tuple[str, str, Any]] = [
             (
                 "state directory",
                 config.daemon.state_dir,
-                lambda: StateStore(Path(config.daemon.state_dir)),
+                lambda: probe_state_dir(state_dir) if dry_run else StateStore(state_dir),
             ),
             (
                 "key provider round trip",
@@ -163,9 +176,14 @@ class Daemon:
             )
         for name, detail, step in steps:
             try:
-                step()
+                result = step()
             except EbkError as exc:
                 raise _prefixed(exc, f"{refusal}: {name} check failed") from None
+            failing = result.failing() if name == "preflight" and result is not None else []
+            if failing:
+                self.warnings.append(
+                    (name, f"{len(failing)} path(s) not proven encrypted (policy 'warn')")
+                )
             done.append((name, detail))
         return done
 

@@ -7,6 +7,103 @@ messages: callers pass names and paths, never key material or tokens.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+
+class ExitCode(NamedTuple):
+    code: int
+    meaning: str
+    hint: str  # said when an error of this kind has no hint of its own
+    cause: str = ""  # typical causes, for the docs' table
+
+
+# The one table of exit codes: `ebk --help`, README.md and docs/operations.md are generated
+# from it (scripts/gen_exit_codes.py; tests/first_hour/test_exit_codes.py compares them).
+EXIT_CODES: tuple[ExitCode, ...] = (
+    ExitCode(0, "success", "", "`ebk backup`: the backup is complete **and listed**"),
+    ExitCode(
+        1,
+        "unexpected error (a bug: report it with the traceback), or a confirmation declined",
+        "run again with --verbose and report the output",
+        "a bug in ebk; answering no at `ebk delete`'s prompt",
+    ),
+    ExitCode(
+        2,
+        "usage or config error",
+        "check the config file and the command's --help",
+        "a typo in the TOML, an unknown key, a bad `EBK_*` value, a wrong option",
+    ),
+    ExitCode(
+        3,
+        "key provider (key file, Vault, KMS)",
+        "run `ebk keys check` for details",
+        "Vault sealed/unreachable/denied, KMS denied, key file missing or not mode 0600",
+    ),
+    ExitCode(
+        4,
+        "storage (repository unreachable, denied, full)",
+        "check repository.url and the storage credentials",
+        "bucket missing, credentials, network, disk full; local repository missing",
+    ),
+    ExitCode(
+        5,
+        "integrity: corrupted, truncated or tampered data (never retried)",
+        "restore another backup (`ebk list`) and keep this one for investigation",
+        "a chunk failed authentication: the backup was modified or is corrupt",
+    ),
+    ExitCode(
+        6,
+        "preflight: a path is not proven encrypted",
+        "run `ebk preflight` to see each path and its fix",
+        "a path holding database bytes is not proven encrypted (policy `require`)",
+    ),
+    ExitCode(
+        7,
+        "PostgreSQL or its client tools",
+        "check [postgres] in the config and the server's log",
+        "server down, authentication, missing privilege",
+    ),
+    ExitCode(
+        8,
+        "lock busy: another ebk holds it",
+        "wait for the other run to finish",
+        "another backup of the same cluster (or another retention run) is running",
+    ),
+    ExitCode(
+        9,
+        "backup not found",
+        "`ebk list` shows the complete backups",
+        "wrong ID, or no complete backup yet",
+    ),
+    ExitCode(
+        10,
+        "restore target unusable",
+        "restore into a new or empty directory (or a database that does not exist)",
+        "target directory not empty, not writable, tablespace map wrong",
+    ),
+    ExitCode(
+        130,
+        "interrupted (SIGINT/SIGTERM); partial work cleaned up",
+        "",
+        "SIGTERM/SIGINT: the running backup's upload was discarded",
+    ),
+)
+
+
+def exit_code_info(code: int) -> ExitCode:
+    return next((e for e in EXIT_CODES if e.code == code), EXIT_CODES[1])
+
+
+def exit_codes_text() -> str:
+    """The table as plain text, for `ebk --help`."""
+    return "\n".join(f"  {e.code:>3}  {e.meaning}" for e in EXIT_CODES)
+
+
+def exit_codes_markdown() -> str:
+    """The table as Markdown, for README.md and docs/operations.md."""
+    rows = [f"| {e.code} | {e.meaning} | {e.cause} |" for e in EXIT_CODES]
+    return "\n".join(["| Code | Meaning | Typical cause |", "| ---: | --- | --- |", *rows])
+
 
 class EbkError(Exception):
     """Root of every error ebk reports to an operator."""

@@ -1,17 +1,36 @@
-"""structlog configuration: JSON lines when stderr is not a terminal."""
+"""structlog configuration: logs go to stderr, human on a terminal and JSON lines otherwise.
+
+The level comes from log.level (default info) unless `ebk --verbose` (debug) or
+`ebk --quiet` (warning) was given: the CLI puts that choice in the click
+context's meta, which every command of the invocation shares.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 
+import click
 import structlog
 
 from ebk.text import printable
+LEVEL_OVERRIDE = "ebk.log_level"
+
+
+def cli_level() -> str | None:
+    """The level chosen on the command line (--verbose/--quiet), if any."""
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.meta.get(LEVEL_OVERRIDE)
+
+
+def verbose() -> bool:
+    """True under `ebk --verbose`: show details (full driver errors) in human output."""
+    return cli_level() == "debug"
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog once per process; logs go to stderr, data never does."""
+    level = cli_level() or level
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()

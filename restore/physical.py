@@ -24,6 +24,7 @@ from ebk.postgres.tools import find_tool
 from ebk.progress import Progress
 from ebk.restore.reader import ObjectReader, open_object
 from ebk.restore.session import OpenedBackup
+from ebk.safetar import check_member
 
 log = structlog.get_logger("ebk.restore")
 PG_CONTROL = "global/pg_control"
@@ -79,6 +80,7 @@ def _extract(
             link.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             link.symlink_to(spaces[oid])
             continue
+        check_member(member, dest)  # ebk.safetar: not only the stdlib filter
         reader.extract(member, dest, filter="data")
 
 

@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
-# Install everything the ebk test suite needs on Debian 12 (bookworm), as root.
+# Install what ebk needs on Debian 12 (bookworm), as root. Two profiles:
+#
+#   scripts/setup.sh          the test setup (scripts/test.sh, CI): PostgreSQL 15, pgBackRest,
+#                             docker.io, qemu + a kernel (virtme-ng VM), nginx-light, fscrypt,
+#                             gocryptfs, ... ; the venv with the test tools; azurite from npm.
+#   scripts/setup.sh --demo   what scripts/demo.sh needs and nothing else: the PostgreSQL 15
+#                             server and client packages and the venv (runtime dependencies).
+#   --print-apt               print the profile's Debian packages, one per line, and exit.
+#
+# Both install the venv from a hash-pinned lock (requirements.lock for the demo and the
+# Dockerfile, requirements-test.lock for tests and CI; regenerate with scripts/lock.sh).
+#
+# Neither stops, restarts or reconfigures a PostgreSQL cluster that already exists, and no
+# service is started during the install (policy-rc.d). Clusters that this run's install
+# creates (Debian's 15/main) are set to manual start; with --demo none is created and the
+# postgresql service is not left enabled at boot when this run installed it.
 #
 # Idempotent and quick when everything is already there:
 #   - apt-get runs only if some Debian package is not installed (dpkg-query);
-#   - pip runs only if .venv is missing or pyproject.toml changed (sha256 stamp);
+#   - pip runs only if .venv is missing or pyproject.toml/the lock changed (sha256 stamp);
 #   - npm runs only if .cache/npm has no azurite.
-# Never starts a PostgreSQL cluster or the Docker daemon: the tests start their own.
 #
 # Env knobs: PYTHON (interpreter for the venv, default python3),
 #            EBK_SETUP_VERIFY=1 (run the tool checks even when nothing was installed).
@@ -13,6 +27,16 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+
+PROFILE=test
+PRINT_APT=0
+for arg in "$@"; do
+    case "$arg" in
+        --demo) PROFILE=demo ;;
+        --print-apt) PRINT_APT=1 ;;
+        *) printf 'usage: scripts/setup.sh [--demo] [--print-apt]\n' >&2; exit 2 ;;
+    esac
+done
 
 export DEBIAN_FRONTEND=noninteractive
 PYTHON="${PYTHON:-python3}"
@@ -38,15 +62,34 @@ as_root() {
 # --------------------------------------------------------------------------
 # 1. Debian packages
 # --------------------------------------------------------------------------
-APT_PACKAGES=(
-    postgresql-15 postgresql-client-15 postgresql-contrib pgbackrest
-    docker.io debootstrap debian-archive-keyring ca-certificates
+DEMO_APT_PACKAGES=(postgresql-15 postgresql-client-15 python3-venv ca-certificates)
+TEST_APT_PACKAGES=(
+    "${DEMO_APT_PACKAGES[@]}" postgresql-contrib pgbackrest
+    docker.io debootstrap debian-archive-keyring
     fscrypt gocryptfs e2fsprogs fuse3
     systemd            # systemd-analyze
     qemu-system-x86 qemu-utils linux-image-amd64 busybox-static kmod
     cryptsetup-bin zstd util-linux iproute2
     nginx-light        # bench: TLS front for moto (pgBackRest speaks only HTTPS to S3)
 )
+if [[ "$PROFILE" == demo ]]; then
+    APT_PACKAGES=("${DEMO_APT_PACKAGES[@]}")
+    LOCK="$ROOT/requirements.lock"
+else
+    APT_PACKAGES=("${TEST_APT_PACKAGES[@]}")
+    LOCK="$ROOT/requirements-test.lock"
+fi
+if ((PRINT_APT)); then
+    printf '%s\n' "${APT_PACKAGES[@]}"
+    exit 0
+fi
+if [[ "$PROFILE" == demo ]]; then
+    log "demo setup: PostgreSQL 15 packages and the venv only (scripts/setup.sh without --demo" \
+        "installs the test tools: docker.io, qemu, a kernel, nginx-light, ...)"
+else
+    log "test setup: Debian packages for every test tier (docker.io, qemu, a kernel," \
+        "nginx-light, ...), the venv with the test tools, azurite"
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -62,14 +105,26 @@ cleanup_policy() {
     fi
 }
 
+clusters_now() { { command -v pg_lsclusters >/dev/null 2>&1 && pg_lsclusters -h 2>/dev/null; } | awk '{print $1 "/" $2}' | sort || true; }
+had_pg_common=0
+dpkg-query -W -f='${db:Status-Abbrev}' postgresql-common 2>/dev/null | grep -q '^ii' && had_pg_common=1
+
 if ((${#missing[@]})); then
     log "apt: installing ${missing[*]}"
+    clusters_before="$(clusters_now)"
     # Keep the package scripts from starting services (postgresql, docker) during install.
     if [[ ! -e "$POLICY_RC" ]]; then
         trap cleanup_policy EXIT
         printf '#!/bin/sh\n# ebk-setup: no service starts during package install\nexit 101\n' \
             | as_root tee "$POLICY_RC" >/dev/null
         as_root chmod 755 "$POLICY_RC"
+    fi
+    # The demo runs its own throwaway cluster: when PostgreSQL is not installed yet, tell
+    # postgresql-common not to create Debian's 15/main (an existing setup is left as it is).
+    if [[ "$PROFILE" == demo ]] && ((!had_pg_common)) && [[ ! -e /etc/postgresql-common/createcluster.conf ]]; then
+        as_root mkdir -p /etc/postgresql-common
+        printf '# ebk demo setup: the demo creates its own cluster\ncreate_main_cluster = false\n' \
+            | as_root tee /etc/postgresql-common/createcluster.conf >/dev/null
     fi
     ok=0
     for attempt in 1 2 3 4 5; do
@@ -87,37 +142,38 @@ if ((${#missing[@]})); then
         st="$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)"
         [[ "$st" == "ii "* ]] || die "package $p is still not installed"
     done
+    # Clusters this install created (Debian's 15/main) never start at boot; existing ones
+    # are not touched (not stopped, not reconfigured).
+    while read -r cluster; do
+        [[ -n "$cluster" ]] || continue
+        conf="/etc/postgresql/$cluster/start.conf"
+        if [[ -f "$conf" ]]; then
+            log "postgres: cluster $cluster was created by this install: start.conf -> manual"
+            echo manual | as_root tee "$conf" >/dev/null
+        fi
+    done < <(comm -13 <(printf '%s\n' "$clusters_before") <(clusters_now))
+    if [[ "$PROFILE" == demo ]] && ((!had_pg_common)) && command -v deb-systemd-helper >/dev/null 2>&1; then
+        log "postgres: not enabling postgresql.service at boot (installed by the demo setup)"
+        as_root deb-systemd-helper disable postgresql.service >/dev/null 2>&1 || true
+    fi
     log "apt: done"
 else
     log "apt: all ${#APT_PACKAGES[@]} packages present"
 fi
 
-# The Debian package creates (and may start) a 'main' cluster; tests run their own servers.
-if command -v pg_lsclusters >/dev/null 2>&1; then
-    while read -r ver name _port status _rest; do
-        [[ -n "$ver" && -n "$name" ]] || continue
-        if [[ "$status" == online* ]]; then
-            log "postgres: stopping Debian cluster $ver/$name"
-            as_root pg_ctlcluster "$ver" "$name" stop -m fast || true
-        fi
-        conf="/etc/postgresql/$ver/$name/start.conf"
-        if [[ -f "$conf" ]] && ! grep -qx 'manual' "$conf"; then
-            log "postgres: setting $conf to manual"
-            echo manual | as_root tee "$conf" >/dev/null
-        fi
-    done < <(pg_lsclusters -h 2>/dev/null || true)
-fi
-
 # --------------------------------------------------------------------------
-# 2. Python virtualenv with the project installed editable
+# 2. Python virtualenv from the hash-pinned lock, the project installed editable
 # --------------------------------------------------------------------------
 py_version="$("$PYTHON" -c 'import sys; print(sys.version.split()[0])')"
-want_stamp="$(sha256sum pyproject.toml | cut -d' ' -f1) python-$py_version"
+inputs="$(cat pyproject.toml "$LOCK" | sha256sum | cut -d' ' -f1)"
+want_stamp="$inputs python-$py_version $PROFILE"
+test_stamp="$(cat pyproject.toml "$ROOT/requirements-test.lock" | sha256sum | cut -d' ' -f1) python-$py_version test"
 venv_ok=0
 if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c '' 2>/dev/null; then
     venv_ok=1
 fi
-if ((venv_ok)) && [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want_stamp" ]]; then
+have_stamp="$(cat "$STAMP" 2>/dev/null || true)"
+if ((venv_ok)) && [[ "$have_stamp" == "$want_stamp" || ( "$PROFILE" == demo && "$have_stamp" == "$test_stamp" ) ]]; then
     log "venv: up to date"
 else
     if ((venv_ok)) && [[ "$("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')" != "$py_version" ]]; then
@@ -129,12 +185,17 @@ else
         "$PYTHON" -m venv "$VENV"
     fi
     rm -f "$STAMP"
-    log "venv: pip install -e .[test]"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    log "venv: pip install --require-hashes -r ${LOCK##*/}, then ebk itself (--no-deps)"
+    "$VENV/bin/python" -m pip install -q --require-hashes -r "$LOCK"
+    "$VENV/bin/python" -m pip install -q --no-deps -e .
     echo "$want_stamp" > "$STAMP"
     VERIFY=1
     log "venv: done"
+fi
+
+if [[ "$PROFILE" == demo ]]; then
+    log "ready (demo)"
+    exit 0
 fi
 
 # --------------------------------------------------------------------------

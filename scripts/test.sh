@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Set up the machine (scripts/setup.sh), then run the test suite with coverage.
+# Set up the machine (scripts/setup.sh), run the static gates (scripts/lint.sh: ruff check,
+# ruff format --check, mypy --strict) and the dependency audit (scripts/audit.py over the
+# hash-pinned locks), then the test suite with coverage. Any failure fails the run.
 # Extra arguments go to pytest, e.g. the fast tier:
 #   scripts/test.sh -m "not slow and not docker and not vm"
 # With no path argument pytest runs tests/ (testpaths in pyproject.toml).
+# Coverage gate: the whole suite (no arguments, as CI runs it) fails under
+# EBK_COV_FAIL_UNDER percent of lines (default 85); with arguments the gate applies only
+# when EBK_COV_FAIL_UNDER is set.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,13 +23,22 @@ JUNIT="$ROOT/.cache/pytest-junit.xml"
 mkdir -p "$ROOT/.cache"
 rm -f "$JUNIT"
 
+gates=0
+"$ROOT/scripts/lint.sh" || { echo "test.sh: FAILED: scripts/lint.sh" >&2; gates=1; }
+"$ROOT/.venv/bin/python" "$ROOT/scripts/audit.py" || { echo "test.sh: FAILED: scripts/audit.py" >&2; gates=1; }
+
+cov_gate=()
+if [[ $# -eq 0 || -n "${EBK_COV_FAIL_UNDER:-}" ]]; then
+    cov_gate=(--cov-fail-under="${EBK_COV_FAIL_UNDER:-85}")
+fi
+
 START=$SECONDS
 rc=0
 # ebk.daemon/.storage/.keys/.restore live in top-level folders (package-dir mapping), and
 # coverage takes a source that is an existing folder as a folder: name all five.
 "$ROOT/.venv/bin/python" -m pytest \
     --cov=ebk --cov=daemon --cov=storage --cov=keys --cov=restore \
-    --cov-report=term --cov-report=xml --junitxml="$JUNIT" "$@" || rc=$?
+    --cov-report=term --cov-report=xml "${cov_gate[@]}" --junitxml="$JUNIT" "$@" || rc=$?
 elapsed=$((SECONDS - START))
 
 counts="$("$ROOT/.venv/bin/python" - "$JUNIT" <<'PY' 2>/dev/null || echo "? passed, ? failed"
@@ -44,5 +58,6 @@ case $rc in
        rc=1 ;;
     *) echo "test.sh: FAILED: pytest exit $rc after ${elapsed}s" >&2 ;;
 esac
+((gates == 0)) || { [[ $rc -ne 0 ]] || rc=1; echo "test.sh: FAILED: a static gate or the audit failed (above)" >&2; }
 echo "summary: $counts"
 exit "$rc"

@@ -21,8 +21,15 @@ from ebk.text import printable
 def list_(config_path: Path | None, json_output: bool) -> None:
     """List complete backups, oldest first.
 
-    Only backups whose manifest was written are listed: an interrupted backup
-    never is (see `ebk repo check`). Needs no key: listing reads manifests only.
+    Only backups whose manifest was written, parses and carries this
+    repository's writer signature are listed: an interrupted backup never is
+    (see `ebk repo check`), and anything else found under manifests/ is
+    reported on stderr with the reason, never listed.
+
+    \b
+    Examples:
+      ebk list
+      ebk list --json | jq -r '.[-1].backup_id'
     """
     runtime = Runtime.load(config_path)
     catalog = runtime.repository.list_backups()
@@ -90,7 +97,13 @@ def report_skipped(catalog: Catalog) -> None:
 @click.option("--json", "json_output", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def show(config_path: Path | None, backup_id: str, json_output: bool) -> None:
-    """Show one backup: cluster, LSNs, objects with sizes and SHA-256, key slots."""
+    """Show one backup: cluster, LSNs, objects with sizes and SHA-256, key slots.
+
+    \b
+    Examples:
+      ebk show latest
+      ebk show 20261128T142301123456Z-3fa9c1 --json
+    """
     runtime = Runtime.load(config_path)
     manifest = runtime.repository.resolve(backup_id)
     doc = manifest.to_public()
@@ -144,7 +157,8 @@ def delete(config_path: Path | None, backup_id: str, yes: bool) -> None:
     """Delete one backup (manifest first, so it is never half-listed).
 
     Takes the repository lease (exit 8 while retention, repo check --clean or a
-    rewrap runs). The id must be given in full: `latest` is refused.
+    rewrap runs). The id must be given in full: `latest` is refused. Asks for
+    confirmation unless --yes; answering no exits 1 and deletes nothing.
 
     \b
     Examples:

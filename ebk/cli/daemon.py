@@ -7,16 +7,24 @@ from pathlib import Path
 
 import click
 
+from ebk.errors import PreflightFailed
+
 
 @click.command()
 @click.option(
     "--check",
     "check_only",
     is_flag=True,
-    help="Run the startup checks and exit: 0 means the daemon would start.",
+    help="Run the startup checks and exit, writing nothing: 0 means the daemon would start.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="With --check: treat warnings (preflight findings under policy 'warn') as "
+    "failures, exit 6.",
 )
 @click.pass_obj
-def daemon(config_path: Path | None, check_only: bool) -> None:
+def daemon(config_path: Path | None, check_only: bool, strict: bool) -> None:
     """Run scheduled backups and retention until SIGTERM.
 
     Jobs come from [[daemon.jobs]] tables in the config, each with a kind
@@ -49,19 +57,33 @@ def daemon(config_path: Path | None, check_only: bool) -> None:
     ebk_job_last_duration_seconds, ebk_job_last_bytes, ebk_job_failures_total,
     ebk_job_next_run_timestamp_seconds, ... per job).
 
+    For a Kubernetes CronJob use `ebk backup` instead (exit codes: `ebk --help`;
+    only 0 means a backup was listed).
+
     \b
-    For a Kubernetes CronJob use `ebk backup` instead; its exit codes:
-      0 complete · 2 config · 3 key provider · 4 storage · 6 preflight
-      7 PostgreSQL · 8 another backup of the cluster is running (lock busy)
-      130 interrupted (cleaned up). Only 0 means a backup was listed.
+    Examples:
+      ebk daemon --check
+      ebk daemon --check --strict
+      ebk --config /etc/ebk/ebk.toml daemon
     """
     from ebk.daemon.service import Daemon
 
     service = Daemon(config_path)
+    if strict and not check_only:
+        raise click.UsageError("--strict applies to --check only")
     if check_only:
-        for name, detail in service.check(service.load()):
-            click.echo(f"ok  {name}: {detail}")
-        click.echo("the daemon would start")
+        passed = service.check(service.load(), dry_run=True)
+        warned = dict(service.warnings)
+        for name, detail in passed:
+            if name in warned:
+                click.echo(f"warn {name}: {warned[name]}")
+            else:
+                click.echo(f"ok  {name}: {detail}")
+        if warned and strict:
+            click.echo("the daemon would start, but --strict refuses its warnings")
+            sys.exit(PreflightFailed.exit_code)
+        suffix = f", with {len(warned)} warning(s)" if warned else ""
+        click.echo(f"the daemon would start{suffix}")
         return
     code = service.serve()
     if code:

@@ -16,7 +16,14 @@ from ebk.runtime import Runtime
 
 @click.group()
 def keys() -> None:
-    """Key providers (keyfile, Vault/OpenBao Transit, AWS KMS) and the offline recovery key."""
+    """Key providers (keyfile, Vault/OpenBao Transit, AWS KMS) and the offline recovery key.
+
+    \b
+    Examples:
+      ebk keys check
+      ebk keys recovery-keygen --out /media/offline/ebk-recovery.key
+      ebk keys rotate-rewrap --rotate-keyfile
+    """
 
 
 @keys.command()
@@ -28,6 +35,11 @@ def check(config_path: Path | None, json_output: bool) -> None:
     Recovery recipients are proven by wrapping (their private key is offline).
     Exit code 0 when every provider works, 3 when one does not; `ebk backup`
     runs the same check and refuses to start on failure.
+
+    \b
+    Examples:
+      ebk keys check
+      ebk keys check --json
     """
     runtime = Runtime.load(config_path, json_output=json_output)
     try:
@@ -61,6 +73,11 @@ def recovery_keygen(out: Path) -> None:
     then gets a slot that only the identity file opens, so `ebk restore
     --recovery-key FILE` works without the KMS. Move the file OFFLINE (a safe,
     a password manager), and test it with a restore now and then.
+
+    \b
+    Examples:
+      ebk keys recovery-keygen --out /media/offline/ebk-recovery.key
+      ebk restore latest --to /srv/pg/restored --recovery-key /media/offline/ebk-recovery.key
     """
     recipient = write_identity_file(out)
     click.echo(f"wrote the recovery identity to {out} (mode 0600): keep it offline")
@@ -84,6 +101,11 @@ def rotate_rewrap(config_path: Path | None, dry_run: bool, rotate_keyfile: bool)
     a new KMS key in awskms.key_id; or --rotate-keyfile). Only the small key
     objects are rewritten; data is never touched. With Vault and AWS KMS the
     data key never leaves the KMS. Recovery slots stay as they are.
+
+    \b
+    Examples:
+      ebk keys rotate-rewrap --dry-run
+      ebk keys rotate-rewrap --rotate-keyfile
     """
     runtime = Runtime.load(config_path)
     primary = runtime.key_providers[0]

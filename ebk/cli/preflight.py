@@ -39,7 +39,14 @@ def preflight(config_path: Path | None, json_output: bool, restore_target: Path 
 
     Exit code 0 only when every path is proven encrypted, else 6. The policy
     (preflight.policy) decides what `ebk backup` and `ebk restore` do with the
-    same findings; this command always reports.
+    same findings; this command always reports. With PostgreSQL down, its
+    error is summarised in one line; --verbose (`ebk --verbose preflight`)
+    shows the driver's full message.
+
+    \b
+    Examples:
+      ebk preflight
+      ebk preflight --json --restore-target /srv/pg/restored
     """
     runtime = Runtime.load(config_path)
     report = run_preflight(runtime.config, purpose="preflight", restore_target=restore_target)

@@ -27,7 +27,14 @@ def _age(when: datetime | None, now: datetime) -> str:
 
 @click.group()
 def repo() -> None:
-    """Repository maintenance: leftovers of interrupted runs, layout migration."""
+    """Repository maintenance: leftovers of interrupted runs, migration from ebk 0.1.
+
+    \b
+    Examples:
+      ebk repo check
+      ebk repo check --clean --older-than 7d
+      ebk repo migrate
+    """
 
 
 @repo.command()

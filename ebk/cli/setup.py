@@ -6,26 +6,51 @@ from pathlib import Path
 
 import click
 
+from ebk.errors import KeyProviderError
+from ebk.keys.check import check_providers
 from ebk.keys.keyfile import create_key_file
 from ebk.runtime import Runtime
 
 
 @click.command()
+@click.option(
+    "--repository-only",
+    is_flag=True,
+    help="Create only the repository, with the key provider already in place (an existing "
+    "key file, Vault, AWS KMS); its KEK round trip is proven first.",
+)
 @click.pass_obj
-def init(config_path: Path | None) -> None:
+def init(config_path: Path | None, repository_only: bool) -> None:
     """Create the local key file (mode 0600) and the repository.
 
     The key file holds the KEK that wraps every backup's data key: back it up
     somewhere other than the repository (a password manager, a safe), or
     configure a KMS instead (keys.provider). Without it, backups cannot be
-    restored. ebk refuses to overwrite an existing key file.
+    restored. ebk refuses to overwrite an existing key file; a second
+    repository with the same key file is `ebk init --repository-only`.
+
+    \b
+    Examples:
+      ebk init
+      ebk --config /etc/ebk/offsite.toml init --repository-only
     """
     runtime = Runtime.load(config_path)
     cfg = runtime.config
-    if cfg.keys.provider == "keyfile":
-        kek_id = create_key_file(Path(cfg.keys.keyfile))
+    if cfg.keys.provider == "keyfile" and not repository_only:
+        path = Path(cfg.keys.keyfile)
+        if path.exists():
+            raise KeyProviderError(
+                f"key file {path} already exists; refusing to overwrite a key (no repository "
+                "was created)",
+                hint="to create a repository that uses this key file: ebk init --repository-only",
+            )
+        kek_id = create_key_file(path)
         click.echo(f"created key file {cfg.keys.keyfile} (KEK {kek_id}, mode 0600)")
         click.echo("  back it up outside the repository: without it no backup can be restored")
+    elif repository_only:
+        results = check_providers(runtime.key_providers)
+        names = ", ".join(str(r["provider"]) for r in results)
+        click.echo(f"key provider round trip works ({names})")
     created = runtime.repository.initialize()
     state = "created" if created else "already initialised"
     click.echo(f"repository {state} at {runtime.repository.url}")

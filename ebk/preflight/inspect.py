@@ -86,7 +86,8 @@ class Inspector:
     def inspect(self, target: Target, depth: int = 0) -> PathVerdict:
         verdict = PathVerdict(target)
         if not target.path:
-            verdict.evidence.append(Evidence(Status.UNKNOWN, "path", target.label or target.role))
+            verdict.evidence.append(Evidence(
+                Status.UNKNOWN, "path", target.unresolved or target.label or target.role))
             return verdict
         path = Path(target.path)
         if not path.exists():

@@ -38,6 +38,7 @@ class Target:
     label: str = ""
     must_exist: bool = True
     fix: str = ""
+    unresolved: str = ""  # why path is empty (one line), shown as the evidence
 
 
 @dataclass

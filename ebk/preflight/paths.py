@@ -9,11 +9,13 @@ pg_tablespace).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from ebk.config import Config, PostgresConfig
 from ebk.errors import EbkError
+from ebk.logsetup import verbose
 from ebk.preflight.model import Target
 
 FIX_VOLUME = ("put it on an encrypted volume (LUKS/dm-crypt, an fscrypt-encrypted directory, "
@@ -58,6 +60,24 @@ def _server_facts(pg: PostgresConfig) -> tuple[str, list[tuple[str, str]]]:
     return str(row[0]), [(str(name), str(loc)) for name, loc in rows]
 
 
+def summarise(message: str, limit: int = 160) -> str:
+    """A driver error in one short line; the whole text under `ebk --verbose`.
+
+    libpq's errors span lines and repeat the host ("connection failed: connection to
+    server at ... failed: Connection refused\n\tIs the server running ..."): keep what ebk
+    said and the final cause.
+    """
+    flat = " ".join(message.split())
+    if verbose():
+        return flat
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    cause = re.search(r"failed: ([^:]+)$", first)
+    short = f"{first.split(': ', 1)[0]}: {cause.group(1)}" if cause else first
+    if len(short) > limit:
+        short = short[: limit - 1] + "…"
+    return f"{short} (details: ebk --verbose preflight)" if short != flat else short
+
+
 def cluster_targets(pg: PostgresConfig) -> list[Target]:
     """The data directory, pg_wal and every tablespace of the configured cluster."""
     data_fix = f"move the data directory to encrypted storage: {FIX_VOLUME}"
@@ -76,7 +96,8 @@ def cluster_targets(pg: PostgresConfig) -> list[Target]:
         try:
             data_dir, tablespaces = _server_facts(pg)
         except EbkError as exc:
-            return [Target("data_directory", "", f"data directory unknown: {exc.message}",
+            return [Target("data_directory", "", "data directory",
+                           unresolved=summarise(exc.message),
                            fix="set postgres.data_directory in the config, or make the server "
                            "reachable so preflight can ask it (SHOW data_directory)")]
     wal = Path(data_dir) / "pg_wal"

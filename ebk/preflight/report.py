@@ -33,12 +33,14 @@ def run_preflight(config: Config, *, purpose: str, restore_target: Path | None =
     return report
 
 
-def failure_lines(verdicts: list[PathVerdict]) -> list[str]:
-    """What an operator reads when preflight refuses: path, why, how to fix."""
+def failure_lines(verdicts: list[PathVerdict], *, evidence: bool = True) -> list[str]:
+    """What an operator reads when preflight refuses: path, why (unless a table above
+    already showed it), how to fix."""
     lines = []
     for v in verdicts:
         where = v.target.path or "(unresolved)"
-        lines.append(f"{v.target.label or v.target.role} {where}: {v.status} — {v.summary()}")
+        why = f" — {v.summary()}" if evidence else ""
+        lines.append(f"{v.target.label or v.target.role} {where}: {v.status}{why}")
         if v.target.fix:
             lines.append(f"    fix: {v.target.fix}")
     return lines
@@ -72,7 +74,7 @@ def render_table(report: Report) -> list[str]:
         out.append("")
         out.append(f"{len(failing)} of {len(report.verdicts)} paths are not proven encrypted "
                    "(unknown counts as unencrypted):")
-        out.extend(f"  {line}" for line in failure_lines(failing))
+        out.extend(f"  {line}" for line in failure_lines(failing, evidence=False))
     else:
         out.append("")
         out.append(f"all {len(report.verdicts)} paths are encrypted")

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Regenerate the hash-pinned locks from pyproject.toml (needs the package index):
+#   requirements.lock       runtime dependencies (the demo's venv, the Dockerfile)
+#   requirements-test.lock  runtime + the [test] extra (scripts/setup.sh, CI)
+# Universal (every platform's wheels hashed), for Python 3.11. Commit both files.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+TOOLS="$ROOT/.cache/lock-tools"
+[[ -x "$TOOLS/bin/uv" ]] || { python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install -q "uv==0.13.9"; }
+common=(--universal --python-version 3.11 --generate-hashes -q)
+"$TOOLS/bin/uv" pip compile pyproject.toml "${common[@]}" -o requirements.lock
+"$TOOLS/bin/uv" pip compile pyproject.toml --extra test "${common[@]}" -o requirements-test.lock
+echo "lock.sh: wrote requirements.lock and requirements-test.lock" >&2
