@@ -14,6 +14,7 @@ import click
 import structlog
 
 from ebk.text import printable
+
 LEVEL_OVERRIDE = "ebk.log_level"
 
 

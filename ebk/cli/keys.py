@@ -8,9 +8,10 @@ import click
 
 from ebk.app.maintenance import rewrap_all
 from ebk.cli.output import emit_json, emit_table
-from ebk.errors import EbkError
+from ebk.errors import EbkError, KeyProviderError
 from ebk.keys.keyfile import KeyFileProvider
 from ebk.keys.recovery import write_identity_file
+from ebk.repository.writer import parse_public
 from ebk.runtime import Runtime
 
 
@@ -66,7 +67,16 @@ def check(config_path: Path | None, json_output: bool) -> None:
     type=click.Path(path_type=Path),
     help="Where to write the private identity (mode 0600; never overwritten).",
 )
-def recovery_keygen(out: Path) -> None:
+@click.option(
+    "--writer-key",
+    "writer_keys",
+    multiple=True,
+    metavar="KEY",
+    help="Record this writer public key (ebkwriter1…) in the file. Default: the "
+    "repository's, from repository.writer_keys or via the KEK.",
+)
+@click.pass_obj
+def recovery_keygen(config_path: Path | None, out: Path, writer_keys: tuple[str, ...]) -> None:
     """Create an offline recovery key: a private identity file and its public recipient.
 
     Put the printed recipient in keys.recovery_recipients: every new backup
@@ -79,10 +89,50 @@ def recovery_keygen(out: Path) -> None:
       ebk keys recovery-keygen --out /media/offline/ebk-recovery.key
       ebk restore latest --to /srv/pg/restored --recovery-key /media/offline/ebk-recovery.key
     """
-    recipient = write_identity_file(out)
+    keys_to_pin = list(writer_keys)
+    if not keys_to_pin:
+        runtime = Runtime.load(config_path)
+        try:
+            keys_to_pin = runtime.trusted_writers().encoded()
+        except EbkError as exc:
+            raise KeyProviderError(
+                f"cannot find the repository's writer key to record in the identity: {exc.message}",
+                hint="run it where the KEK and the repository are reachable, or pass "
+                "--writer-key (from `ebk keys writer-key`)",
+            ) from None
+    for key in keys_to_pin:
+        parse_public(key, where="--writer-key")
+    recipient = write_identity_file(out, keys_to_pin)
     click.echo(f"wrote the recovery identity to {out} (mode 0600): keep it offline")
+    click.echo(f"  it trusts backups signed by writer key(s): {', '.join(keys_to_pin)}")
     click.echo("add its recipient to the config:")
     click.echo(f'  [keys]\n  recovery_recipients = ["{recipient}"]')
+
+
+@keys.command("writer-key")
+@click.option("--json", "json_output", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def writer_key(config_path: Path | None, json_output: bool) -> None:
+    """Print the repository's writer public key(s), to pin where readers trust them.
+
+    Every manifest is signed with the repository's writer key; readers list,
+    count and restore only what it signed. Pin the public key as
+    repository.writer_keys on every host that reads the repository (then
+    `ebk list` and retention need no KMS call), and keep it with the offline
+    recovery key. Needs the KEK unless the keys are already pinned.
+
+    \b
+    Examples:
+      ebk keys writer-key
+      ebk keys writer-key --json | jq -r '.[0]'
+    """
+    runtime = Runtime.load(config_path)
+    keys = runtime.trusted_writers().encoded()
+    if json_output:
+        emit_json(keys)
+        return
+    for key in keys:
+        click.echo(key)
 
 
 @keys.command("rotate-rewrap")

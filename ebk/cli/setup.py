@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from ebk.app.maintenance import ensure_writer_key
 from ebk.errors import KeyProviderError
 from ebk.keys.check import check_providers
 from ebk.keys.keyfile import create_key_file
+from ebk.repository.writer import encode_public
 from ebk.runtime import Runtime
 
 
@@ -21,13 +23,15 @@ from ebk.runtime import Runtime
 )
 @click.pass_obj
 def init(config_path: Path | None, repository_only: bool) -> None:
-    """Create the local key file (mode 0600) and the repository.
+    """Create the local key file (mode 0600), the repository and its writer key.
 
     The key file holds the KEK that wraps every backup's data key: back it up
     somewhere other than the repository (a password manager, a safe), or
     configure a KMS instead (keys.provider). Without it, backups cannot be
     restored. ebk refuses to overwrite an existing key file; a second
     repository with the same key file is `ebk init --repository-only`.
+    The writer key (Ed25519, wrapped by the KEK inside the repository) signs
+    every manifest; readers act only on backups it signed.
 
     \b
     Examples:
@@ -54,6 +58,11 @@ def init(config_path: Path | None, repository_only: bool) -> None:
     created = runtime.repository.initialize()
     state = "created" if created else "already initialised"
     click.echo(f"repository {state} at {runtime.repository.url}")
+    writer = ensure_writer_key(runtime)
+    click.echo(f"writer key {writer.key_id}: every manifest is signed with it; its public half:")
+    click.echo(f"  {encode_public(writer.public)}")
+    click.echo("  pin it as repository.writer_keys (then `ebk list` needs no KMS call) and keep")
+    click.echo("  it with the offline recovery key (`ebk keys recovery-keygen` adds it)")
 
 
 COMMANDS = [init]

@@ -94,6 +94,10 @@ class TrustedWriters:
     def describe(self) -> list[str]:
         return sorted(self._keys)
 
+    def encoded(self) -> list[str]:
+        """The public keys as ebkwriter1… strings, for pinning."""
+        return [encode_public(self._keys[k]) for k in sorted(self._keys)]
+
     def verify(self, covered: bytes, sig: str, *, what: str) -> None:
         scheme, _, rest = sig.partition(":")
         key_id, _, encoded = rest.partition(":")
