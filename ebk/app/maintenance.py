@@ -16,7 +16,7 @@ from ebk.keys.base import KeyProvider
 from ebk.keys.envelope import rewrap_key_object
 from ebk.manifest import Manifest
 from ebk.repository import IncompleteBackup, Repository
-from ebk.repository.layout import BACKUPS, backup_id_time
+from ebk.repository.layout import BACKUPS, LAYOUT_VERSION, backup_id_time
 from ebk.repository.writer import WriterKey, new_writer_key
 from ebk.restore.session import open_backup
 from ebk.runtime import Runtime
@@ -213,7 +213,10 @@ def migrate_repository(runtime: Runtime) -> Migration:
     repo.require_initialized()
     providers = [p for p in runtime.key_providers if not getattr(p, "wrap_only", False)]
     with repo.lease("ebk repo migrate") as lease:
-        marker = repo.write_marker(lease)
+        current_marker = repo.marker()
+        layout = current_marker.layout if current_marker else 1
+        # The id first (the writer key is bound to it); layout 2 only once all moved.
+        marker = repo.write_marker(lease, layout=layout)
         writer = ensure_writer_key(runtime)
         resigned = []
         for backup_id in repo.unsigned_backups():
@@ -226,4 +229,5 @@ def migrate_repository(runtime: Runtime) -> Migration:
             repo.remove_legacy_manifest(backup_id, lease)
             resigned.append(backup_id)
             log.info("backup re-signed", backup_id=backup_id)
+        repo.write_marker(lease, layout=LAYOUT_VERSION)
     return Migration(str(marker.repository_id), writer.key_id, resigned)

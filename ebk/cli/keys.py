@@ -8,11 +8,12 @@ import click
 
 from ebk.app.maintenance import rewrap_all
 from ebk.cli.output import emit_json, emit_table
-from ebk.errors import EbkError, KeyProviderError
+from ebk.errors import EbkError
 from ebk.keys.keyfile import KeyFileProvider
 from ebk.keys.recovery import write_identity_file
 from ebk.repository.writer import parse_public
 from ebk.runtime import Runtime
+from ebk.text import printable
 
 
 @click.group()
@@ -95,16 +96,18 @@ def recovery_keygen(config_path: Path | None, out: Path, writer_keys: tuple[str,
         try:
             keys_to_pin = runtime.trusted_writers().encoded()
         except EbkError as exc:
-            raise KeyProviderError(
-                f"cannot find the repository's writer key to record in the identity: {exc.message}",
-                hint="run it where the KEK and the repository are reachable, or pass "
-                "--writer-key (from `ebk keys writer-key`)",
-            ) from None
+            click.echo(
+                f"ebk: note: no writer key recorded in the identity ({printable(exc.message)}); "
+                "a restore with it then needs repository.writer_keys in the config, or a "
+                "`# writer-key: …` line added to the file (`ebk keys writer-key` prints it)",
+                err=True,
+            )
     for key in keys_to_pin:
         parse_public(key, where="--writer-key")
     recipient = write_identity_file(out, keys_to_pin)
     click.echo(f"wrote the recovery identity to {out} (mode 0600): keep it offline")
-    click.echo(f"  it trusts backups signed by writer key(s): {', '.join(keys_to_pin)}")
+    if keys_to_pin:
+        click.echo(f"  it trusts backups signed by writer key(s): {', '.join(keys_to_pin)}")
     click.echo("add its recipient to the config:")
     click.echo(f'  [keys]\n  recovery_recipients = ["{recipient}"]')
 

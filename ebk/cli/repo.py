@@ -150,8 +150,9 @@ def migrate(config_path: Path | None) -> None:
     again; takes the repository lease.
 
     \b
-    Example:
+    Examples:
       ebk repo migrate
+      ebk keys writer-key      # then pin it as repository.writer_keys
     """
     runtime = Runtime.load(config_path)
     result = migrate_repository(runtime)

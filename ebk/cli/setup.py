@@ -42,7 +42,7 @@ def init(config_path: Path | None, repository_only: bool) -> None:
     cfg = runtime.config
     if cfg.keys.provider == "keyfile" and not repository_only:
         path = Path(cfg.keys.keyfile)
-        if path.exists():
+        if path.is_file() or path.is_symlink():
             raise KeyProviderError(
                 f"key file {path} already exists; refusing to overwrite a key (no repository "
                 "was created)",

@@ -420,19 +420,19 @@ class Repository:
         lease.check()
         self._storage.delete(legacy_manifest_name(backup_id))
 
-    def write_marker(self, lease: RepositoryLease) -> RepositoryMarker:
-        """Layout 2's marker, keeping the repository id (or giving one to a 0.1 repository)."""
+    def write_marker(self, lease: RepositoryLease, *, layout: int) -> RepositoryMarker:
+        """The marker at ``layout``, keeping the repository id (or giving one to a 0.1 one)."""
         lease.check()
         marker = self.marker()
         repo_id = (marker.repository_id if marker else None) or f"repo-{secrets.token_hex(8)}"
         doc = {
             "format": "ebk-repository",
-            "layout": LAYOUT_VERSION,
+            "layout": layout,
             "repository_id": repo_id,
             "migrated": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         self._storage.put_bytes(MARKER, json.dumps(doc, indent=2).encode() + b"\n")
-        return RepositoryMarker(LAYOUT_VERSION, repo_id)
+        return RepositoryMarker(layout, repo_id)
 
     def replace_key_object(self, key_object: KeyObject, lease: RepositoryLease) -> None:
         """Rewrap: the new key object replaces the old one atomically."""

@@ -37,18 +37,21 @@ def _rows(cluster: PgCluster, db: str) -> str:
     return cluster.psql("SELECT count(*) || ':' || max(note) FROM frozen", db=db)
 
 
-def test_a_v1_repository_lists_restores_and_migrates(
+def test_a_v1_repository_restores_and_is_re_signed(
     legacy_env: EbkEnv, pg_cluster: PgCluster, postgres_dir: Path
 ) -> None:
+    # 0.1 manifests carry no writer signature: never listed, counted or chosen ...
     listed = legacy_env.run("list", "--json")
-    assert sorted(b["backup_id"] for b in json.loads(listed.stdout)) == [LOGICAL, PHYSICAL]
-    assert "ebk repo migrate" in listed.stderr
+    assert json.loads(listed.stdout) == []
+    assert "2 backup(s) written by ebk 0.1" in listed.stderr and "ebk repo migrate" in listed.stderr
+    legacy_env.run("restore", "latest", "--to-db", "never", expect=9)
+    # ... but they restore when named by id, authenticated by their MAC under the KEK.
     expected = "100:written by ebk 0.1, row 99"
-
     legacy_env.run("restore", LOGICAL, "--to-db", "legacy_v1", "--create")
     assert _rows(pg_cluster, "legacy_v1") == expected
 
-    legacy_env.run("repo", "migrate")
+    out = legacy_env.run("repo", "migrate").stdout
+    assert "re-signed 2 backup(s)" in out
     assert not list((legacy_env.repo_dir / "backups").glob("*/manifest.json"))
     assert sorted(p.name for p in (legacy_env.repo_dir / "manifests").iterdir()) == [
         f"{LOGICAL}.json",
@@ -56,12 +59,15 @@ def test_a_v1_repository_lists_restores_and_migrates(
     ]
     marker = json.loads((legacy_env.repo_dir / "ebk-repository.json").read_text())
     assert marker["layout"] == 2 and marker["repository_id"].startswith("repo-")
+    assert (legacy_env.repo_dir / "keys" / "writer.json").exists()
     listed = legacy_env.run("list", "--json")
-    assert sorted(b["backup_id"] for b in json.loads(listed.stdout)) == [LOGICAL, PHYSICAL]
-    assert "migrate" not in listed.stderr
-    legacy_env.run("repo", "migrate")  # idempotent
+    shown = {b["backup_id"]: b for b in json.loads(listed.stdout)}
+    assert sorted(shown) == [LOGICAL, PHYSICAL]
+    assert {b["manifest_version"] for b in shown.values()} == {2}
+    assert "0.1" not in listed.stderr
+    assert "re-signed 0 backup(s)" in legacy_env.run("repo", "migrate").stdout  # idempotent
 
-    # The migrated physical backup (manifest v1 bytes, unchanged) restores and starts.
+    # The re-signed physical backup restores and starts: its objects were never touched.
     target = postgres_dir / "restored-v1"
     legacy_env.run("restore", PHYSICAL, "--to", str(target), "--owner", "postgres")
     restored = start_existing(target)
@@ -80,10 +86,19 @@ def test_a_v1_repository_lists_restores_and_migrates(
     assert json.loads(legacy_env.run("show", "latest", "--json").stdout)["backup_id"] == ids[-1]
 
 
+def test_backup_into_a_0_1_repository_asks_for_migration(legacy_env: EbkEnv) -> None:
+    result = legacy_env.run("backup", "--type", "logical", "--database", "postgres", expect=4)
+    assert "ebk repo migrate" in result.stderr
+    assert not (legacy_env.repo_dir / "manifests").exists()
+
+
 def test_an_edited_v1_manifest_is_refused(legacy_env: EbkEnv, tmp_path: Path) -> None:
     manifest = legacy_env.repo_dir / "backups" / LOGICAL / "manifest.json"
     doc = json.loads(manifest.read_text())
     doc["databases"] = ["other"]
     manifest.write_text(json.dumps(doc))
     result = legacy_env.run("restore", LOGICAL, "--to-db", "never", "--create", expect=5)
+    assert "failed authentication" in result.stderr
+    # ... and `repo migrate` refuses to re-sign it.
+    result = legacy_env.run("repo", "migrate", expect=5)
     assert "failed authentication" in result.stderr

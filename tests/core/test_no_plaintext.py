@@ -22,10 +22,9 @@ from pathlib import Path
 import pytest
 
 from ebk.keys.keyfile import KeyFileProvider
-from ebk.repository import Repository
 from ebk.restore.reader import open_object
 from ebk.restore.session import open_backup
-from ebk.storage.local import LocalStorage
+from ebk.runtime import Runtime
 from tests.support.ebkenv import EbkEnv, make_env
 from tests.support.postgres import PgCluster, init_cluster
 
@@ -97,7 +96,7 @@ def read_file(path: Path) -> Iterator[bytes]:
 
 
 def decrypted(env: EbkEnv, backup_id: str) -> Iterator[bytes]:
-    repo = Repository(LocalStorage(env.repo_dir))
+    repo = Runtime.load(env.config_path).repository
     manifest = repo.read_manifest(backup_id)
     backup = open_backup(repo, manifest, [KeyFileProvider(env.keyfile)], kind=manifest.kind)
     for stored in manifest.objects:

@@ -167,10 +167,12 @@ def test_one_application_call_in_order_and_one_wrap_per_backup(
     assert jobs.take_backup_now is app_backup.run_backup
     for _ in range(3):
         app_backup.run_backup(runtime, kind="logical", databases=["postgres"])
-    assert order[:4] == ["preflight", "key check", "repository", "cluster lock"]
-    assert order == ["preflight", "key check", "repository", "cluster lock"] * 3
-    # The round-trip check once (a wrap and two unwraps), then one wrap per backup.
-    assert counting.calls == ["wrap", "unwrap", "unwrap", "wrap", "wrap", "wrap"]
+    # The first run also opens the writer key (it reads the repository marker again).
+    step = ["preflight", "key check", "repository", "cluster lock"]
+    assert order == step[:3] + ["repository"] + step[3:] + step * 2
+    # Once per Runtime: the round-trip check (a wrap and two unwraps) and the writer
+    # key's unwrap; then one wrap per backup.
+    assert counting.calls == ["wrap", "unwrap", "unwrap", "unwrap", "wrap", "wrap", "wrap"]
     assert len(json.loads(ebk_env.run("list", "--json").stdout)) == 3
 
 

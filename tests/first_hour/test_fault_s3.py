@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.storage.backends import Backend, make_backend
-from tests.storage.conftest import moto  # noqa: F401  (the session's moto server fixture)
 from tests.storage.faultproxy import FaultProxy
-from tests.storage.servers import Server, unique
 from tests.support.ebkenv import make_env
+from tests.support.emulators import Server, unique
 from tests.support.postgres import PgCluster
 
 pytestmark = pytest.mark.slow
@@ -28,7 +27,7 @@ ENV_NAMES = ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESS
 
 
 @pytest.fixture
-def s3(moto: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:  # noqa: F811
+def s3(moto: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
     backend = make_backend("s3", moto.endpoint, unique("ebk"), tmp_path)
     for name in ENV_NAMES:
         monkeypatch.delenv(name, raising=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from ebk.cli import main
-from tests.daemon.helpers import daemon_section, job
+from tests.support.daemon_process import daemon_section, job
 from tests.support.ebkenv import make_env
 from tests.support.net import free_port
 from tests.support.postgres import PgCluster

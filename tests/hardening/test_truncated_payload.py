@@ -69,6 +69,7 @@ def _truncate_object(env: EbkEnv, backup_id: str, role: str) -> None:
         sha256=hashlib.sha256(out.getvalue()).hexdigest(),
     )
     manifest.seal(dek)
+    manifest.sign(runtime.writer_key())  # a writer holding the DEK and the writer key
     storage.put_bytes(manifest_name(backup_id), manifest.to_json())
 
 
