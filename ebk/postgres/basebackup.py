@@ -23,11 +23,10 @@ from psycopg.pq.abc import PGconn, PGresult
 
 from ebk.config import PostgresConfig
 from ebk.errors import PostgresError
-from ebk.postgres.connection import conninfo
+from ebk.postgres.connection import conninfo, require_supported
 
 log = structlog.get_logger("ebk.postgres")
 
-MIN_SERVER_VERSION = 150000
 COALESCE_BYTES = 1024 * 1024
 
 
@@ -112,11 +111,7 @@ class BaseBackup:
                 hint="the user needs the REPLICATION attribute and a 'replication' line "
                 "in pg_hba.conf",
             )
-        if conn.server_version < MIN_SERVER_VERSION:
-            raise PostgresError(
-                f"PostgreSQL {conn.server_version} is too old for ebk physical backups",
-                hint="ebk needs PostgreSQL 15 or newer; use --type logical for older servers",
-            )
+        require_supported(conn.server_version, f"{self._cfg.host}:{self._cfg.port}")
         slot = f"ebk_{secrets.token_hex(6)}"
         res = conn.exec_(f"CREATE_REPLICATION_SLOT {slot} TEMPORARY PHYSICAL RESERVE_WAL".encode())
         if res.status != pq.ExecStatus.TUPLES_OK:

@@ -24,6 +24,7 @@ from tests.support.postgres import (
     make_postgres_dir,
     start_existing,
 )
+from tests.support.postgres import pg_build as pg_build_of
 
 APP_SQL = """
 CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric(14, 2),
@@ -126,3 +127,24 @@ def test_logical_round_trip(source: tuple[PgCluster, EbkEnv, Path], pg_build: Pg
     assert manifest["databases"] == ["app"]
     env.run("restore", manifest["backup_id"], "--to-db", "app_copy", "--create")
     assert snapshot(cluster, "app_copy") == expected
+
+
+def test_client_tools_older_than_the_server_are_refused(
+    source: tuple[PgCluster, EbkEnv, Path], pg_build: PgBuild, tmp_path: Path
+) -> None:
+    if pg_build.major == 15:
+        pytest.skip("15 is the oldest supported major: there are no older tools to refuse")
+    cluster, _, _ = source
+    env = make_env(tmp_path / "ebk", cluster)
+    old_bin = pg_build_of(15).bin_dir
+    env.config_path.write_text(
+        env.config_path.read_text().replace(
+            f'bin_dir = "{pg_build.bin_dir}"', f'bin_dir = "{old_bin}"'
+        )
+    )
+    proc = env.subprocess("backup", "--type", "logical", "--database", "app")
+    assert proc.returncode == 2, proc.stderr
+    assert f"{old_bin}/pg_dump is from PostgreSQL 15" in proc.stderr
+    assert f"PostgreSQL {pg_build.major}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert json.loads(env.subprocess("list", "--json").stdout) == []
