@@ -3,25 +3,27 @@
 Usage: .venv/bin/python bench/no_zstd_server.py [--major 18] [--scale 50] [--rounds 3]
 
 The PyPI builds of 16 and 18 (scripts/setup.sh) have neither zstd nor lz4; of
-BASE_BACKUP's server-side methods only gzip is left.  ebk's fallback asks for an
-uncompressed stream and compresses with zstd in its own process.  Interleaved
-runs on one pgbench database:
+BASE_BACKUP's server-side methods only gzip is left.  ebk's fallback asks for the best
+stream (gzip level 1, or none) and compresses with zstd in its own process.
+Interleaved runs on one pgbench database:
 
-- ``ebk zstd:3`` (the default config: level 3, compression_threads 0),
-- ``ebk zstd:3 threads 2``,
-- ``ebk level 0`` (no compression: what ebk costs to receive, encrypt and store;
-  with server gzip ebk would do this on gzip's output),
-- ``pg_basebackup server-gzip:1`` (the fastest gzip: what ebk would receive if
-  it asked for gzip instead; ebk would still have to encrypt it),
-- ``pg_basebackup none`` (no compression at all: the floor of reading the cluster).
+- ``ebk zstd:3 threads T via gzip|none``: ebk's fallback, zstd level 3 with
+  compression_threads T (0: the default), the archives crossing the socket as
+  server gzip (inflated by ebk) or uncompressed,
+- ``pg_basebackup server-gzip:1``: the server's gzip alone, into files,
+- ``pg_basebackup none``: no compression at all, the floor of reading the cluster.
 
-Prints median seconds and stored bytes per variant.
+Prints per variant the median wall time, the median CPU seconds of the client
+(ebk or pg_basebackup, user+sys) and of the server (the walsender, read from
+the postmaster's reaped-children times), and the bytes stored.  On a shared
+2-core machine the CPU figures are the steadier ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -31,6 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Sample, median, pgbench_env, timed
 
 from tests.support.postgres import PgCluster, init_cluster, pg_build
+
+
+def server_cpu_seconds(cluster: PgCluster) -> float:
+    """CPU of the server's exited children (the walsender of each backup), from
+    the postmaster's cutime+cstime: on a shared machine CPU time is steadier than
+    wall time, and server-side compression burns the database host's CPU."""
+    pid = (cluster.data_dir / "postmaster.pid").read_text().split()[0]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_bytes(path: Path) -> int:
@@ -65,26 +76,42 @@ def main() -> None:
         env = pgbench_env(cluster.port)
         db_bytes = load(cluster, build.bin_dir, args.scale)
         ebk_configs = {}
-        variants = (("ebk zstd:3", 3, 0), ("ebk zstd:3 threads 2", 3, 2), ("ebk level 0", 0, 0))
-        for name, level, threads in variants:
-            root = work / name.replace(" ", "_").replace(":", "")
+        variants = [
+            (f"ebk zstd:3 threads {threads} via {transport}", threads, transport)
+            for threads in (0, 2)
+            for transport in ("gzip", "none")
+        ]
+        for name, threads, transport in variants:
+            root = work / f"ebk-{threads}-{transport}"
             root.mkdir()
             config = root / "ebk.toml"
             config.write_text(
                 f'[repository]\nurl = "file://{root}/repo"\n[keys]\nkeyfile = "{root}/kek.json"\n'
-                f"{cluster.config_section()}\n[backup]\ncompression_level = {level}\n"
+                f"{cluster.config_section()}\n[backup]\ncompression_level = 3\n"
                 f'compression_threads = {threads}\n[log]\nlevel = "warning"\n'
             )
-            ebk = [sys.executable, "-m", "ebk", "--config", str(config)]
+            # The transport from a server without zstd is a module constant (the measured
+            # choice); the bench overrides it in the child to compare the two.
+            code = (
+                "import sys, ebk.postgres.basebackup as b; "
+                f"b.NO_ZSTD_TRANSPORT = {None if transport == 'none' else repr(transport)}; "
+                "from ebk.cli import main; sys.argv[0] = 'ebk'; main()"
+            )
+            ebk = [sys.executable, "-c", code, "--config", str(config)]
             timed([*ebk, "init"])
             ebk_configs[name] = (ebk, root / "repo" / "backups")
         pgbb = {"pg_basebackup server-gzip:1": "server-gzip:1", "pg_basebackup none": "none"}
         seconds: dict[str, list[float]] = {n: [] for n in [*ebk_configs, *pgbb]}
+        client_cpu: dict[str, list[float]] = {n: [] for n in seconds}
+        server_cpu: dict[str, list[float]] = {n: [] for n in seconds}
         stored: dict[str, int] = {}
         for _ in range(args.rounds):
             for name, (ebk, backups) in ebk_configs.items():
+                before = server_cpu_seconds(cluster)
                 sample: Sample = timed([*ebk, "backup", "--type", "physical"])
+                server_cpu[name].append(server_cpu_seconds(cluster) - before)
                 seconds[name].append(sample.seconds)
+                client_cpu[name].append(sample.cpu_seconds)
                 stored[name] = tree_bytes(backups)
                 shutil.rmtree(backups)
             for name, compress in pgbb.items():
@@ -93,7 +120,11 @@ def main() -> None:
                     str(build.bin_dir / "pg_basebackup"),
                     "-D", str(target), "-Ft", "-X", "fetch", f"--compress={compress}", "-c", "fast",
                 ]  # fmt: skip
-                seconds[name].append(timed(argv, env=env).seconds)
+                before = server_cpu_seconds(cluster)
+                sample = timed(argv, env=env)
+                server_cpu[name].append(server_cpu_seconds(cluster) - before)
+                seconds[name].append(sample.seconds)
+                client_cpu[name].append(sample.cpu_seconds)
                 stored[name] = tree_bytes(target)
                 shutil.rmtree(target)
         result = {
@@ -105,6 +136,8 @@ def main() -> None:
                 name: {
                     "median_seconds": round(median(values), 2),
                     "seconds": [round(v, 2) for v in values],
+                    "client_cpu_median": round(median(client_cpu[name]), 2),
+                    "server_cpu_median": round(median(server_cpu[name]), 2),
                     "stored_bytes": stored[name],
                 }
                 for name, values in seconds.items()
@@ -120,7 +153,9 @@ def main() -> None:
             for name, row in result["variants"].items():  # type: ignore[attr-defined]
                 print(
                     f"  {name:30s} median {row['median_seconds']:6.2f} s  "
-                    f"stored {row['stored_bytes'] / 2**20:7.1f} MiB  {row['seconds']}"
+                    f"CPU client {row['client_cpu_median']:5.2f} s + server "
+                    f"{row['server_cpu_median']:5.2f} s  "
+                    f"stored {row['stored_bytes'] / 2**20:6.1f} MiB  {row['seconds']}"
                 )
     finally:
         cluster.destroy()
