@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import secrets
 import select
-import zlib
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -29,11 +28,6 @@ from ebk.postgres.connection import conninfo, require_supported
 log = structlog.get_logger("ebk.postgres")
 
 COALESCE_BYTES = 1024 * 1024
-# What ebk asks a server without zstd for: "gzip" (level 1, inflated here and
-# compressed again with zstd) or None (uncompressed).  gzip: 4 times less data
-# to receive, and receiving is what costs most in this process
-# (docs/performance.md, section 6).
-NO_ZSTD_TRANSPORT: str | None = "gzip"
 
 
 @dataclass(frozen=True)
@@ -61,18 +55,17 @@ def _error_text(res: PGresult | None) -> str:
     return res.error_message.decode(errors="replace").strip()
 
 
-def _lacks_method(res: PGresult, method: str) -> bool:
-    """The server's answer to COMPRESSION '<method>' from a build without that library.
+def _lacks_zstd(res: PGresult) -> bool:
+    """The server's answer to COMPRESSION 'zstd' from a build without libzstd.
 
     15-18 say "invalid compression specification: this build does not support
     compression with ZSTD" (SQLSTATE 42601, from the option parser); the sink
-    itself would say "zstd compression is not supported by this build" (0A000);
-    likewise for gzip on a build without zlib.
+    itself would say "zstd compression is not supported by this build" (0A000).
     Matched on SQLSTATE plus the method name, not on the wording, which is
     translated.
     """
     sqlstate = res.error_field(pq.DiagnosticField.SQLSTATE)
-    return sqlstate in (b"42601", b"0A000") and method in _error_text(res).lower()
+    return sqlstate in (b"42601", b"0A000") and "zstd" in _error_text(res).lower()
 
 
 class BaseBackup:
@@ -94,8 +87,6 @@ class BaseBackup:
         self._workers = compression_workers
         # True when the server compresses the archives (zstd frames arrive).
         self.server_compressed = False
-        # True when the server sends gzip (it has no zstd): events() inflates it.
-        self._gunzip = False
         self._conn: PGconn | None = None
         self.start_lsn = ""
         self.stop_lsn = ""
@@ -125,7 +116,7 @@ class BaseBackup:
         res = conn.exec_(f"CREATE_REPLICATION_SLOT {slot} TEMPORARY PHYSICAL RESERVE_WAL".encode())
         if res.status != pq.ExecStatus.TUPLES_OK:
             raise self._fail("reserving WAL with a temporary replication slot")
-        first = self._send_base_backup("zstd" if self._level > 0 else None)
+        first = self._send_base_backup(server_compression=self._level > 0)
         self.start_lsn = first.get_value(0, 0).decode()  # type: ignore[union-attr]
         self.timeline = int(first.get_value(0, 1))  # type: ignore[arg-type]
         spaces = self._result("listing tablespaces")
@@ -137,14 +128,18 @@ class BaseBackup:
         copy = self._result("opening the backup stream", expect=pq.ExecStatus.COPY_OUT)
         del copy
 
-    def _send_base_backup(self, method: str | None) -> PGresult:
+    def _send_base_backup(self, *, server_compression: bool) -> PGresult:
         """Start BASE_BACKUP, compressing on the server when it can.
 
         Server-side zstd means the archives cross the socket compressed and ebk
         only encrypts them: far less data to receive and no compression in this
         process.  A server built without zstd (PostgreSQL 16 and 18 builds exist
-        without it) refuses the option at once; ebk then asks for
-        NO_ZSTD_TRANSPORT instead and compresses with zstd itself.
+        without it) refuses the option at once; ebk then asks for the archives
+        uncompressed and compresses them with zstd itself.  Not the server's gzip,
+        the one method such builds still have: it cost the server over 4 times the
+        CPU of sending plain tar, saved ebk almost nothing (inflating costs what
+        receiving the bigger stream did) and stores the same bytes
+        (docs/performance.md, section 6).
         """
         conn = self._conn
         assert conn is not None
@@ -154,13 +149,11 @@ class BaseBackup:
             f"LABEL '{label}', PROGRESS false, CHECKPOINT '{checkpoint}', "
             "WAL true, WAIT true, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C'"
         )
-        if method == "zstd":
+        if server_compression:
             detail = f"level={self._level}"
             if self._workers > 0:
                 detail += f",workers={self._workers}"
             options += f", COMPRESSION 'zstd', COMPRESSION_DETAIL '{detail}'"
-        elif method == "gzip":
-            options += ", COMPRESSION 'gzip', COMPRESSION_DETAIL 'level=1'"
         try:
             conn.send_query(f"BASE_BACKUP ({options})".encode())
         except psycopg.Error:
@@ -168,18 +161,13 @@ class BaseBackup:
         self._wait_result()
         first = conn.get_result()
         if first is not None and first.status == pq.ExecStatus.TUPLES_OK:
-            self.server_compressed = method == "zstd"
-            self._gunzip = method == "gzip"
+            self.server_compressed = server_compression
             return first
-        if method is not None and first is not None and _lacks_method(first, method):
+        if server_compression and first is not None and _lacks_zstd(first):
             while conn.get_result() is not None:
                 pass
-            fallback = NO_ZSTD_TRANSPORT if method == "zstd" else None
-            log.info(
-                f"server cannot compress with {method}; ebk compresses in its own process",
-                transport=fallback or "uncompressed",
-            )
-            return self._send_base_backup(fallback)
+            log.info("server cannot compress with zstd; ebk compresses in its own process")
+            return self._send_base_backup(server_compression=False)
         raise self._fail("starting the backup", _error_text(first))
 
     def _result(self, what: str, expect: pq.ExecStatus = pq.ExecStatus.TUPLES_OK) -> PGresult:
@@ -206,7 +194,6 @@ class BaseBackup:
         conn = self._conn
         assert conn is not None
         block = bytearray()
-        inflater: zlib._Decompress | None = None
         while True:
             nbytes, data = conn.get_copy_data(1)
             if nbytes == 0:
@@ -219,42 +206,23 @@ class BaseBackup:
                 raise self._fail("receiving data")
             kind = data[0]
             if kind == 0x64:  # 'd'
-                if inflater is None:
-                    block += data[1:]
-                else:
-                    # Bounded output per call: gzip expands up to ~1000x.
-                    pending = bytes(data[1:])
-                    while pending:
-                        block += inflater.decompress(pending, COALESCE_BYTES)
-                        pending = inflater.unconsumed_tail
-                        if len(block) >= COALESCE_BYTES:
-                            out, block = block, bytearray()
-                            yield out
+                block += data[1:]
                 if len(block) >= COALESCE_BYTES:
                     out, block = block, bytearray()
                     yield out
                 continue
-            if kind == 0x70:  # 'p' progress, may come in the middle of an archive
-                continue
-            if inflater is not None:
-                self._finish_inflate(inflater)
-                inflater = None
             if block:
                 out, block = block, bytearray()
                 yield out
             if kind == 0x6E:  # 'n'
                 name, location, _ = bytes(data[1:]).split(b"\x00", 2)
-                archive = name.decode()
-                if self._gunzip:
-                    inflater = zlib.decompressobj(wbits=31)
-                    archive = archive.removesuffix(".gz")
-                yield ArchiveStart(archive, location.decode() or None)
+                yield ArchiveStart(name.decode(), location.decode() or None)
             elif kind == 0x6D:  # 'm'
                 yield ManifestStart()
+            elif kind == 0x70:  # 'p' progress
+                continue
             else:
                 raise PostgresError(f"unexpected message {chr(kind)!r} in the base backup stream")
-        if inflater is not None:
-            self._finish_inflate(inflater)
         if block:
             yield block
         end = self._result("finishing the backup")
@@ -263,12 +231,6 @@ class BaseBackup:
         tail = conn.get_result()
         if tail is not None and tail.status != pq.ExecStatus.COMMAND_OK:
             raise self._fail("finishing the backup")
-
-    def _finish_inflate(self, inflater: zlib._Decompress) -> None:
-        if not inflater.eof or inflater.unused_data:
-            raise PostgresError(
-                "the server's gzip stream of an archive ended early or carried trailing data"
-            )
 
     def close(self) -> None:
         """Close the connection; an unfinished backup is aborted by the server."""
