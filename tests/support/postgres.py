@@ -65,7 +65,9 @@ def pg_build(major: int) -> PgBuild:
     if major not in sources:
         raise ValueError(f"no PostgreSQL {major} build for the tests; have {MATRIX_MAJORS}")
     source, zstd = sources[major]
-    return PgBuild(major, REPO / ".cache" / "pg" / str(major) / "bin", source, zstd)
+    # Resolved: .cache/pg may link outside a checkout the postgres user cannot enter.
+    bin_dir = REPO / ".cache" / "pg" / str(major) / "bin"
+    return PgBuild(major, bin_dir.resolve() if bin_dir.exists() else bin_dir, source, zstd)
 
 
 def matrix_majors() -> list[int]:
