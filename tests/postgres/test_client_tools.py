@@ -93,3 +93,10 @@ def test_servers_older_than_15_are_refused(num: int, shown: str) -> None:
     assert err.value.exit_code == 7
     for num_ok in (150000, 160002, 170010, 180006):
         require_supported(num_ok, "db1:5432")
+
+
+def test_no_tool_anywhere_says_what_to_install(tmp_path: Path, empty_path: Path) -> None:
+    with pytest.raises(PostgresError) as err:
+        find_tool("pg_restore", 16, debian_root=tmp_path / "none")
+    assert err.value.message == "cannot find pg_restore of PostgreSQL 16 or newer"
+    assert "install postgresql-client-16" in (err.value.hint or "")
