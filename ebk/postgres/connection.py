@@ -17,6 +17,22 @@ from ebk.config import PostgresConfig
 from ebk.errors import ConfigError, PostgresError
 from ebk.privatefile import read_private_file
 
+MIN_SERVER_VERSION_NUM = 150000
+# The majors CI runs round trips on (docs/postgresql-versions.md).
+TESTED_MAJORS = (15, 16, 17, 18)
+
+
+def require_supported(server_version_num: int, where: str) -> None:
+    """Refuse servers older than 15 (BASE_BACKUP's 15+ framing, pg_dump -Fc of 15+)."""
+    if server_version_num < MIN_SERVER_VERSION_NUM:
+        major = server_version_num // 10000 if server_version_num >= 100000 else None
+        shown = f"PostgreSQL {major}" if major else f"server_version_num {server_version_num}"
+        raise PostgresError(
+            f"{shown} at {where} is not supported: ebk needs PostgreSQL 15 or newer",
+            hint="upgrade the server (ebk is tested on 15, 16, 17 and 18), or back it up "
+            "with the tools of its own release",
+        )
+
 
 @dataclass(frozen=True)
 class ClusterInfo:
@@ -120,6 +136,7 @@ def cluster_info(cfg: PostgresConfig, conn: psycopg.Connection | None = None) ->
     except psycopg.Error as exc:
         raise _query_failed(cfg, "the cluster's identity", exc) from None
     assert row is not None
+    require_supported(row[2], f"{cfg.host}:{cfg.port}")
     return ClusterInfo(row[0], row[1], row[2])
 
 
