@@ -22,6 +22,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ebk.childenv import child_env
 from ebk.errors import ConfigError, PostgresError
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
@@ -37,6 +38,7 @@ def tool_major(path: str) -> int | None:
             timeout=30,
             check=False,
             stdin=subprocess.DEVNULL,
+            env=child_env(),
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

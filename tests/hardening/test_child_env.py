@@ -41,6 +41,7 @@ def _wrappers(bin_dir: Path, record_dir: Path) -> None:
         script.write_text(
             "#!/bin/sh\n"
             f'out="{record_dir}/{tool}.$$"\n'
+            'if [ "$1" = "--version" ]; then out="$out.version"; fi\n'
             'env > "$out.env"\n'
             'if [ -n "$PGPASSFILE" ]; then\n'
             '  stat -c %a "$PGPASSFILE" > "$out.filemode"\n'
@@ -118,6 +119,9 @@ def test_backup_and_restore_children_get_no_secret(
     assert seen == set(TOOLS), seen
     for record in records.glob("*.env"):
         text = record.read_text()
+        if ".version." in record.name:  # ebk asking a tool its version: no PG settings at all
+            assert not any(v in text for v in [*SECRETS.values(), PASSWORD]), record.name
+            continue
         names = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line}
         for value in [*SECRETS.values(), PASSWORD]:
             assert value not in text, (record.name, value)
