@@ -37,6 +37,7 @@ from ebk.repository.layout import (
     LEGACY_MANIFEST,
     MANIFESTS,
     MARKER,
+    backup_id_time,
     is_backup_id,
     legacy_manifest_name,
     manifest_name,
@@ -74,6 +75,13 @@ class Problem:
 
     def to_json(self) -> dict[str, str]:
         return {"object": self.name, "reason": self.reason}
+
+
+def _claimed_time(problem: Problem) -> datetime | None:
+    """The start time a problem's object name claims (unauthenticated: for the guard only)."""
+    if not problem.name.startswith(MANIFESTS):
+        return None
+    return backup_id_time(problem.name[len(MANIFESTS) :].removesuffix(".json"))
 
 
 @dataclass
@@ -377,7 +385,20 @@ class Repository:
         """A backup id, or 'latest': the newest complete backup (of ``kind`` when given)."""
         if ref != "latest":
             return self.read_manifest(ref)
-        backups = [m for m in self.list_backups().backups if kind is None or m.kind == kind]
+        catalog = self.list_backups()
+        backups = [m for m in catalog.backups if kind is None or m.kind == kind]
+        newest = _sort_key(backups[-1])[0] if backups else datetime.min.replace(tzinfo=UTC)
+        # Rollback guard: something that claims to be newer and does not authenticate
+        # means `latest` cannot be trusted to be the latest; the operator decides.
+        suspicious = [p for p in catalog.problems if (_claimed_time(p) or newest) > newest]
+        if suspicious:
+            first = suspicious[-1]
+            raise IntegrityError(
+                f"refusing to choose `latest`: {first.name}, newer than every authenticated "
+                f"backup, failed authentication ({first.reason})",
+                hint="someone with write access to the repository may be hiding the newest "
+                "backup; investigate, then restore a backup by its id (`ebk list` shows them)",
+            )
         if not backups:
             what = f"{kind} backup" if kind else "backup"
             raise BackupNotFound(
