@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+from ebk.app.maintenance import ensure_writer_key
 from ebk.backup import take_backup
 from ebk.errors import Interrupted
 from ebk.manifest import Manifest
@@ -33,7 +34,7 @@ def run_backup(
     enforce(config, purpose="backup")
     providers = runtime.checked_key_providers()
     runtime.repository.require_initialized()
-    writer = runtime.writer_key()
+    writer = ensure_writer_key(runtime)  # created by `ebk init`, or now if init could not
     with cluster_backup_lock(config.postgres) as conn:
         return take_backup(
             config,

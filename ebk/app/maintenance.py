@@ -17,7 +17,7 @@ from ebk.keys.envelope import rewrap_key_object
 from ebk.manifest import Manifest
 from ebk.repository import IncompleteBackup, Repository
 from ebk.repository.layout import BACKUPS, LAYOUT_VERSION, backup_id_time
-from ebk.repository.writer import WriterKey, new_writer_key
+from ebk.repository.writer import WriterKey, new_writer_key, rewrap_writer_key
 from ebk.restore.session import open_backup
 from ebk.runtime import Runtime
 from ebk.storage.base import IncompleteUpload
@@ -151,6 +151,13 @@ def rewrap_all(repo: Repository, primary: KeyProvider, *, dry_run: bool) -> list
             rows.append(RewrapRow(manifest.backup_id, slots, slots, False))
         return rows
     with repo.lease("ebk keys rotate-rewrap") as lease:
+        marker = repo.require_initialized()
+        if marker.repository_id is not None:
+            updated_writer = rewrap_writer_key(
+                repo.read_writer_key_object(), primary, repository_id=marker.repository_id
+            )
+            if updated_writer is not None:
+                repo.replace_writer_key_object(updated_writer, lease)
         for manifest in catalog.backups:
             try:
                 key_object = repo.read_key_object(manifest.backup_id)

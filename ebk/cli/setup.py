@@ -12,6 +12,7 @@ from ebk.keys.check import check_providers
 from ebk.keys.keyfile import create_key_file
 from ebk.repository.writer import encode_public
 from ebk.runtime import Runtime
+from ebk.text import printable
 
 
 @click.command()
@@ -58,7 +59,16 @@ def init(config_path: Path | None, repository_only: bool) -> None:
     created = runtime.repository.initialize()
     state = "created" if created else "already initialised"
     click.echo(f"repository {state} at {runtime.repository.url}")
-    writer = ensure_writer_key(runtime)
+    try:
+        writer = ensure_writer_key(runtime)
+    except KeyProviderError as exc:
+        # The repository exists; the first backup creates the writer key once the KEK works.
+        click.echo(
+            f"ebk: warning: the writer key was not created yet: {printable(exc.message)}\n"
+            "  the first backup creates it; `ebk keys check` tests the key provider",
+            err=True,
+        )
+        return
     click.echo(f"writer key {writer.key_id}: every manifest is signed with it; its public half:")
     click.echo(f"  {encode_public(writer.public)}")
     click.echo("  pin it as repository.writer_keys (then `ebk list` needs no KMS call) and keep")

@@ -455,6 +455,11 @@ class Repository:
         self._storage.put_bytes(MARKER, json.dumps(doc, indent=2).encode() + b"\n")
         return RepositoryMarker(layout, repo_id)
 
+    def replace_writer_key_object(self, raw: bytes, lease: RepositoryLease) -> None:
+        """Rewrap: the re-wrapped writer key replaces the old one atomically."""
+        lease.check()
+        self._storage.put_bytes(WRITER_KEY_OBJECT, raw)
+
     def replace_key_object(self, key_object: KeyObject, lease: RepositoryLease) -> None:
         """Rewrap: the new key object replaces the old one atomically."""
         lease.check()

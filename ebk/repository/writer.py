@@ -190,3 +190,30 @@ def open_writer_key(
 def trusted_from(pinned: Mapping[str, str]) -> TrustedWriters:
     """Writer keys pinned in configuration: {where: ebkwriter1…}."""
     return TrustedWriters(parse_public(text, where=where) for where, text in pinned.items())
+
+
+def rewrap_writer_key(raw: bytes, provider: KeyProvider, *, repository_id: str) -> bytes | None:
+    """The stored writer key with its slots re-wrapped under the provider's current KEK.
+
+    Uses the provider's own rewrap (Transit rewrap, KMS ReEncrypt) where it can;
+    None when nothing changed.
+    """
+    try:
+        doc = json.loads(raw)
+        context = _context(repository_id, str(doc["key_id"]))
+        slots = doc["slots"]
+        changed = False
+        for slot in slots:
+            if slot["provider"] != provider.name:
+                continue
+            old = WrappedKey(
+                slot["provider"], slot["kek_id"], base64.b64decode(slot["wrapped"], validate=True)
+            )
+            new = provider.rewrap(old, context)
+            if (new.kek_id, new.ciphertext) != (old.kek_id, old.ciphertext):
+                slot["kek_id"] = new.kek_id
+                slot["wrapped"] = base64.b64encode(new.ciphertext).decode()
+                changed = True
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{WRITER_KEY_OBJECT} is malformed ({exc})") from None
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n" if changed else None

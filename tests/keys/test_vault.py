@@ -164,15 +164,27 @@ def test_kms_requests_per_backup_do_not_grow_with_the_database(
             counts.append(openbao.transit_requests()[before:])
             sizes.append(manifest["plain_size"])
         assert sizes[1] > 8 * sizes[0] and sizes[1] > 8 * 1024 * 1024  # many 1 MiB chunks
-        # keys check (encrypt, decrypt, decrypt under a foreign context) + one wrap
+        # Per process: keys check (encrypt, decrypt, decrypt under a foreign context) and
+        # the writer key's unwrap; per backup: one wrap.
         assert counts[0] == counts[1] == ["transit/encrypt/ebk", "transit/decrypt/ebk",
-                                          "transit/decrypt/ebk", "transit/encrypt/ebk"]
+                                          "transit/decrypt/ebk", "transit/decrypt/ebk",
+                                          "transit/encrypt/ebk"]
         expected = pg_cluster.psql(CONTENT.format(table="t"), db="kms_count")
         before = len(openbao.transit_requests())
         env.run("restore", "latest", "--to-db", "kms_count_copy", "--database", "kms_count",
                 "--create")
-        assert openbao.transit_requests()[before:] == ["transit/decrypt/ebk"]
+        # The writer key (to trust the listing), then the backup's data key.
+        assert openbao.transit_requests()[before:] == ["transit/decrypt/ebk"] * 2
         assert pg_cluster.psql(CONTENT.format(table="t"), db="kms_count_copy") == expected
+        # With the writer key pinned, a restore is one KMS call: the data key.
+        writer = env.run("keys", "writer-key").stdout.strip()
+        env.config_path.write_text(env.config_path.read_text().replace(
+            "[repository]\n", f'[repository]\nwriter_keys = ["{writer}"]\n'))
+        drop_dbs(pg_cluster, "kms_count_copy")
+        before = len(openbao.transit_requests())
+        env.run("restore", "latest", "--to-db", "kms_count_copy", "--database", "kms_count",
+                "--create")
+        assert openbao.transit_requests()[before:] == ["transit/decrypt/ebk"]
     finally:
         drop_dbs(pg_cluster, "kms_count", "kms_count_copy")
 
@@ -201,7 +213,8 @@ def test_key_object_moved_between_backups_does_not_unwrap(
         before = len(openbao.transit_requests())
         result = env.run(*restore_b, expect=3)
         assert "belongs to another backup" in result.output
-        assert openbao.transit_requests()[before:] == ["transit/decrypt/ebk"]
+        # The writer key (to trust the manifest), then the refused data key.
+        assert openbao.transit_requests()[before:] == ["transit/decrypt/ebk"] * 2
         assert pg_cluster.psql("SELECT count(*) FROM pg_database WHERE datname = "
                                "'kms_move_copy'") == "0"
         key_b.write_bytes(own_b)
@@ -247,9 +260,18 @@ def test_kms_stopped_restore_with_recovery_key_only(own_openbao: Bao, pg_cluster
     identity.parent.mkdir()
     keygen = kms_env(tmp_path / "keygen", None, '[keys]\nprovider = "keyfile"\n'
                      f'keyfile = "{tmp_path / "unused-kek.json"}"\n')
+    # Made before the repository exists (as an operator would): no writer key recorded yet.
+    out = keygen.run("keys", "recovery-keygen", "--out", str(identity), "--writer-key",
+                     "ebkwriter1placeholder", expect=None).output
+    assert "not a writer public key" in out  # a typo'd key is refused, nothing written
+    assert not identity.exists()
     out = keygen.run("keys", "recovery-keygen", "--out", str(identity)).output
     recipient = next(w.strip('"[]') for w in out.split() if w.startswith('["ebkrecovery1'))
     env = kms_env(tmp_path / "ebk", pg_cluster, vault_toml(own_openbao, recipients=(recipient,)))
+    # ... then the repository's writer key is added to the identity, as documented.
+    writer = env.run("keys", "writer-key").stdout.strip()
+    identity.write_text(identity.read_text().replace(
+        "# recipient:", f"# writer-key: {writer}\n# recipient:"))
     expected = make_db(pg_cluster, "kms_rec", 2000)
     try:
         backup_id = json.loads(env.run("backup", "--type", "logical", "--database", "kms_rec",
@@ -304,7 +326,11 @@ def test_cli_rotate_rewrap_after_transit_rotation(openbao: Bao, pg_cluster: PgCl
         openbao.bao("write", "-f", "transit/keys/clirot/rotate")
         before = len(openbao.transit_requests())
         env.run("keys", "rotate-rewrap")
-        assert openbao.transit_requests()[before:] == ["transit/rewrap/clirot"]
+        # The writer key (to trust the listing) is opened and re-wrapped too, then one
+        # rewrap per backup.
+        assert openbao.transit_requests()[before:] == ["transit/decrypt/clirot",
+                                                       "transit/rewrap/clirot",
+                                                       "transit/rewrap/clirot"]
         assert json.loads(key_file.read_text())["slots"][0]["kek_id"] == "transit/clirot:v2"
         # old versions can now be retired: only v2 is needed to restore
         openbao.bao("write", "transit/keys/clirot/config", "min_decryption_version=2")
