@@ -160,6 +160,9 @@ class AwsKmsConfig:
     """AWS KMS (keys.provider = "awskms")."""
 
     key_id: str = ""  # key id, alias/NAME or ARN; credentials come from the AWS chain
+    # Earlier keys whose slots may still be unwrapped (after moving to a new key_id); a
+    # slot naming any other key is refused, whatever the (unauthenticated) slot says.
+    previous_key_ids: list[str] = field(default_factory=list)
     region: str = ""  # empty: the AWS chain (AWS_REGION, profile)
     endpoint_url: str = ""  # a VPC endpoint, or a test server
     profile: str = ""

@@ -75,6 +75,7 @@ class AwsKmsProvider:
             )
         self.cfg = cfg
         self._client: KMSClient | None = None
+        self._allowed_arns: set[str] | None = None
 
     def _kms(self) -> KMSClient:
         if self._client is None:
@@ -131,7 +132,35 @@ class AwsKmsProvider:
         )
         return WrappedKey(self.name, resp["KeyId"], resp["CiphertextBlob"])
 
+    def _allowed(self) -> set[str]:
+        """ARNs of the configured keys (key_id and previous_key_ids), resolved once."""
+        if self._allowed_arns is None:
+            arns = set()
+            for key in [self.cfg.key_id, *self.cfg.previous_key_ids]:
+                if key.startswith("arn:") and ":key/" in key:
+                    arns.add(key)
+                    continue
+                arns.add(self._arn_of(key))
+            self._allowed_arns = arns
+        return self._allowed_arns
+
+    def _refuse_unless_allowed(self, wrapped: WrappedKey) -> None:
+        """The slot is unauthenticated: it must not choose the KMS key (a key in another
+        account that trusts this role would return, or re-encrypt, whatever data key its
+        owner chose)."""
+        if wrapped.kek_id not in self._allowed():
+            raise WrongKey(
+                f"a key slot names KMS key {wrapped.kek_id}, which the configuration does not "
+                "allow (awskms.key_id, awskms.previous_key_ids); refusing to ask it",
+                hint="if that key really wrapped your backups, add it to awskms.previous_key_ids",
+            )
+
+    def _arn_of(self, key: str) -> str:
+        meta = self._call("look up a configured key", lambda k: k.describe_key(KeyId=key))
+        return str(meta["KeyMetadata"]["Arn"])
+
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
+        self._refuse_unless_allowed(wrapped)
         resp = self._call(
             "unwrap a data key",
             lambda k: k.decrypt(
@@ -144,6 +173,7 @@ class AwsKmsProvider:
 
     def rewrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> WrappedKey:
         """ReEncrypt inside KMS onto the configured key; the DEK is not returned to ebk."""
+        self._refuse_unless_allowed(wrapped)
         resp = self._call(
             "rewrap a data key",
             lambda k: k.re_encrypt(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ebk.config import AwsKmsConfig
-from ebk.errors import KeyAccessDenied, KeyProviderError, KeyProviderUnavailable, WrongKey
+from ebk.errors import KeyAccessDenied, KeyProviderUnavailable, WrongKey
 from ebk.keys.awskms import AwsKmsProvider
 from ebk.keys.recovery import write_identity_file
 from tests.keys.conftest import MotoKms
@@ -23,9 +23,10 @@ CTX = {"backup_id": "20261128T000000Z-aaaaaa", "cluster": "7300000000000000001",
 CONTENT = "SELECT count(*) || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM t"
 
 
-def provider(kms: MotoKms, key_id: str) -> AwsKmsProvider:
+def provider(kms: MotoKms, key_id: str, previous: tuple[str, ...] = ()) -> AwsKmsProvider:
     return AwsKmsProvider(AwsKmsConfig(key_id=key_id, region="us-east-1",
-                                       endpoint_url=kms.endpoint, retries=0))
+                                       endpoint_url=kms.endpoint, retries=0,
+                                       previous_key_ids=list(previous)))
 
 
 def awskms_toml(endpoint: str, key_id: str, recipients: tuple[str, ...] = ()) -> str:
@@ -44,8 +45,8 @@ def test_round_trip_by_alias_wrong_context_and_wrong_key(moto_kms: MotoKms) -> N
     assert kms.unwrap(slot, CTX) == dek
     with pytest.raises(WrongKey, match="another backup"):
         kms.unwrap(slot, {**CTX, "backup_id": "20261128T000001Z-bbbbbb"})
-    # the slot claims another key: KMS refuses (real KMS: IncorrectKeyException, moto: denied)
-    with pytest.raises(KeyProviderError):
+    # the slot claims another key: refused before KMS is asked (finding 4 of issue 10)
+    with pytest.raises(WrongKey, match="does not allow"):
         kms.unwrap(type(slot)(slot.provider, moto_kms.other_arn, slot.ciphertext), CTX)
     with pytest.raises(KeyAccessDenied, match="does not exist"):
         provider(moto_kms, "alias/missing").wrap(dek, CTX)
@@ -54,9 +55,23 @@ def test_round_trip_by_alias_wrong_context_and_wrong_key(moto_kms: MotoKms) -> N
 def test_rewrap_moves_the_slot_to_the_configured_key(moto_kms: MotoKms) -> None:
     dek = secrets.token_bytes(32)
     slot = provider(moto_kms, moto_kms.key_arn).wrap(dek, CTX)
-    moved = provider(moto_kms, moto_kms.other_arn).rewrap(slot, CTX)
+    # The old key must be allowed explicitly to be rewrapped from.
+    with pytest.raises(WrongKey, match="does not allow"):
+        provider(moto_kms, moto_kms.other_arn).rewrap(slot, CTX)
+    moved = provider(moto_kms, moto_kms.other_arn, (moto_kms.alias,)).rewrap(slot, CTX)
     assert moved.kek_id == moto_kms.other_arn
     assert provider(moto_kms, moto_kms.other_arn).unwrap(moved, CTX) == dek
+
+
+def test_a_slot_naming_a_foreign_key_is_refused(moto_kms: MotoKms) -> None:
+    """Finding 4: the attacker wraps a data key of their choice with a key they own (one
+    that trusts ebk's role) and names it in the slot; ebk never asks that key."""
+    chosen = secrets.token_bytes(32)
+    foreign = provider(moto_kms, moto_kms.other_arn).wrap(chosen, CTX)
+    assert foreign.kek_id == moto_kms.other_arn
+    with pytest.raises(WrongKey, match="does not allow") as refused:
+        provider(moto_kms, moto_kms.alias).unwrap(foreign, CTX)
+    assert refused.value.exit_code == 3
 
 
 def test_logical_round_trip_through_the_cli(moto_kms: MotoKms, pg_cluster: PgCluster,
