@@ -33,8 +33,9 @@ def run_backup(
     config = runtime.config
     enforce(config, purpose="backup")
     providers = runtime.checked_key_providers()
-    runtime.repository.require_initialized()
-    writer = ensure_writer_key(runtime)  # created by `ebk init`, or now if init could not
+    # Refuses a repository `ebk init` never created; the writer key is created by init,
+    # or here if init could not reach the KEK.
+    writer = ensure_writer_key(runtime)
     with cluster_backup_lock(config.postgres) as conn:
         return take_backup(
             config,

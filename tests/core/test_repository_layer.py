@@ -75,15 +75,15 @@ def test_delete_refuses_latest_and_names(ebk_env: EbkEnv) -> None:
 def test_a_malformed_manifest_is_reported_and_the_rest_listed(ebk_env: EbkEnv) -> None:
     good = _backup(ebk_env)
     manifests = ebk_env.repo_dir / "manifests"
-    (manifests / "20261201T000000000000Z-badbad.json").write_text("{}")
-    (manifests / "20261202T000000000000Z-000000.json").write_bytes(b"\x00" * 100)
+    (manifests / "20201201T000000000000Z-badbad.json").write_text("{}")
+    (manifests / "20201202T000000000000Z-000000.json").write_bytes(b"\x00" * 100)
     (manifests / "not-an-id.json").write_text("{}")
     result = ebk_env.run("list", "--json")
     assert [b["backup_id"] for b in json.loads(result.stdout)] == [good]
-    assert "skipped manifests/20261201T000000000000Z-badbad.json" in result.stderr
+    assert "skipped manifests/20201201T000000000000Z-badbad.json" in result.stderr
     assert "not an ebk manifest" in result.stderr
     assert "skipped manifests/not-an-id.json" in result.stderr
-    assert "skipped manifests/20261202T000000000000Z-000000.json" in result.stderr
+    assert "skipped manifests/20201202T000000000000Z-000000.json" in result.stderr
     # latest, retention and show still work on the good one.
     ebk_env.run("show", "latest")
     assert (
@@ -92,10 +92,14 @@ def test_a_malformed_manifest_is_reported_and_the_rest_listed(ebk_env: EbkEnv) -
         ]
         == good
     )
-    # An oversized manifest is refused before it is read.
-    (manifests / "20261203T000000000000Z-111111.json").write_bytes(b" " * (5 * 1024 * 1024))
+    # An oversized manifest is refused before it is read; one claiming to be newer than
+    # every good backup makes `latest` refuse (it may hide the real newest one).
+    (manifests / "20991203T000000000000Z-111111.json").write_bytes(b" " * (5 * 1024 * 1024))
     result = ebk_env.run("list", "--json")
     assert "implausibly large" in result.stderr
+    refused = ebk_env.run("show", "latest", expect=5)
+    assert "refusing to choose `latest`" in refused.stderr
+    ebk_env.run("show", good)
 
 
 class CountingProvider:
