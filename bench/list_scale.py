@@ -22,10 +22,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from common import REPO, median, timed
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ebk.keys.envelope import KeyObject
 from ebk.manifest import Manifest, StoredObject
 from ebk.repository.layout import manifest_name, new_backup_id, object_name
+from ebk.repository.writer import WriterKey, encode_public
 from ebk.storage.base import Storage
 from ebk.storage.factory import open_storage
 from tests.support.net import free_port, wait_for_port
@@ -33,7 +35,11 @@ from tests.support.net import free_port, wait_for_port
 VENV_BIN = REPO / ".venv" / "bin"
 
 
+WRITER = WriterKey(Ed25519PrivateKey.generate())
+
+
 def populate(storage: Storage, count: int) -> None:
+    """N signed backups, as ebk writes them (the bench pins WRITER's public key)."""
     start = datetime(2025, 1, 1, tzinfo=UTC)
 
     def one(i: int) -> None:
@@ -60,6 +66,7 @@ def populate(storage: Storage, count: int) -> None:
             source_size=10**9,
         )
         manifest.seal(secrets.token_bytes(32))
+        manifest.sign(WRITER)
         key = KeyObject(backup_id, "dek-0", {"backup_id": backup_id}, [])
         storage.put_bytes(object_name(backup_id, "key.json"), key.to_json())
         storage.put_bytes(manifest_name(backup_id), manifest.to_json())
@@ -76,7 +83,9 @@ def measure(
 ) -> dict[str, object]:
     config = Path(tempfile.mkdtemp()) / "ebk.toml"
     config.write_text(
-        f'[repository]\nurl = "{url}"\n[preflight]\npolicy = "off"\n[retention]\nmin_age = "0s"\n'
+        f'[repository]\nurl = "{url}"\nwriter_keys = ["{encode_public(WRITER.public)}"]\n'
+        f'cache_dir = "{config.parent / "cache"}"\n'
+        '[preflight]\npolicy = "off"\n[retention]\nmin_age = "0s"\n'
     )
     env = dict(env, EBK_CONFIG=str(config))
     ebk = [str(VENV_BIN / "python"), "-m", "ebk"]

@@ -29,7 +29,7 @@ from ebk.errors import (
 )
 from ebk.keys.envelope import MAX_KEY_OBJECT_SIZE, KeyObject
 from ebk.manifest import MAX_MANIFEST_SIZE, Manifest
-from ebk.repository.cache import ManifestCache
+from ebk.repository.cache import ManifestCache, VerifiedDigests
 from ebk.repository.layout import (
     BACKUPS,
     KEY_OBJECT,
@@ -127,9 +127,11 @@ class Repository:
         *,
         cache: ManifestCache | None = None,
         trust: Callable[[], TrustedWriters] | None = None,
+        verified: VerifiedDigests | None = None,
     ) -> None:
         self._storage = storage
         self._cache = cache
+        self._verified = verified
         # The writer keys readers trust, resolved on first need (pinned, or via the KEK).
         self._trust = trust
         self._trusted: TrustedWriters | None = None
@@ -367,7 +369,7 @@ class Repository:
                 if manifest.manifest_version == 1:  # unsigned (0.1): never listed or counted
                     catalog.legacy.add(backup_id)
                     continue
-                manifest.verify_signature(self.trusted_writers())
+                self._verify_listed(manifest, raw)
             except IntegrityError as exc:
                 catalog.problems.append(Problem(info.name, exc.message))
                 continue
@@ -379,7 +381,22 @@ class Repository:
                 seen.add(backup_id)
                 catalog.backups.append(manifest)
         catalog.backups.sort(key=_sort_key)
+        if self._verified is not None:
+            self._verified.save()
         return catalog
+
+    def _verify_listed(self, manifest: Manifest, raw: bytes) -> None:
+        """The writer signature, unless these exact bytes verified here before."""
+        trusted = self.trusted_writers()
+        if self._verified is None:
+            manifest.verify_signature(trusted)
+            return
+        digest = self._verified.digest(raw)
+        signer = manifest.auth.get("sig", "").split(":")[1:2]
+        if digest in self._verified and signer and trusted.trusts(signer[0]):
+            return
+        manifest.verify_signature(trusted)
+        self._verified.add(digest)
 
     def resolve(self, ref: str, *, kind: str | None = None) -> Manifest:
         """A backup id, or 'latest': the newest complete backup (of ``kind`` when given)."""

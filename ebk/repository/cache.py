@@ -63,3 +63,45 @@ class ManifestCache:
                 if entry.name not in wanted:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
+
+
+class VerifiedDigests:
+    """SHA-256 digests of manifest bytes whose writer signature verified on this host.
+
+    Verifying an Ed25519 signature costs ~0.2 ms here; listing 10,000 backups
+    would spend seconds re-proving what this host already proved.  An entry
+    names the exact bytes (so any change misses) and the reader still checks
+    that the signing key is one it trusts now.  Like the manifest cache, it
+    lives on the ebk host and trusts that host's disk as much as its config.
+    """
+
+    def __init__(self, root: Path, repository_url: str) -> None:
+        self._path = root / hashlib.sha256(repository_url.encode()).hexdigest()[:24] / "verified"
+        self._known: set[bytes] = set()
+        self._seen: set[bytes] = set()
+        with contextlib.suppress(OSError):
+            data = self._path.read_bytes()
+            self._known = {data[i : i + 32] for i in range(0, len(data) - len(data) % 32, 32)}
+
+    @staticmethod
+    def digest(raw: bytes) -> bytes:
+        return hashlib.sha256(raw).digest()
+
+    def __contains__(self, digest: bytes) -> bool:
+        self._seen.add(digest)
+        return digest in self._known
+
+    def add(self, digest: bytes) -> None:
+        self._known.add(digest)
+        self._seen.add(digest)
+
+    def save(self) -> None:
+        """Keep only what this listing saw (bounded by the repository's size)."""
+        keep = self._known & self._seen
+        with contextlib.suppress(OSError):
+            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = self._path.with_name(f".tmp-{os.getpid()}-verified")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"".join(sorted(keep)))
+            os.replace(tmp, self._path)

@@ -94,6 +94,9 @@ class TrustedWriters:
     def describe(self) -> list[str]:
         return sorted(self._keys)
 
+    def trusts(self, key_id: str) -> bool:
+        return key_id in self._keys
+
     def encoded(self) -> list[str]:
         """The public keys as ebkwriter1… strings, for pinning."""
         return [encode_public(self._keys[k]) for k in sorted(self._keys)]
