@@ -116,8 +116,11 @@ def ebk_env(tmp_path: Path, pg_cluster: PgCluster) -> EbkEnv:
 
 
 @pytest.fixture(autouse=True)
-def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never read /etc/ebk or the developer's EBK_* variables."""
+def _no_ambient_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Tests never read /etc/ebk or the developer's EBK_* variables, nor share ~/.cache/ebk."""
     for name in list(os.environ):
         if name.startswith("EBK_") and name != "EBK_CACHE_DIR":
             monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))

@@ -191,3 +191,20 @@ def test_backup_refuses_a_repository_never_initialised(
     assert_refused(result, 4, "is not an ebk repository")
     assert "ebk init --repository-only" in result.output
     assert not elsewhere.exists()
+
+
+def test_the_verified_digest_cache_never_outlives_trust(ebk_env: EbkEnv) -> None:
+    """A digest proven before skips the Ed25519 check, never the question of who signed."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ebk.repository.writer import encode_public
+
+    good = _backup(ebk_env)
+    assert [b["backup_id"] for b in json.loads(ebk_env.run("list", "--json").stdout)] == [good]
+    # The cache now holds this manifest's digest; a key change must still hide it.
+    stranger = encode_public(Ed25519PrivateKey.generate().public_key())
+    ebk_env.config_path.write_text(ebk_env.config_path.read_text().replace(
+        "[repository]\n", f'[repository]\nwriter_keys = ["{stranger}"]\n'))
+    result = ebk_env.run("list", "--json")
+    assert json.loads(result.stdout) == []
+    assert "not signed by this repository's writer key" in result.stderr
