@@ -127,3 +127,29 @@ def test_sigterm_cleans_up_and_exits_130(big_cluster: PgCluster, tmp_path: Path)
     while big_cluster.psql("SELECT count(*) FROM pg_replication_slots") != "0":
         assert time.monotonic() < deadline, "the temporary replication slot was left behind"
         time.sleep(0.1)
+
+
+def test_repo_check_clean_racing_a_running_backup_never_lists_it(
+    big_cluster: PgCluster, tmp_path: Path
+) -> None:
+    """Issue 10, finding 6: `repo check --clean --older-than 0s` while a backup streams.
+
+    The cleaner may remove the running backup's objects (an operator chose a zero
+    grace period), but the backup then fails loudly (exit 4) instead of writing a
+    manifest over missing objects; nothing is listed that does not restore.
+    """
+    env = make_env(tmp_path / "ebk", big_cluster)
+    proc = start_backup(env)
+    try:
+        wait_mid_stream(env, proc)
+        env.run("repo", "check", "--clean", "--older-than", "0s")
+        _out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 4, err
+    assert "Traceback" not in err
+    assert listed(env) == []
+    done = json.loads(env.run("backup", "--type", "physical", "--json").stdout)
+    assert [b["backup_id"] for b in listed(env)] == [done["backup_id"]]
