@@ -62,6 +62,11 @@ class KeyObject:
                 for s in doc["slots"]
             ]
             context = {str(k): str(v) for k, v in doc["context"].items()}
+            # The top-level ids are not covered by the KEK; the context is. They must agree.
+            if set(context) != {"backup_id", "cluster", "dek_id"}:
+                raise ValueError("the context must name exactly backup_id, cluster, dek_id")
+            if doc["dek_id"] != context["dek_id"] or doc["backup_id"] != context["backup_id"]:
+                raise ValueError("backup_id/dek_id disagree with the wrapped context")
             return cls(doc["backup_id"], doc["dek_id"], context, slots)
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"key object {where} is malformed ({exc})") from None

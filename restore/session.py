@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ebk.errors import IntegrityError, RestoreTargetError
+from ebk.errors import IntegrityError, RestoreTargetError, WrongKey
 from ebk.keys.base import KeyProvider
 from ebk.keys.envelope import open_data_key
 from ebk.manifest import Manifest
@@ -51,6 +51,23 @@ def open_backup(
             "restore it with the KEK",
         )
     key_object = repo.read_key_object(manifest.backup_id)
+    # The manifest is authenticated (signature); the key object's context is bound to the
+    # wrapped DEK. A key object from another backup or another cluster sharing the KEK
+    # (finding 5) names different ids and is refused before any KMS call.
+    bound = key_object.context
+    same_backup = key_object.backup_id == manifest.backup_id  # else open_data_key says so
+    mismatch = (bound.get("dek_id"), bound.get("cluster")) != (
+        manifest.dek_id,
+        manifest.system_identifier,
+    )
+    if same_backup and mismatch:
+        raise WrongKey(
+            f"the key object of backup {manifest.backup_id} is bound to cluster "
+            f"{bound.get('cluster')} and data key {bound.get('dek_id')}, but the manifest "
+            f"names cluster {manifest.system_identifier} and data key {manifest.dek_id}",
+            hint="the key object was copied from another backup or cluster; restore that "
+            "backup's own key.json",
+        )
     dek = open_data_key(key_object, providers, backup_id=manifest.backup_id)
     manifest.verify(dek)
     return OpenedBackup(repo, manifest, dek)

@@ -208,3 +208,32 @@ def test_an_edited_newest_manifest_blocks_latest(ebk_env: EbkEnv) -> None:
     assert "refusing to choose `latest`" in result.stderr and newest in result.stderr
     # Named explicitly, the older backup still restores.
     ebk_env.run("restore", older, "--to-db", "older_copy", "--create")
+
+
+def test_a_backup_copied_from_another_cluster_sharing_the_kek_is_refused(
+    tmp_path: Path, pg_cluster: PgCluster, fresh_cluster: PgCluster
+) -> None:
+    """Finding 5: one key file for two clusters; B's backup copied into A's repository."""
+    import shutil
+
+    a = make_env(tmp_path / "a", pg_cluster)
+    b = make_env(tmp_path / "b", fresh_cluster, init=False)
+    shutil.copy(a.keyfile, b.keyfile)  # the shared KEK
+    b.run("init", "--repository-only")
+    mine = json.loads(a.run("backup", "--type", "logical", "--database", "postgres",
+                            "--json").stdout)["backup_id"]
+    theirs = json.loads(b.run("backup", "--type", "logical", "--database", "postgres",
+                              "--json").stdout)["backup_id"]
+    shutil.copytree(b.repo_dir / "backups" / theirs, a.repo_dir / "backups" / theirs)
+    shutil.copy(b.repo_dir / "manifests" / f"{theirs}.json", a.repo_dir / "manifests")
+    listed = a.run("list", "--json")
+    assert [x["backup_id"] for x in json.loads(listed.stdout)] == [mine]
+    assert theirs in listed.stderr and "not signed by this repository's writer key" in (
+        listed.stderr
+    )
+    result = a.run("restore", theirs, "--to-db", "never", "--create", expect=5)
+    assert "not signed by this repository's writer key" in result.stderr
+    # `latest` is refused too: B's backup claims to be newer than A's.
+    assert "refusing to choose `latest`" in a.run(
+        "restore", "latest", "--to-db", "never", "--create", expect=5).stderr
+    assert pg_cluster.psql("SELECT count(*) FROM pg_database WHERE datname = 'never'") == "0"

@@ -238,7 +238,7 @@ CASES: list[tuple[str, Callable[[EbkEnv, Source], None], int, str]] = [
     ),
     ("manifest-mac-removed", _edit_manifest(_drop_mac), INTEGRITY, "missing member 'auth'"),
     ("key-object-from-other-backup", _key_object_from_b, KEY, "belongs to backup"),
-    ("key-object-relabelled", _key_object_from_b_relabelled, KEY, "does not unwrap"),
+    ("key-object-relabelled", _key_object_from_b_relabelled, KEY, "copied from another backup"),
     ("key-slot-flipped", _flip_key_slot, KEY, "does not unwrap"),
 ]
 
