@@ -68,7 +68,7 @@ class KeyObject:
             if doc["dek_id"] != context["dek_id"] or doc["backup_id"] != context["backup_id"]:
                 raise ValueError("backup_id/dek_id disagree with the wrapped context")
             return cls(doc["backup_id"], doc["dek_id"], context, slots)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise IntegrityError(f"key object {where} is malformed ({exc})") from None
 
 

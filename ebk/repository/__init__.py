@@ -154,7 +154,7 @@ class Repository:
             layout = int(doc.get("layout", doc.get("version", 1)))
             repo_id = doc.get("repository_id")
             return RepositoryMarker(layout, repo_id if isinstance(repo_id, str) else None)
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, RecursionError):
             raise IntegrityError(
                 f"the repository marker {MARKER} in {self.url} is malformed",
                 hint="it was damaged or not written by ebk; check repository.url",

@@ -116,7 +116,7 @@ class RepositoryLease:
             return None
         try:
             return LeaseRecord.from_json(raw)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise LockBusy(
                 f"the repository lease {LEASE_OBJECT} in {self._storage.url} is unreadable",
                 hint=f"if no ebk deletion or rewrap (retention, delete, repo check --clean, "

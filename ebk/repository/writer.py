@@ -165,7 +165,7 @@ def open_writer_key(
         ]
         if doc.get("format") != "ebk-writer-key" or doc.get("version") != 1:
             raise ValueError("unknown format")
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise IntegrityError(f"{WRITER_KEY_OBJECT} is malformed ({exc})") from None
     context = _context(repository_id, key_id)
     errors: list[KeyProviderError] = []
@@ -217,6 +217,6 @@ def rewrap_writer_key(raw: bytes, provider: KeyProvider, *, repository_id: str) 
                 slot["kek_id"] = new.kek_id
                 slot["wrapped"] = base64.b64encode(new.ciphertext).decode()
                 changed = True
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise IntegrityError(f"{WRITER_KEY_OBJECT} is malformed ({exc})") from None
     return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n" if changed else None
