@@ -28,10 +28,7 @@ from ebk.repository.layout import new_backup_id, stream_context
 from tests.support.ebkenv import EbkEnv, make_env
 from tests.support.postgres import PG_BIN, PgCluster
 
-EVIL_SQL = (
-    "CREATE ROLE ebk_attacker SUPERUSER LOGIN;\n"
-    "\\! touch /tmp/ebk-attack-meta-command-ran\n"
-)
+EVIL_SQL = "CREATE ROLE ebk_attacker SUPERUSER LOGIN;\n\\! touch /tmp/ebk-attack-meta-command-ran\n"
 
 
 def _recovery_env(tmp_path: Path, cluster: PgCluster) -> tuple[EbkEnv, Path, str]:
@@ -52,7 +49,10 @@ def _recovery_env(tmp_path: Path, cluster: PgCluster) -> tuple[EbkEnv, Path, str
 def _encrypt(dek: bytes, dek_id: str, backup_id: str, name: str, payload: bytes) -> bytes:
     out = io.BytesIO()
     writer = EncryptingWriter(
-        out, dek, key_id=dek_id, associated_data=stream_context(backup_id, name),
+        out,
+        dek,
+        key_id=dek_id,
+        associated_data=stream_context(backup_id, name),
         compression=COMPRESSION_ZSTD,
     )
     writer.write(payload)
@@ -70,12 +70,24 @@ def forge_logical_backup(
     slot = seal_for(parse_recipient(recipient, where="attack"), dek, context)
     folder = env.repo_dir / "backups" / backup_id
     folder.mkdir(parents=True)
-    (folder / "key.json").write_text(json.dumps({
-        "format": "ebk-key-object", "version": 1, "backup_id": backup_id, "dek_id": dek_id,
-        "context": context,
-        "slots": [{"provider": "recovery", "kek_id": recipient,
-                   "wrapped": base64.b64encode(slot).decode()}],
-    }))
+    (folder / "key.json").write_text(
+        json.dumps(
+            {
+                "format": "ebk-key-object",
+                "version": 1,
+                "backup_id": backup_id,
+                "dek_id": dek_id,
+                "context": context,
+                "slots": [
+                    {
+                        "provider": "recovery",
+                        "kek_id": recipient,
+                        "wrapped": base64.b64encode(slot).decode(),
+                    }
+                ],
+            }
+        )
+    )
     objects = []
     for name, role, database, payload in (
         ("globals.sql.ebk", "globals", None, EVIL_SQL.encode()),
@@ -83,13 +95,29 @@ def forge_logical_backup(
     ):
         blob = _encrypt(dek, dek_id, backup_id, name, payload)
         (folder / name).write_bytes(blob)
-        objects.append(StoredObject(name, role, len(payload), len(blob),
-                                    hashlib.sha256(blob).hexdigest(), database=database))
+        objects.append(
+            StoredObject(
+                name,
+                role,
+                len(payload),
+                len(blob),
+                hashlib.sha256(blob).hexdigest(),
+                database=database,
+            )
+        )
     manifest = Manifest(
-        backup_id=backup_id, kind="logical", ebk_version="0.2.0",
-        system_identifier=system_identifier, server_version="15.18", server_version_num=150018,
-        start_time=when.isoformat(), stop_time=when.isoformat(), dek_id=dek_id,
-        key_slots=[f"recovery/{recipient}"], objects=objects, databases=["app"],
+        backup_id=backup_id,
+        kind="logical",
+        ebk_version="0.2.0",
+        system_identifier=system_identifier,
+        server_version="15.18",
+        server_version_num=150018,
+        start_time=when.isoformat(),
+        stop_time=when.isoformat(),
+        dek_id=dek_id,
+        key_slots=[f"recovery/{recipient}"],
+        objects=objects,
+        databases=["app"],
     )
     manifest.seal(dek)  # a valid MAC: the attacker chose the DEK
     manifest.auth["sig"] = "ed25519:wk-0000000000000000:" + base64.b64encode(bytes(64)).decode()
@@ -103,8 +131,19 @@ def attacker_dump(pg_cluster: PgCluster) -> bytes:
     pg_cluster.psql("CREATE DATABASE evil_src")
     pg_cluster.psql("CREATE TABLE pwned AS SELECT 1 AS x", db="evil_src")
     return subprocess.run(
-        [str(PG_BIN / "pg_dump"), "-Fc", "-h", pg_cluster.host, "-p", str(pg_cluster.port),
-         "-U", "postgres", "evil_src"], check=True, capture_output=True,
+        [
+            str(PG_BIN / "pg_dump"),
+            "-Fc",
+            "-h",
+            pg_cluster.host,
+            "-p",
+            str(pg_cluster.port),
+            "-U",
+            "postgres",
+            "evil_src",
+        ],
+        check=True,
+        capture_output=True,
     ).stdout
 
 
@@ -116,19 +155,40 @@ def test_a_forged_backup_never_restores_through_the_recovery_key(
         env.run("backup", "--type", "logical", "--database", "postgres", "--json").stdout
     )
     forged = forge_logical_backup(
-        env, recipient, real["system_identifier"], attacker_dump,
+        env,
+        recipient,
+        real["system_identifier"],
+        attacker_dump,
         when=datetime.now(UTC) + timedelta(days=1),
     )
     marker = Path("/tmp/ebk-attack-meta-command-ran")
     marker.unlink(missing_ok=True)
 
     # Named explicitly, with only the recovery key: refused, nothing applied.
-    result = env.run("restore", forged, "--to-db", "victim", "--create", "--with-globals",
-                     "--recovery-key", str(identity), expect=5)
+    result = env.run(
+        "restore",
+        forged,
+        "--to-db",
+        "victim",
+        "--create",
+        "--with-globals",
+        "--recovery-key",
+        str(identity),
+        expect=5,
+    )
     assert "not signed by this repository's writer key" in result.stderr
     # As `latest`: the forgery is newer than every real backup, so latest is refused.
-    result = env.run("restore", "latest", "--to-db", "victim", "--create", "--with-globals",
-                     "--recovery-key", str(identity), expect=5)
+    result = env.run(
+        "restore",
+        "latest",
+        "--to-db",
+        "victim",
+        "--create",
+        "--with-globals",
+        "--recovery-key",
+        str(identity),
+        expect=5,
+    )
     assert "refusing to choose `latest`" in result.stderr and forged in result.stderr
     assert pg_cluster.psql("SELECT count(*) FROM pg_database WHERE datname = 'victim'") == "0"
     assert pg_cluster.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'ebk_attacker'") == "0"
@@ -137,8 +197,15 @@ def test_a_forged_backup_never_restores_through_the_recovery_key(
     listed = env.run("list", "--json")
     assert [b["backup_id"] for b in json.loads(listed.stdout)] == [real["backup_id"]]
     assert forged in listed.stderr
-    env.run("restore", real["backup_id"], "--to-db", "recovered", "--create",
-            "--recovery-key", str(identity))
+    env.run(
+        "restore",
+        real["backup_id"],
+        "--to-db",
+        "recovered",
+        "--create",
+        "--recovery-key",
+        str(identity),
+    )
     assert pg_cluster.psql("SELECT count(*) FROM pg_database WHERE datname = 'recovered'") == "1"
 
 
@@ -150,12 +217,22 @@ def test_a_recovery_restore_without_a_pinned_writer_key_is_refused(
         env.run("backup", "--type", "logical", "--database", "postgres", "--json").stdout
     )
     bare = tmp_path / "bare.key"
-    bare.write_text("".join(
-        line + "\n" for line in identity.read_text().splitlines() if "writer-key" not in line
-    ))
+    bare.write_text(
+        "".join(
+            line + "\n" for line in identity.read_text().splitlines() if "writer-key" not in line
+        )
+    )
     bare.chmod(0o600)
-    result = env.run("restore", real["backup_id"], "--to-db", "never", "--create",
-                     "--recovery-key", str(bare), expect=2)
+    result = env.run(
+        "restore",
+        real["backup_id"],
+        "--to-db",
+        "never",
+        "--create",
+        "--recovery-key",
+        str(bare),
+        expect=2,
+    )
     assert "writer public key" in result.stderr
 
 
@@ -163,24 +240,30 @@ def test_planted_manifests_neither_count_nor_get_deleted_by_retention(
     ebk_env: EbkEnv,
 ) -> None:
     real = [
-        json.loads(ebk_env.run("backup", "--type", "logical", "--database", "postgres",
-                               "--json").stdout)
+        json.loads(
+            ebk_env.run("backup", "--type", "logical", "--database", "postgres", "--json").stdout
+        )
         for _ in range(2)
     ]
-    template = json.loads((ebk_env.repo_dir / "manifests" / f"{real[0]['backup_id']}.json")
-                          .read_text())
+    template = json.loads(
+        (ebk_env.repo_dir / "manifests" / f"{real[0]['backup_id']}.json").read_text()
+    )
     planted = []
     for day in range(30):  # finding 2: future times, the real cluster, no keys
         when = datetime.now(UTC) + timedelta(days=day + 1)
         backup_id = new_backup_id(when)
-        doc = dict(template, backup_id=backup_id, start_time=when.isoformat(),
-                   stop_time=when.isoformat())
+        doc = dict(
+            template, backup_id=backup_id, start_time=when.isoformat(), stop_time=when.isoformat()
+        )
         (ebk_env.repo_dir / "manifests" / f"{backup_id}.json").write_text(json.dumps(doc))
         planted.append(backup_id)
-    ebk_env.config_path.write_text(ebk_env.config_path.read_text() + (
-        '\n[retention]\nkeep_last = 1\nkeep_daily = 1\nkeep_weekly = 1\nkeep_monthly = 1\n'
-        'min_age = "0s"\n'
-    ))
+    ebk_env.config_path.write_text(
+        ebk_env.config_path.read_text()
+        + (
+            "\n[retention]\nkeep_last = 1\nkeep_daily = 1\nkeep_weekly = 1\nkeep_monthly = 1\n"
+            'min_age = "0s"\n'
+        )
+    )
     result = ebk_env.run("retention", "--json")
     report = json.loads(result.stdout)
     assert {d["backup_id"] for d in report["decisions"]} == {b["backup_id"] for b in real}
@@ -196,8 +279,9 @@ def test_planted_manifests_neither_count_nor_get_deleted_by_retention(
 def test_an_edited_newest_manifest_blocks_latest(ebk_env: EbkEnv) -> None:
     """Finding 3, edited: the newest manifest's kind is changed to roll `latest` back."""
     older, newest = (
-        json.loads(ebk_env.run("backup", "--type", "logical", "--database", "postgres",
-                               "--json").stdout)["backup_id"]
+        json.loads(
+            ebk_env.run("backup", "--type", "logical", "--database", "postgres", "--json").stdout
+        )["backup_id"]
         for _ in range(2)
     )
     path = ebk_env.repo_dir / "manifests" / f"{newest}.json"
@@ -220,10 +304,12 @@ def test_a_backup_copied_from_another_cluster_sharing_the_kek_is_refused(
     b = make_env(tmp_path / "b", fresh_cluster, init=False)
     shutil.copy(a.keyfile, b.keyfile)  # the shared KEK
     b.run("init", "--repository-only")
-    mine = json.loads(a.run("backup", "--type", "logical", "--database", "postgres",
-                            "--json").stdout)["backup_id"]
-    theirs = json.loads(b.run("backup", "--type", "logical", "--database", "postgres",
-                              "--json").stdout)["backup_id"]
+    mine = json.loads(
+        a.run("backup", "--type", "logical", "--database", "postgres", "--json").stdout
+    )["backup_id"]
+    theirs = json.loads(
+        b.run("backup", "--type", "logical", "--database", "postgres", "--json").stdout
+    )["backup_id"]
     shutil.copytree(b.repo_dir / "backups" / theirs, a.repo_dir / "backups" / theirs)
     shutil.copy(b.repo_dir / "manifests" / f"{theirs}.json", a.repo_dir / "manifests")
     listed = a.run("list", "--json")
@@ -234,6 +320,8 @@ def test_a_backup_copied_from_another_cluster_sharing_the_kek_is_refused(
     result = a.run("restore", theirs, "--to-db", "never", "--create", expect=5)
     assert "not signed by this repository's writer key" in result.stderr
     # `latest` is refused too: B's backup claims to be newer than A's.
-    assert "refusing to choose `latest`" in a.run(
-        "restore", "latest", "--to-db", "never", "--create", expect=5).stderr
+    assert (
+        "refusing to choose `latest`"
+        in a.run("restore", "latest", "--to-db", "never", "--create", expect=5).stderr
+    )
     assert pg_cluster.psql("SELECT count(*) FROM pg_database WHERE datname = 'never'") == "0"

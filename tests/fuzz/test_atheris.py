@@ -28,10 +28,21 @@ def test_atheris_finds_no_crash(tmp_path: Path) -> None:
     (corpus / "key").write_bytes(json.dumps({"format": "ebk-key-object", "version": 1}).encode())
     (corpus / "stream").write_bytes(b"EBK1" + bytes(60))
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.fuzz.atheris_main", f"-atheris_runs={RUNS}",
-         "-max_len=4096", "-rss_limit_mb=1024", "-timeout=10", str(corpus)],
-        cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "tests.fuzz.atheris_main",
+            f"-atheris_runs={RUNS}",
+            "-max_len=4096",
+            "-rss_limit_mb=1024",
+            "-timeout=10",
+            str(corpus),
+        ],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     tail = proc.stderr[-3000:]
     assert proc.returncode == 0, tail
