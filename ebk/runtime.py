@@ -13,7 +13,12 @@ from ebk.keys.check import check_providers
 from ebk.keys.factory import build_providers
 from ebk.logsetup import configure_logging
 from ebk.repository import Repository
-from ebk.repository.cache import ManifestCache, VerifiedDigests, default_cache_root
+from ebk.repository.cache import (
+    HighWaterMark,
+    ManifestCache,
+    VerifiedDigests,
+    default_cache_root,
+)
 from ebk.repository.writer import TrustedWriters, WriterKey, open_writer_key, trusted_from
 from ebk.storage.factory import open_storage
 
@@ -34,10 +39,11 @@ class Runtime:
     @cached_property
     def repository(self) -> Repository:
         cfg = self.config.repository
-        cache, verified = None, None
+        cache, verified, highwater = None, None, None
         if cfg.cache_dir != "off":
             root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
             verified = VerifiedDigests(root, cfg.url)
+            highwater = HighWaterMark(root, cfg.url)
             if not cfg.url.startswith("file:"):  # a local repository is its own cache
                 cache = ManifestCache(root, cfg.url)
         return Repository(
@@ -45,6 +51,7 @@ class Runtime:
             cache=cache,
             trust=self.trusted_writers,
             verified=verified,
+            highwater=highwater,
         )
 
     @cached_property

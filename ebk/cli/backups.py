@@ -83,6 +83,13 @@ def report_skipped(catalog: Catalog) -> None:
             f"ebk: warning: skipped {printable(problem.name)}: {printable(problem.reason)}",
             err=True,
         )
+    if catalog.missing_newest:
+        click.echo(
+            f"ebk: warning: backup {printable(catalog.missing_newest)}, the newest this host "
+            "has seen, is gone from the repository and nothing newer replaced it; `latest` "
+            "is refused until `ebk repo check --accept-missing-newest`",
+            err=True,
+        )
     if catalog.legacy:
         click.echo(
             f"ebk: note: {len(catalog.legacy)} backup(s) written by ebk 0.1 carry no writer "

@@ -52,9 +52,21 @@ def repo() -> None:
     help="Grace period (90s, 30m, 24h, 7d): leftovers active more recently may belong to "
     "a backup that is running now and are never removed.",
 )
+@click.option(
+    "--accept-missing-newest",
+    is_flag=True,
+    help="The newest backup this host had seen was deleted on purpose (e.g. `ebk delete` on "
+    "another host): stop refusing `latest` for it.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def check(config_path: Path | None, clean: bool, older_than: str, json_output: bool) -> None:
+def check(
+    config_path: Path | None,
+    clean: bool,
+    older_than: str,
+    accept_missing_newest: bool,
+    json_output: bool,
+) -> None:
     """Report incomplete backups and orphaned uploads; --clean removes the old ones.
 
     An incomplete backup has objects but no manifest: it was interrupted (or
@@ -75,6 +87,8 @@ def check(config_path: Path | None, clean: bool, older_than: str, json_output: b
     grace = timedelta(seconds=parse_duration(older_than, "--older-than"))
     runtime = Runtime.load(config_path)
     repository = runtime.repository
+    if accept_missing_newest:
+        repository.accept_missing_newest()
     report = check_leftovers(repository, grace=grace, now=datetime.now(UTC))
     if clean:
         clean_leftovers(repository, report)

@@ -29,7 +29,7 @@ from ebk.errors import (
 )
 from ebk.keys.envelope import MAX_KEY_OBJECT_SIZE, KeyObject
 from ebk.manifest import MAX_MANIFEST_SIZE, Manifest
-from ebk.repository.cache import ManifestCache, VerifiedDigests
+from ebk.repository.cache import HighWaterMark, ManifestCache, VerifiedDigests
 from ebk.repository.layout import (
     BACKUPS,
     KEY_OBJECT,
@@ -92,6 +92,8 @@ class Catalog:
     problems: list[Problem] = field(default_factory=list)
     # Backups written by ebk 0.1 (unsigned): restorable by id, listed once re-signed.
     legacy: set[str] = field(default_factory=set)
+    # The newest backup this host saw before, now gone with nothing newer (rollback?).
+    missing_newest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,14 @@ class IncompleteBackup:
 class RepositoryMarker:
     layout: int
     repository_id: str | None
+
+
+def _iso(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _sort_key(m: Manifest) -> tuple[datetime, str]:
@@ -128,10 +138,12 @@ class Repository:
         cache: ManifestCache | None = None,
         trust: Callable[[], TrustedWriters] | None = None,
         verified: VerifiedDigests | None = None,
+        highwater: HighWaterMark | None = None,
     ) -> None:
         self._storage = storage
         self._cache = cache
         self._verified = verified
+        self._highwater = highwater
         # The writer keys readers trust, resolved on first need (pinned, or via the KEK).
         self._trust = trust
         self._trusted: TrustedWriters | None = None
@@ -383,7 +395,28 @@ class Repository:
         catalog.backups.sort(key=_sort_key)
         if self._verified is not None:
             self._verified.save()
+        self._check_high_water(catalog)
         return catalog
+
+    def _check_high_water(self, catalog: Catalog) -> None:
+        """The newest backup seen here before must still be there (or something newer)."""
+        if self._highwater is None:
+            return
+        mark = self._highwater.read()
+        newest = catalog.backups[-1] if catalog.backups else None
+        present = {m.backup_id for m in catalog.backups}
+        if mark is not None and mark[1] not in present:
+            marked_time = datetime.fromisoformat(mark[0]) if _iso(mark[0]) else None
+            if newest is None or (marked_time is not None and _sort_key(newest)[0] < marked_time):
+                catalog.missing_newest = mark[1]
+                return
+        if newest is not None:
+            self._highwater.write(newest.start_time, newest.backup_id)
+
+    def accept_missing_newest(self) -> None:
+        """An operator confirmed that the newest backup was deleted on purpose."""
+        if self._highwater is not None:
+            self._highwater.forget()
 
     def _verify_listed(self, manifest: Manifest, raw: bytes) -> None:
         """The writer signature, unless these exact bytes verified here before."""
@@ -403,6 +436,14 @@ class Repository:
         if ref != "latest":
             return self.read_manifest(ref)
         catalog = self.list_backups()
+        if catalog.missing_newest is not None:
+            raise IntegrityError(
+                f"refusing to choose `latest`: backup {catalog.missing_newest}, the newest this "
+                "host has seen in the repository, is gone and nothing newer replaced it",
+                hint="someone may have deleted it to roll `latest` back; if it was deleted on "
+                "purpose, accept it with `ebk repo check --accept-missing-newest`, or restore "
+                "a backup by its id",
+            )
         backups = [m for m in catalog.backups if kind is None or m.kind == kind]
         newest = _sort_key(backups[-1])[0] if backups else datetime.min.replace(tzinfo=UTC)
         # Rollback guard: something that claims to be newer and does not authenticate
@@ -448,6 +489,9 @@ class Repository:
                 self._storage.delete(name)
         if key in names:
             self._storage.delete(key)
+        mark = self._highwater.read() if self._highwater is not None else None
+        if self._highwater is not None and mark is not None and mark[1] == backup_id:
+            self._highwater.forget()  # deleted here, on purpose: not a rollback
 
     def replace_manifest(self, manifest: Manifest, lease: RepositoryLease) -> None:
         """Re-signing (migration): the new manifest replaces any copy at layout 2's place."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from datetime import datetime
 from pathlib import Path
@@ -105,3 +106,40 @@ class VerifiedDigests:
             with os.fdopen(fd, "wb") as f:
                 f.write(b"".join(sorted(keep)))
             os.replace(tmp, self._path)
+
+
+class HighWaterMark:
+    """The newest authenticated backup this host has seen in the repository.
+
+    A bucket writer cannot forge a backup, but can delete the newest one (or its
+    manifest) so that `latest` quietly means an older backup.  When the newest
+    backup seen here before is gone and nothing newer replaced it, readers say
+    so and `latest` refuses until an operator accepts it.  Kept beside the
+    cache: a host that loses it loses only this detection (it fails open).
+    """
+
+    def __init__(self, root: Path, repository_url: str) -> None:
+        self._path = (
+            root / hashlib.sha256(repository_url.encode()).hexdigest()[:24] / "highwater.json"
+        )
+
+    def read(self) -> tuple[str, str] | None:
+        """(start time, backup id) of the newest backup seen, if recorded."""
+        try:
+            doc = json.loads(self._path.read_bytes()[:4096])
+            return str(doc["start_time"]), str(doc["backup_id"])
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            return None
+
+    def write(self, start_time: str, backup_id: str) -> None:
+        with contextlib.suppress(OSError):
+            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = self._path.with_name(f".tmp-{os.getpid()}-highwater")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"start_time": start_time, "backup_id": backup_id}, f)
+            os.replace(tmp, self._path)
+
+    def forget(self) -> None:
+        with contextlib.suppress(OSError):
+            self._path.unlink()

@@ -325,3 +325,35 @@ def test_a_backup_copied_from_another_cluster_sharing_the_kek_is_refused(
         in a.run("restore", "latest", "--to-db", "never", "--create", expect=5).stderr
     )
     assert pg_cluster.psql("SELECT count(*) FROM pg_database WHERE datname = 'never'") == "0"
+
+
+def test_a_deleted_newest_manifest_blocks_latest_until_accepted(ebk_env: EbkEnv) -> None:
+    """Finding 3, deleted: the attacker removes the newest manifest to roll `latest` back."""
+    older, newest = (
+        json.loads(
+            ebk_env.run("backup", "--type", "logical", "--database", "postgres", "--json").stdout
+        )["backup_id"]
+        for _ in range(2)
+    )
+    ebk_env.run("list")  # this host has now seen `newest`
+    (ebk_env.repo_dir / "manifests" / f"{newest}.json").unlink()
+    listed = ebk_env.run("list", "--json")
+    assert [b["backup_id"] for b in json.loads(listed.stdout)] == [older]
+    assert f"backup {newest}, the newest this host has seen, is gone" in listed.stderr
+    result = ebk_env.run("restore", "latest", "--to-db", "rolled_back", "--create", expect=5)
+    assert "refusing to choose `latest`" in result.stderr and newest in result.stderr
+    # The operator decides: accept the deletion, then `latest` is the older one again.
+    ebk_env.run("repo", "check", "--accept-missing-newest")
+    assert json.loads(ebk_env.run("show", "latest", "--json").stdout)["backup_id"] == older
+
+
+def test_deleting_the_newest_with_ebk_is_not_a_rollback(ebk_env: EbkEnv) -> None:
+    older, newest = (
+        json.loads(
+            ebk_env.run("backup", "--type", "logical", "--database", "postgres", "--json").stdout
+        )["backup_id"]
+        for _ in range(2)
+    )
+    ebk_env.run("list")
+    ebk_env.run("delete", newest, "--yes")
+    assert json.loads(ebk_env.run("show", "latest", "--json").stdout)["backup_id"] == older
