@@ -217,8 +217,12 @@ class S3Storage(PrefixedStore):
         return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.config.sse_kms_key_id}
 
     def apply_retention(self, key: str) -> None:
-        """Put the configured Object Lock retention on a committed object."""
-        if not self.config.object_lock_days:
+        """Put the configured Object Lock retention on a committed object.
+
+        Not on the repository's coordination objects (locks/…: the lease), which
+        must be deletable the moment their holder is done; they hold no backup data.
+        """
+        if not self.config.object_lock_days or f"/{key}".rsplit("/", 2)[-2] == "locks":
             return
         until = datetime.now(UTC) + timedelta(days=self.config.object_lock_days)
         mode = self.config.object_lock_mode.upper()

@@ -171,3 +171,38 @@ def test_delete_is_one_request_in_an_unversioned_bucket(s3_backend: Backend) -> 
         proxy.stop()
     assert methods == [("GET", "versioning"), *[("DELETE", "")] * 4]
     assert s3_backend.raw_names() == []
+
+
+def test_attacks_on_an_object_locked_bucket(
+        s3_backend: Backend, pg_cluster: PgCluster, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10 on S3 with Object Lock, as a bucket writer without keys: a plain DELETE
+    hides the newest manifest (the locked version stays); planted manifests claim the
+    retention windows. `latest` is refused, retention deletes nothing real."""
+    s3 = s3_backend.s3()
+    s3.delete_bucket(Bucket=s3_backend.bucket)
+    s3.create_bucket(Bucket=s3_backend.bucket, ObjectLockEnabledForBucket=True)
+    monkeypatch.setenv("EBK_REPOSITORY__URL", s3_backend.url)
+    env = make_env(tmp_path / "ebk", pg_cluster,
+                   extra=s3_backend.storage_toml(object_lock_days=2))
+    ids = [json.loads(env.run("backup", "--type", "logical", "--database", "postgres",
+                              "--json").stdout)["backup_id"] for _ in range(2)]
+    env.run("list")  # this host has seen the newest
+    prefix = s3_backend.prefix
+    newest_key = f"{prefix}/manifests/{ids[1]}.json"
+    template = s3.get_object(Bucket=s3_backend.bucket, Key=newest_key)["Body"].read()
+    s3.delete_object(Bucket=s3_backend.bucket, Key=newest_key)  # a delete marker
+    for day in range(1, 11):
+        when = datetime.now(UTC) + timedelta(days=day)
+        planted = when.strftime("%Y%m%dT%H%M%S000000Z") + f"-{day:06x}"
+        doc = dict(json.loads(template), backup_id=planted, start_time=when.isoformat())
+        s3.put_object(Bucket=s3_backend.bucket, Key=f"{prefix}/manifests/{planted}.json",
+                      Body=json.dumps(doc).encode())
+    listed = env.run("list", "--json")
+    assert [b["backup_id"] for b in json.loads(listed.stdout)] == [ids[0]]
+    assert "not signed" in listed.stderr or "does not verify" in listed.stderr
+    refused = env.run("restore", "latest", "--to-db", "never", "--create", expect=5)
+    assert "refusing to choose `latest`" in refused.stderr
+    result = json.loads(env.run("retention", "--json").stdout)
+    assert result["deleted"] == []  # min_age keeps the real one; planted are never counted
+    assert [d["backup_id"] for d in result["decisions"]] == [ids[0]]
