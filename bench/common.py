@@ -8,12 +8,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from ebk.manifest import Manifest, StoredObject  # noqa: E402
 from tests.support.postgres import PG_BIN, PgCluster  # noqa: E402
 
 
@@ -70,3 +72,27 @@ def pg_basebackup_argv(target: Path, compress: str) -> list[str]:
         "-c",
         "fast",
     ]
+
+
+def sample_manifest(backup_id: str, when: datetime, *, kind: str = "physical") -> Manifest:
+    """A typical unsealed manifest (two objects), for the listing and signing benches."""
+    return Manifest(
+        backup_id=backup_id,
+        kind=kind,
+        ebk_version="bench",
+        system_identifier="7713232264135747606",
+        server_version="15.18",
+        server_version_num=150018,
+        start_time=when.isoformat(timespec="microseconds"),
+        stop_time=(when + timedelta(minutes=3)).isoformat(),
+        dek_id="dek-0",
+        key_slots=["keyfile/kek-bench"],
+        objects=[
+            StoredObject("base.tar.ebk", "base", 10**9, 10**8, "ab" * 32),
+            StoredObject("backup_manifest.ebk", "backup_manifest", 10**5, 10**4, "cd" * 32),
+        ],
+        start_lsn="0/2000028",
+        stop_lsn="0/2000100",
+        timeline=1,
+        source_size=10**9,
+    )

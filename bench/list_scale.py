@@ -21,11 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from common import REPO, median, timed
+from common import REPO, median, sample_manifest, timed
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ebk.keys.envelope import KeyObject
-from ebk.manifest import Manifest, StoredObject
 from ebk.repository.layout import manifest_name, new_backup_id, object_name
 from ebk.repository.writer import WriterKey, encode_public
 from ebk.storage.base import Storage
@@ -45,26 +44,7 @@ def populate(storage: Storage, count: int) -> None:
     def one(i: int) -> None:
         when = start + timedelta(hours=i)
         backup_id = new_backup_id(when)
-        manifest = Manifest(
-            backup_id=backup_id,
-            kind="physical" if i % 4 else "logical",
-            ebk_version="bench",
-            system_identifier="7713232264135747606",
-            server_version="15.18",
-            server_version_num=150018,
-            start_time=when.isoformat(timespec="microseconds"),
-            stop_time=(when + timedelta(minutes=3)).isoformat(),
-            dek_id="dek-0",
-            key_slots=["keyfile/kek-bench"],
-            objects=[
-                StoredObject("base.tar.ebk", "base", 10**9, 10**8, "ab" * 32),
-                StoredObject("backup_manifest.ebk", "backup_manifest", 10**5, 10**4, "cd" * 32),
-            ],
-            start_lsn="0/2000028",
-            stop_lsn="0/2000100",
-            timeline=1,
-            source_size=10**9,
-        )
+        manifest = sample_manifest(backup_id, when, kind="physical" if i % 4 else "logical")
         manifest.seal(secrets.token_bytes(32))
         manifest.sign(WRITER)
         key = KeyObject(backup_id, "dek-0", {"backup_id": backup_id}, [])

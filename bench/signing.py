@@ -14,36 +14,17 @@ import secrets
 import time
 from datetime import UTC, datetime
 
-from common import REPO  # noqa: F401  (puts the checkout on sys.path)
+from common import sample_manifest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ebk.manifest import Manifest, StoredObject
+from ebk.manifest import Manifest
 from ebk.repository.layout import new_backup_id
 from ebk.repository.writer import TrustedWriters, WriterKey
 
 
 def manifest() -> Manifest:
     now = datetime.now(UTC)
-    return Manifest(
-        backup_id=new_backup_id(now),
-        kind="physical",
-        ebk_version="bench",
-        system_identifier="7713232264135747606",
-        server_version="15.18",
-        server_version_num=150018,
-        start_time=now.isoformat(),
-        stop_time=now.isoformat(),
-        dek_id="dek-0",
-        key_slots=["keyfile/kek-bench"],
-        objects=[
-            StoredObject("base.tar.ebk", "base", 10**9, 10**8, "ab" * 32),
-            StoredObject("backup_manifest.ebk", "backup_manifest", 10**5, 10**4, "cd" * 32),
-        ],
-        start_lsn="0/2000028",
-        stop_lsn="0/2000100",
-        timeline=1,
-        source_size=10**9,
-    )
+    return sample_manifest(new_backup_id(now), now)
 
 
 def best(rounds: int, fn: object) -> float:
