@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -185,8 +186,10 @@ def test_container_backs_up_host_postgres_and_host_restores(
     owners = {p.stat().st_uid for p in ctr.env.repo_dir.rglob("*") if p.is_file()}
     assert ebk_image.uid in owners
 
-    # The host sees both, with the same config file.
-    listed = json.loads(ctr.env.run("list", "--json").stdout)
+    # The host sees both, with the same config but its own copy of the key file: the
+    # container's key file sits in a directory its uid owns, which root refuses to trust.
+    host = _host_env(ctr.env, tmp_path / "host")
+    listed = json.loads(host.run("list", "--json").stdout)
     by_id = {b["backup_id"]: b for b in listed}
     assert set(by_id) == {phys_id, log_id}
     assert by_id[phys_id]["kind"] == "physical"
@@ -194,7 +197,7 @@ def test_container_backs_up_host_postgres_and_host_restores(
 
     # Physical: restore on the host, start it, compare by content.
     target = postgres_dir / "restored"
-    ctr.env.run("restore", phys_id, "--to", str(target), "--owner", "postgres")
+    host.run("restore", phys_id, "--to", str(target), "--owner", "postgres")
     restored = start_existing(target)
     try:
         assert restored.psql(CONTENT_SQL.format(table="items")) == items
@@ -203,7 +206,7 @@ def test_container_backs_up_host_postgres_and_host_restores(
         restored.stop()
 
     # Logical: the container's pg_dump output restores with the host's pg_restore.
-    ctr.env.run("restore", log_id, "--to-db", "app_copy", "--database", "app", "--create")
+    host.run("restore", log_id, "--to-db", "app_copy", "--database", "app", "--create")
     assert pg.psql(CONTENT_SQL.format(table="orders"), db="app_copy") == orders
 
 
@@ -221,6 +224,17 @@ def test_backup_against_unreachable_postgres_exits_7(
     assert_refused(result, 7, mentions="ebk: error:")
     assert str(closed) in result.stderr
     assert json.loads(ctr.env.run("list", "--json").stdout) == []
+
+
+def _host_env(env: EbkEnv, root: Path) -> EbkEnv:
+    """The same repository and config for root on the host, with a root-owned key copy."""
+    root.mkdir(mode=0o700)
+    keyfile = root / "kek.json"
+    shutil.copy(env.keyfile, keyfile)
+    keyfile.chmod(0o600)
+    config = root / "ebk.toml"
+    config.write_text(env.config_path.read_text().replace(str(env.keyfile), str(keyfile)))
+    return EbkEnv(root, config, env.repo_dir, keyfile)
 
 
 def _inspect(engine: Any, name: str, fmt: str) -> str:
