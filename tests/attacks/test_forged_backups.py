@@ -357,3 +357,90 @@ def test_deleting_the_newest_with_ebk_is_not_a_rollback(ebk_env: EbkEnv) -> None
     ebk_env.run("list")
     ebk_env.run("delete", newest, "--yes")
     assert json.loads(ebk_env.run("show", "latest", "--json").stdout)["backup_id"] == older
+
+
+def test_a_forged_physical_backup_writes_nothing_anywhere(
+    tmp_path: Path, pg_cluster: PgCluster
+) -> None:
+    """Finding 1, physical variant: a forged tablespace location outside the target and a
+    postgresql.auto.conf with an archive_command; refused before a byte is written."""
+    import tarfile
+
+    env, identity, recipient = _recovery_env(tmp_path, pg_cluster)
+    real = json.loads(
+        env.run("backup", "--type", "logical", "--database", "postgres", "--json").stdout
+    )
+    when = datetime.now(UTC) + timedelta(days=1)
+    backup_id = new_backup_id(when)
+    dek, dek_id = secrets.token_bytes(32), f"dek-{secrets.token_hex(8)}"
+    context = key_context(backup_id, real["system_identifier"], dek_id)
+    slot = seal_for(parse_recipient(recipient, where="attack"), dek, context)
+    folder = env.repo_dir / "backups" / backup_id
+    folder.mkdir(parents=True)
+    (folder / "key.json").write_text(
+        json.dumps(
+            {
+                "format": "ebk-key-object",
+                "version": 1,
+                "backup_id": backup_id,
+                "dek_id": dek_id,
+                "context": context,
+                "slots": [
+                    {
+                        "provider": "recovery",
+                        "kek_id": recipient,
+                        "wrapped": base64.b64encode(slot).decode(),
+                    }
+                ],
+            }
+        )
+    )
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        conf = b"archive_mode = on\narchive_command = 'touch /tmp/ebk-attack-archive'\n"
+        info = tarfile.TarInfo("postgresql.auto.conf")
+        info.size = len(conf)
+        tar.addfile(info, io.BytesIO(conf))
+    outside = tmp_path / "outside-the-target"
+    objects = []
+    for name, role, extra in (
+        ("base.tar.ebk", "base", {}),
+        (
+            "16384.tar.ebk",
+            "tablespace",
+            {"tablespace_oid": "16384", "tablespace_location": str(outside)},
+        ),
+    ):
+        blob = _encrypt(dek, dek_id, backup_id, name, archive.getvalue())
+        (folder / name).write_bytes(blob)
+        objects.append(
+            StoredObject(
+                name,
+                role,
+                len(archive.getvalue()),
+                len(blob),
+                hashlib.sha256(blob).hexdigest(),
+                **extra,
+            )
+        )
+    manifest = Manifest(
+        backup_id=backup_id,
+        kind="physical",
+        ebk_version="0.2.0",
+        system_identifier=real["system_identifier"],
+        server_version="15.18",
+        start_time=when.isoformat(),
+        stop_time=when.isoformat(),
+        dek_id=dek_id,
+        key_slots=[f"recovery/{recipient}"],
+        objects=objects,
+    )
+    manifest.seal(dek)
+    (env.repo_dir / "manifests" / f"{backup_id}.json").write_bytes(manifest.to_json())
+    target = tmp_path / "target"
+    for ref in (backup_id, "latest"):
+        result = env.run(
+            "restore", ref, "--to", str(target), "--recovery-key", str(identity), expect=5
+        )
+        assert "writer" in result.stderr or "refusing to choose `latest`" in result.stderr
+    assert not target.exists() and not outside.exists()
