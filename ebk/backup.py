@@ -136,9 +136,7 @@ class BackupRun:
             self.providers, backup_id=self.backup_id, cluster=info.system_identifier
         )
         self._dek, self._dek_id = dek, key_object.dek_id
-        self.log.info(
-            "backup started", repository=self.repo.url, cluster=info.system_identifier
-        )
+        self.log.info("backup started", repository=self.repo.url, cluster=info.system_identifier)
         try:
             self.repo.create_key_object(key_object)
             facts = produce(self)

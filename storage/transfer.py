@@ -19,6 +19,7 @@ from ebk.errors import StorageError
 
 R = TypeVar("R")
 
+
 class PartPipeline(Generic[R]):
     """Cuts written bytes into parts and uploads them on a bounded pool.
 

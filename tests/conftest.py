@@ -80,6 +80,7 @@ def matrix_cluster(pg_build: PgBuild) -> Iterator[PgCluster]:
     yield cluster
     cluster.destroy()
 
+
 # Session-scoped emulators (moto, gcp-storage-emulator, Azurite, OpenBao) for every tier.
 pytest_plugins = ["tests.support.fixtures"]
 

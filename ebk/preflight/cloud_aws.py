@@ -92,7 +92,8 @@ class EbsDetector:
             region_name=self._region(),
             endpoint_url=self.endpoint_url or None,
             config=botocore.config.Config(
-                connect_timeout=self.timeout, read_timeout=self.timeout,
+                connect_timeout=self.timeout,
+                read_timeout=self.timeout,
                 retries={"max_attempts": 2},
             ),
         )
@@ -123,8 +124,11 @@ class EbsDetector:
 
         try:
             volume = self._describe(volume_id)
-        except (ApiError, botocore.exceptions.BotoCoreError,
-                botocore.exceptions.ClientError) as exc:
+        except (
+            ApiError,
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+        ) as exc:
             return Evidence(
                 Status.UNKNOWN,
                 "aws ebs",
@@ -135,11 +139,14 @@ class EbsDetector:
         if volume.get("Encrypted"):
             key = volume.get("KmsKeyId") or "the AWS-managed key aws/ebs"
             return Evidence(
-                Status.ENCRYPTED, "aws ebs",
-                f"{disk.name} is EBS volume {volume_id}, Encrypted=true", "AES-256-XTS (EBS)",
+                Status.ENCRYPTED,
+                "aws ebs",
+                f"{disk.name} is EBS volume {volume_id}, Encrypted=true",
+                "AES-256-XTS (EBS)",
                 f"AWS KMS key {key}",
             )
         return Evidence(
-            Status.UNENCRYPTED, "aws ebs",
+            Status.UNENCRYPTED,
+            "aws ebs",
             f"{disk.name} is EBS volume {volume_id}, Encrypted=false",
         )

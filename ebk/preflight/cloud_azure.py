@@ -64,8 +64,9 @@ class AzureDetector:
         return None
 
     def _imds(self, path: str) -> Any:
-        return request_json(f"{self.imds_url}{path}", headers={"Metadata": "true"},
-                            timeout=self.timeout)
+        return request_json(
+            f"{self.imds_url}{path}", headers={"Metadata": "true"}, timeout=self.timeout
+        )
 
     def _disk_id(self, compute: Any, role: str) -> str:
         if role == "os":
@@ -73,8 +74,11 @@ class AzureDetector:
         else:
             lun = role.removeprefix("lun")
             disk_id = next(
-                (dig(d, "managedDisk", "id") for d in dig(compute, "storageProfile", "dataDisks")
-                 or [] if str(d.get("lun")) == lun),
+                (
+                    dig(d, "managedDisk", "id")
+                    for d in dig(compute, "storageProfile", "dataDisks") or []
+                    if str(d.get("lun")) == lun
+                ),
                 None,
             )
         if not disk_id:
@@ -85,7 +89,8 @@ class AzureDetector:
         role = self.role(disk.name)
         if role is None:
             return Evidence(
-                Status.UNKNOWN, "azure disk",
+                Status.UNKNOWN,
+                "azure disk",
                 f"{disk.name} is an Azure disk but no /dev/disk/azure link names it "
                 "(install the Azure VM agent's udev rules)",
             )
@@ -94,36 +99,55 @@ class AzureDetector:
             at_host = str(dig(compute, "securityProfile", "encryptionAtHost")).lower() == "true"
             if role == "resource":
                 if at_host:
-                    return Evidence(Status.ENCRYPTED, "azure encryption at host",
-                                    f"{disk.name} is the resource disk, encrypted at host",
-                                    "AES-256", "platform-managed key (Microsoft)")
-                return Evidence(Status.UNENCRYPTED, "azure resource disk",
-                                f"{disk.name} is the temporary resource disk and the VM does "
-                                "not use encryption at host")
+                    return Evidence(
+                        Status.ENCRYPTED,
+                        "azure encryption at host",
+                        f"{disk.name} is the resource disk, encrypted at host",
+                        "AES-256",
+                        "platform-managed key (Microsoft)",
+                    )
+                return Evidence(
+                    Status.UNENCRYPTED,
+                    "azure resource disk",
+                    f"{disk.name} is the temporary resource disk and the VM does "
+                    "not use encryption at host",
+                )
             disk_id = self._disk_id(compute, role)
-            token = dig(self._imds("/metadata/identity/oauth2/token?api-version=2018-02-01"
-                                   f"&resource={ARM}/"), "access_token")
+            token = dig(
+                self._imds(
+                    f"/metadata/identity/oauth2/token?api-version=2018-02-01&resource={ARM}/"
+                ),
+                "access_token",
+            )
             if not isinstance(token, str):
                 raise ApiError("IMDS gave no managed-identity token")
-            resource = request_json(f"{self.arm_url}{disk_id}?api-version={ARM_API_VERSION}",
-                                    headers={"Authorization": f"Bearer {token}"},
-                                    timeout=self.timeout)
+            resource = request_json(
+                f"{self.arm_url}{disk_id}?api-version={ARM_API_VERSION}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=self.timeout,
+            )
         except ApiError as exc:
             return Evidence(
-                Status.UNKNOWN, "azure disk",
+                Status.UNKNOWN,
+                "azure disk",
                 f"{disk.name} is an Azure managed disk, but its encryption could not be "
                 f"confirmed: {exc} (the VM's managed identity needs Reader on the disk)",
             )
         kind = str(dig(resource, "properties", "encryption", "type") or "")
         des = dig(resource, "properties", "encryption", "diskEncryptionSetId")
         if kind not in ENCRYPTION_TYPES:
-            return Evidence(Status.UNKNOWN, "azure disk",
-                            f"{disk.name}: managed disk reports encryption type {kind!r}")
+            return Evidence(
+                Status.UNKNOWN,
+                "azure disk",
+                f"{disk.name}: managed disk reports encryption type {kind!r}",
+            )
         where = ENCRYPTION_TYPES[kind] + (f" via disk encryption set {des}" if des else "")
         if at_host:
             where += "; also encrypted at host"
         return Evidence(
-            Status.ENCRYPTED, "azure managed disk",
+            Status.ENCRYPTED,
+            "azure managed disk",
             f"{disk.name} is managed disk {dig(resource, 'name') or disk_id} ({role}), {kind}",
-            "AES-256", where,
+            "AES-256",
+            where,
         )

@@ -53,7 +53,7 @@ class GceDetector:
                 continue
             try:
                 if Path(os.readlink(link)).name == disk:
-                    return link.name[len("google-"):]
+                    return link.name[len("google-") :]
             except OSError:
                 continue
         return None
@@ -77,8 +77,9 @@ class GceDetector:
         project = str(self._meta("project/project-id")).strip()
         zone = str(self._meta("instance/zone")).strip().rsplit("/", 1)[-1]
         name = str(self._meta("instance/name")).strip()
-        token = dig(self._meta("instance/service-accounts/default/token", raw=False),
-                    "access_token")
+        token = dig(
+            self._meta("instance/service-accounts/default/token", raw=False), "access_token"
+        )
         if not isinstance(token, str):
             raise ApiError("the metadata server gave no access token")
         instance = self._api(f"projects/{project}/zones/{zone}/instances/{name}", token)
@@ -97,14 +98,17 @@ class GceDetector:
     def evidence(self, disk: BlockDevice) -> Evidence:
         if disk.model == "EphemeralDisk" or disk.model == "nvme_card":
             return Evidence(
-                Status.ENCRYPTED, "gce local ssd",
+                Status.ENCRYPTED,
+                "gce local ssd",
                 f"{disk.name} is a GCE local SSD, encrypted at rest by Google",
-                "AES-256", "Google-managed key",
+                "AES-256",
+                "Google-managed key",
             )
         device_name = self.device_name(disk.name)
         if device_name is None:
             return Evidence(
-                Status.UNKNOWN, "gce pd",
+                Status.UNKNOWN,
+                "gce pd",
                 f"{disk.name} is a GCE persistent disk but no /dev/disk/by-id/google-* link "
                 "names it (install the Google guest environment's udev rules)",
             )
@@ -112,7 +116,8 @@ class GceDetector:
             resource = self._disk_resource(device_name)
         except ApiError as exc:
             return Evidence(
-                Status.UNKNOWN, "gce pd",
+                Status.UNKNOWN,
+                "gce pd",
                 f"{disk.name} is GCE persistent disk {device_name}, but the Compute API could "
                 f"not confirm its encryption: {exc} (the VM's service account needs "
                 "compute.instances.get and compute.disks.get)",
@@ -125,8 +130,10 @@ class GceDetector:
         else:
             where = "Google-managed key"
         return Evidence(
-            Status.ENCRYPTED, "gce pd",
+            Status.ENCRYPTED,
+            "gce pd",
             f"{disk.name} is GCE persistent disk {resource.get('name', device_name)}, "
             "encrypted at rest",
-            "AES-256", where,
+            "AES-256",
+            where,
         )

@@ -31,6 +31,7 @@ TOKEN_NAMES = {
     "luks2-keyring": "kernel keyring",
 }
 
+
 @dataclass(frozen=True)
 class LuksHeader:
     version: int
@@ -132,8 +133,12 @@ def crypt_evidence(dev: BlockDevice, dev_root: Path, run: Runner = run_command) 
             else "not readable here"
         )
     if "cipher_null" in cipher:
-        return Evidence(Status.UNENCRYPTED, layer,
-                        f"{dev.name} uses cipher_null: the mapping does not encrypt", cipher)
+        return Evidence(
+            Status.UNENCRYPTED,
+            layer,
+            f"{dev.name} uses cipher_null: the mapping does not encrypt",
+            cipher,
+        )
     detail = f"{dev.name} ({dev.dm_name}) is a {kind} dm-crypt mapping"
     if cipher:
         detail += f", {cipher}" + (f" with a {key_bits}-bit key" if key_bits else "")

@@ -18,9 +18,14 @@ if TYPE_CHECKING:  # the detectors load only when the policy asks for a check
 log = structlog.get_logger("ebk.preflight")
 
 
-def enforce(config: Config, *, purpose: str, restore_target: Path | None = None,
-            tablespace_targets: Sequence[Path] = (),
-            inspector: Inspector | None = None) -> Report | None:
+def enforce(
+    config: Config,
+    *,
+    purpose: str,
+    restore_target: Path | None = None,
+    tablespace_targets: Sequence[Path] = (),
+    inspector: Inspector | None = None,
+) -> Report | None:
     """Refuse (PreflightFailed) under policy 'require' when a path is not proven encrypted.
 
     Under 'warn' the same findings are logged and the command goes on; under
@@ -31,13 +36,18 @@ def enforce(config: Config, *, purpose: str, restore_target: Path | None = None,
         return None
     from ebk.preflight.report import failure_lines, run_preflight
 
-    report = run_preflight(config, purpose=purpose, restore_target=restore_target,
-                           tablespace_targets=tablespace_targets,
-                           inspector=inspector)
+    report = run_preflight(
+        config,
+        purpose=purpose,
+        restore_target=restore_target,
+        tablespace_targets=tablespace_targets,
+        inspector=inspector,
+    )
     failing = report.failing()
     if not failing:
-        log.info("preflight passed", purpose=purpose,
-                 paths=[v.target.path for v in report.verdicts])
+        log.info(
+            "preflight passed", purpose=purpose, paths=[v.target.path for v in report.verdicts]
+        )
         return report
     lines = failure_lines(failing)
     if policy == "require":
@@ -48,7 +58,13 @@ def enforce(config: Config, *, purpose: str, restore_target: Path | None = None,
             'preflight.policy = "warn" to go on while logging the risk',
         )
     for v in failing:
-        log.warning("preflight: path not proven encrypted", purpose=purpose, role=v.target.role,
-                    path=v.target.path, status=str(v.status), evidence=v.summary(),
-                    fix=v.target.fix)
+        log.warning(
+            "preflight: path not proven encrypted",
+            purpose=purpose,
+            role=v.target.role,
+            path=v.target.path,
+            status=str(v.status),
+            evidence=v.summary(),
+            fix=v.target.fix,
+        )
     return report

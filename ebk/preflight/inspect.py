@@ -30,8 +30,22 @@ from ebk.preflight.mountinfo import Mount, mount_for, read_mountinfo
 from ebk.preflight.zfs import zfs_evidence
 
 MAX_NESTING = 6
-NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs", "ceph", "glusterfs",
-              "fuse.sshfs", "fuse.s3fs", "fuse.glusterfs", "lustre", "gpfs", "afs")
+NETWORK_FS = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "9p",
+    "virtiofs",
+    "ceph",
+    "glusterfs",
+    "fuse.sshfs",
+    "fuse.s3fs",
+    "fuse.glusterfs",
+    "lustre",
+    "gpfs",
+    "afs",
+)
 MEMORY_FS = ("tmpfs", "ramfs")
 
 
@@ -62,14 +76,16 @@ class Inspector:
     _mounts: list[Mount] | None = None
 
     @classmethod
-    def from_config(cls, cfg: PreflightConfig, environ: Mapping[str, str] | None = None
-                    ) -> Inspector:
+    def from_config(
+        cls, cfg: PreflightConfig, environ: Mapping[str, str] | None = None
+    ) -> Inspector:
         environ = os.environ if environ is None else environ
         detectors: list[DiskDetector] = []
         if cfg.cloud:
             detectors = [
-                EbsDetector(endpoint_url=cfg.ec2_endpoint_url, region=cfg.aws_region,
-                            timeout=cfg.timeout),
+                EbsDetector(
+                    endpoint_url=cfg.ec2_endpoint_url, region=cfg.aws_region, timeout=cfg.timeout
+                ),
                 GceDetector(timeout=cfg.timeout),
                 AzureDetector(timeout=cfg.timeout),
             ]
@@ -86,16 +102,21 @@ class Inspector:
     def inspect(self, target: Target, depth: int = 0) -> PathVerdict:
         verdict = PathVerdict(target)
         if not target.path:
-            verdict.evidence.append(Evidence(
-                Status.UNKNOWN, "path", target.unresolved or target.label or target.role))
+            verdict.evidence.append(
+                Evidence(Status.UNKNOWN, "path", target.unresolved or target.label or target.role)
+            )
             return verdict
         path = Path(target.path)
         if not path.exists():
             if target.must_exist:
-                verdict.evidence.append(Evidence(
-                    Status.UNKNOWN, "path",
-                    f"{path} does not exist on this host (run preflight where the database "
-                    "runs, with access to its directories)"))
+                verdict.evidence.append(
+                    Evidence(
+                        Status.UNKNOWN,
+                        "path",
+                        f"{path} does not exist on this host (run preflight where the database "
+                        "runs, with access to its directories)",
+                    )
+                )
                 return verdict
             path = nearest_existing(path)
             verdict.note = f"does not exist yet; checked {path}, where it will be created"
@@ -104,16 +125,21 @@ class Inspector:
         try:
             st_dev = os.stat(resolved).st_dev
         except OSError as exc:
-            verdict.evidence.append(Evidence(Status.UNKNOWN, "path", f"cannot stat {resolved}: "
-                                             f"{exc.strerror}"))
+            verdict.evidence.append(
+                Evidence(Status.UNKNOWN, "path", f"cannot stat {resolved}: {exc.strerror}")
+            )
             return verdict
         mount = mount_for(resolved, self.mounts(), st_dev)
         if mount is None:
-            verdict.evidence.append(Evidence(Status.UNKNOWN, "mount",
-                                             f"no mount in {self.mountinfo} holds {resolved}"))
+            verdict.evidence.append(
+                Evidence(Status.UNKNOWN, "mount", f"no mount in {self.mountinfo} holds {resolved}")
+            )
             return verdict
         verdict.mount_point, verdict.fstype, verdict.source = (
-            mount.mount_point, mount.fstype, mount.source)
+            mount.mount_point,
+            mount.fstype,
+            mount.source,
+        )
         if mount.is_bind:
             verdict.source = f"{mount.source} (bind of {mount.root})"
         verdict.evidence.extend(self._filesystem_evidence(Path(resolved), mount, verdict, depth))
@@ -123,8 +149,9 @@ class Inspector:
                 verdict.evidence.append(k8s)
         return verdict
 
-    def _filesystem_evidence(self, path: Path, mount: Mount, verdict: PathVerdict,
-                             depth: int) -> list[Evidence]:
+    def _filesystem_evidence(
+        self, path: Path, mount: Mount, verdict: PathVerdict, depth: int
+    ) -> list[Evidence]:
         found: list[Evidence] = []
         fuse = fuse_crypto_evidence(mount)
         if fuse is not None:
@@ -140,28 +167,47 @@ class Inspector:
                 found.append(self._combine("zfs pool", mount.source, devices, verdict, depth))
             return found
         if mount.fstype in MEMORY_FS:
-            found.append(Evidence(Status.UNENCRYPTED, mount.fstype,
-                                  f"{mount.mount_point} is {mount.fstype}: held in memory and "
-                                  "swapped to disk unencrypted under memory pressure"))
+            found.append(
+                Evidence(
+                    Status.UNENCRYPTED,
+                    mount.fstype,
+                    f"{mount.mount_point} is {mount.fstype}: held in memory and "
+                    "swapped to disk unencrypted under memory pressure",
+                )
+            )
             return found
         if mount.fstype in NETWORK_FS:
-            found.append(Evidence(Status.UNKNOWN, mount.fstype,
-                                  f"{mount.mount_point} is a network filesystem ({mount.source}): "
-                                  "its encryption at rest is not visible from this host"))
+            found.append(
+                Evidence(
+                    Status.UNKNOWN,
+                    mount.fstype,
+                    f"{mount.mount_point} is a network filesystem ({mount.source}): "
+                    "its encryption at rest is not visible from this host",
+                )
+            )
             return found
         if mount.fstype == "overlay":
             found.append(self._overlay(mount, depth))
             return found
         if mount.fstype.startswith("fuse"):
-            found.append(Evidence(Status.UNKNOWN, mount.fstype,
-                                  f"{mount.mount_point} is FUSE {mount.fstype}, not a known "
-                                  "crypto filesystem"))
+            found.append(
+                Evidence(
+                    Status.UNKNOWN,
+                    mount.fstype,
+                    f"{mount.mount_point} is FUSE {mount.fstype}, not a known crypto filesystem",
+                )
+            )
             return found
         devices = self._mount_devices(mount)
         if not devices:
-            found.append(Evidence(Status.UNKNOWN, "block device",
-                                  f"{mount.mount_point} ({mount.fstype}, {mount.source}) has no "
-                                  "block device this host can see"))
+            found.append(
+                Evidence(
+                    Status.UNKNOWN,
+                    "block device",
+                    f"{mount.mount_point} ({mount.fstype}, {mount.source}) has no "
+                    "block device this host can see",
+                )
+            )
             return found
         found.append(self._combine(mount.fstype, mount.mount_point, devices, verdict, depth))
         return found
@@ -171,15 +217,22 @@ class Inspector:
         if upper and Path(upper).exists() and depth < MAX_NESTING:
             sub = self.inspect(Target("overlay-upper", upper), depth + 1)
             return self._nested("overlay", f"its upper directory {upper}", sub)
-        return Evidence(Status.UNKNOWN, "overlay",
-                        f"{mount.mount_point} is an overlay (a container's own filesystem) whose "
-                        "upper directory is not visible here: put database files on a volume")
+        return Evidence(
+            Status.UNKNOWN,
+            "overlay",
+            f"{mount.mount_point} is an overlay (a container's own filesystem) whose "
+            "upper directory is not visible here: put database files on a volume",
+        )
 
     def _nested(self, layer: str, what: str, sub: PathVerdict) -> Evidence:
         enc = sub.encrypted_by()
-        return Evidence(sub.status, layer, f"{what} -> {sub.summary()}",
-                        ", ".join(dict.fromkeys(e.cipher for e in enc if e.cipher)),
-                        "; ".join(dict.fromkeys(e.key_location for e in enc if e.key_location)))
+        return Evidence(
+            sub.status,
+            layer,
+            f"{what} -> {sub.summary()}",
+            ", ".join(dict.fromkeys(e.cipher for e in enc if e.cipher)),
+            "; ".join(dict.fromkeys(e.key_location for e in enc if e.key_location)),
+        )
 
     # -- block devices -----------------------------------------------------
 
@@ -209,21 +262,35 @@ class Inspector:
         """Every device of a multi-device btrfs (all must be encrypted)."""
         try:
             for fs in (self.sysfs / "fs" / "btrfs").iterdir():
-                devices = sorted(p.name for p in (fs / "devices").iterdir()) \
-                    if (fs / "devices").is_dir() else []
+                devices = (
+                    sorted(p.name for p in (fs / "devices").iterdir())
+                    if (fs / "devices").is_dir()
+                    else []
+                )
                 if name in devices:
                     return devices
         except OSError:
             pass
         return [name]
 
-    def _combine(self, layer: str, where: str, devices: list[BlockDevice | None],
-                 verdict: PathVerdict, depth: int) -> Evidence:
+    def _combine(
+        self,
+        layer: str,
+        where: str,
+        devices: list[BlockDevice | None],
+        verdict: PathVerdict,
+        depth: int,
+    ) -> Evidence:
         evidence: list[Evidence] = []
         for device in devices:
             if device is None:
-                evidence.append(Evidence(Status.UNKNOWN, "block device",
-                                         f"a device of {where} is not visible in sysfs"))
+                evidence.append(
+                    Evidence(
+                        Status.UNKNOWN,
+                        "block device",
+                        f"a device of {where} is not visible in sysfs",
+                    )
+                )
                 continue
             verdict.device_stack.extend(device.flatten())
             evidence.append(self.device_evidence(device, depth))
@@ -245,18 +312,29 @@ class Inspector:
             below = [self.device_evidence(c, depth) for c in dev.children]
             if len(below) == 1:
                 inner = below[0]
-                return Evidence(inner.status, inner.layer, f"{dev.describe()} on {inner.detail}",
-                                inner.cipher, inner.key_location)
+                return Evidence(
+                    inner.status,
+                    inner.layer,
+                    f"{dev.describe()} on {inner.detail}",
+                    inner.cipher,
+                    inner.key_location,
+                )
             return _all_of(dev.kind, dev.describe(), below)
         if dev.kind == "disk":
             for detector in self.disk_detectors:
                 if detector.applies(dev):
                     return detector.evidence(dev)
-            return Evidence(Status.UNENCRYPTED, "block device",
-                            f"{dev.describe()} is a disk with no dm-crypt layer above it "
-                            "(self-encrypting drives are not detected)")
-        return Evidence(Status.UNKNOWN, "block device",
-                        f"{dev.describe()}: cannot tell what this device is built on")
+            return Evidence(
+                Status.UNENCRYPTED,
+                "block device",
+                f"{dev.describe()} is a disk with no dm-crypt layer above it "
+                "(self-encrypting drives are not detected)",
+            )
+        return Evidence(
+            Status.UNKNOWN,
+            "block device",
+            f"{dev.describe()}: cannot tell what this device is built on",
+        )
 
 
 def _all_of(layer: str, where: str, parts: list[Evidence]) -> Evidence:
@@ -272,7 +350,8 @@ def _all_of(layer: str, where: str, parts: list[Evidence]) -> Evidence:
     names = sorted({e.layer for e in parts if e.status is Status.ENCRYPTED})
     label = f"{layer} over {', '.join(names)}" if status is Status.ENCRYPTED else layer
     return Evidence(
-        status, label,
+        status,
+        label,
         f"{where} spans {len(parts)} devices: " + " | ".join(e.detail for e in chosen),
         ", ".join(dict.fromkeys(e.cipher for e in parts if e.cipher)),
         "; ".join(dict.fromkeys(e.key_location for e in parts if e.key_location)),

@@ -36,31 +36,53 @@ def storage_verdict(provisioner: str, params: Mapping[str, str], where: str) -> 
     if provisioner in AWS:
         if p.get("encrypted", "").lower() == "true":
             key = p.get("kmskeyid") or "the AWS-managed key aws/ebs"
-            return Evidence(Status.ENCRYPTED, "kubernetes ebs", f"{where}: encrypted=true",
-                            "AES-256-XTS (EBS)", f"AWS KMS key {key}")
+            return Evidence(
+                Status.ENCRYPTED,
+                "kubernetes ebs",
+                f"{where}: encrypted=true",
+                "AES-256-XTS (EBS)",
+                f"AWS KMS key {key}",
+            )
         return Evidence(
-            Status.UNKNOWN, "kubernetes ebs",
-            f"{where} does not set encrypted: \"true\"; the EBS volume is encrypted only if "
+            Status.UNKNOWN,
+            "kubernetes ebs",
+            f'{where} does not set encrypted: "true"; the EBS volume is encrypted only if '
             "the account's EBS encryption by default is on",
         )
     if provisioner in GCE:
         key = p.get("disk-encryption-kms-key", "")
-        return Evidence(Status.ENCRYPTED, "kubernetes gce-pd", f"{where}: GCE persistent disk",
-                        "AES-256", f"Cloud KMS key {key} (CMEK)" if key else "Google-managed key")
+        return Evidence(
+            Status.ENCRYPTED,
+            "kubernetes gce-pd",
+            f"{where}: GCE persistent disk",
+            "AES-256",
+            f"Cloud KMS key {key} (CMEK)" if key else "Google-managed key",
+        )
     if provisioner in AZURE:
         des = p.get("diskencryptionsetid")
         kind = p.get("diskencryptiontype", "")
-        where_key = (f"customer-managed key via disk encryption set {des}" if des
-                     else "platform-managed key (Microsoft)")
-        return Evidence(Status.ENCRYPTED, "kubernetes azure-disk",
-                        f"{where}: Azure managed disk{' (' + kind + ')' if kind else ''}",
-                        "AES-256", where_key)
+        where_key = (
+            f"customer-managed key via disk encryption set {des}"
+            if des
+            else "platform-managed key (Microsoft)"
+        )
+        return Evidence(
+            Status.ENCRYPTED,
+            "kubernetes azure-disk",
+            f"{where}: Azure managed disk{' (' + kind + ')' if kind else ''}",
+            "AES-256",
+            where_key,
+        )
     if p.get("encrypted", "").lower() == "true":
         key = p.get("kmskeyid") or p.get("encryptionkmsid") or "named by the provisioner"
-        return Evidence(Status.ENCRYPTED, "kubernetes", f"{where}: encrypted=true",
-                        key_location=f"key {key}")
-    return Evidence(Status.UNKNOWN, "kubernetes",
-                    f"{where}: provisioner {provisioner or '(none)'} sets no encryption parameter")
+        return Evidence(
+            Status.ENCRYPTED, "kubernetes", f"{where}: encrypted=true", key_location=f"key {key}"
+        )
+    return Evidence(
+        Status.UNKNOWN,
+        "kubernetes",
+        f"{where}: provisioner {provisioner or '(none)'} sets no encryption parameter",
+    )
 
 
 class KubernetesDetector:
@@ -86,8 +108,9 @@ class KubernetesDetector:
             self.context = ssl.create_default_context(cafile=str(ca_path))
 
     @classmethod
-    def in_cluster(cls, environ: Mapping[str, str], timeout: float = 5.0
-                   ) -> KubernetesDetector | None:
+    def in_cluster(
+        cls, environ: Mapping[str, str], timeout: float = 5.0
+    ) -> KubernetesDetector | None:
         host = environ.get("KUBERNETES_SERVICE_HOST")
         token = SA_DIR / "token"
         if not host or not token.exists():
@@ -99,14 +122,23 @@ class KubernetesDetector:
         except OSError:
             namespace = environ.get("POD_NAMESPACE", "default")
         pod = environ.get("POD_NAME") or environ.get("HOSTNAME") or socket.gethostname()
-        return cls(api_url=f"https://{host}:{port}", token_path=token, namespace=namespace,
-                   pod_name=pod, ca_path=SA_DIR / "ca.crt", timeout=timeout)
+        return cls(
+            api_url=f"https://{host}:{port}",
+            token_path=token,
+            namespace=namespace,
+            pod_name=pod,
+            ca_path=SA_DIR / "ca.crt",
+            timeout=timeout,
+        )
 
     def _get(self, path: str) -> Any:
         token = self.token_path.read_text().strip()
-        return request_json(f"{self.api_url}{path}", timeout=self.timeout, context=self.context,
-                            headers={"Authorization": f"Bearer {token}",
-                                     "Accept": "application/json"})
+        return request_json(
+            f"{self.api_url}{path}",
+            timeout=self.timeout,
+            context=self.context,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+        )
 
     def _claim_for(self, path: str) -> tuple[str, str] | None:
         """(volume name, PVC name) of the pod volume mounted over ``path``; None if none."""
@@ -139,9 +171,12 @@ class KubernetesDetector:
                 return None
             volume, claim = found
             if claim.startswith("!"):
-                return Evidence(Status.UNKNOWN, "kubernetes",
-                                f"pod volume {volume} is {claim[1:]}, not a PVC: it lives on "
-                                "the node's own disk")
+                return Evidence(
+                    Status.UNKNOWN,
+                    "kubernetes",
+                    f"pod volume {volume} is {claim[1:]}, not a PVC: it lives on "
+                    "the node's own disk",
+                )
             pvc = self._get(f"/api/v1/namespaces/{self.namespace}/persistentvolumeclaims/{claim}")
             pv_name = dig(pvc, "spec", "volumeName")
             if not pv_name:
@@ -161,9 +196,12 @@ class KubernetesDetector:
                 provisioner = str(sc.get("provisioner") or provisioner)
                 params.update({str(k): str(v) for k, v in (sc.get("parameters") or {}).items()})
         except (ApiError, OSError) as exc:
-            return Evidence(Status.UNKNOWN, "kubernetes",
-                            f"cannot follow PVC -> PV -> StorageClass for {path}: {exc} (the "
-                            "service account needs get on pods, persistentvolumeclaims, "
-                            "persistentvolumes and storageclasses)")
+            return Evidence(
+                Status.UNKNOWN,
+                "kubernetes",
+                f"cannot follow PVC -> PV -> StorageClass for {path}: {exc} (the "
+                "service account needs get on pods, persistentvolumeclaims, "
+                "persistentvolumes and storageclasses)",
+            )
         where = f"PVC {claim} -> PV {pv_name} -> StorageClass {sc_name or '(none)'}"
         return storage_verdict(provisioner, params, where)

@@ -18,15 +18,19 @@ from ebk.errors import EbkError
 from ebk.logsetup import verbose
 from ebk.preflight.model import Target
 
-FIX_VOLUME = ("put it on an encrypted volume (LUKS/dm-crypt, an fscrypt-encrypted directory, "
-              "gocryptfs, ZFS native encryption, or an encrypted cloud disk / StorageClass)")
+FIX_VOLUME = (
+    "put it on an encrypted volume (LUKS/dm-crypt, an fscrypt-encrypted directory, "
+    "gocryptfs, ZFS native encryption, or an encrypted cloud disk / StorageClass)"
+)
 
 
 def _wal_fix(wal: Path) -> str:
     if wal.is_symlink():
-        return (f"pg_wal is a symlink to {os.readlink(wal)}: stop the server, move that directory "
-                "to encrypted storage and point the symlink there (or initdb --waldir on "
-                "encrypted storage)")
+        return (
+            f"pg_wal is a symlink to {os.readlink(wal)}: stop the server, move that directory "
+            "to encrypted storage and point the symlink there (or initdb --waldir on "
+            "encrypted storage)"
+        )
     return "pg_wal lives inside the data directory: " + FIX_VOLUME
 
 
@@ -89,57 +93,102 @@ def cluster_targets(pg: PostgresConfig) -> list[Target]:
         except FileNotFoundError:
             tablespaces = []
         except OSError as exc:
-            return [Target("data_directory", data_dir, "data directory", fix=data_fix),
-                    Target("tablespace", "", f"cannot list {data_dir}/pg_tblspc: {exc.strerror} "
-                           "(run preflight as root or as the database owner)", fix=data_fix)]
+            return [
+                Target("data_directory", data_dir, "data directory", fix=data_fix),
+                Target(
+                    "tablespace",
+                    "",
+                    f"cannot list {data_dir}/pg_tblspc: {exc.strerror} "
+                    "(run preflight as root or as the database owner)",
+                    fix=data_fix,
+                ),
+            ]
     else:
         try:
             data_dir, tablespaces = _server_facts(pg)
         except EbkError as exc:
-            return [Target("data_directory", "", "data directory",
-                           unresolved=summarise(exc.message),
-                           fix="set postgres.data_directory in the config, or make the server "
-                           "reachable so preflight can ask it (SHOW data_directory)")]
+            return [
+                Target(
+                    "data_directory",
+                    "",
+                    "data directory",
+                    unresolved=summarise(exc.message),
+                    fix="set postgres.data_directory in the config, or make the server "
+                    "reachable so preflight can ask it (SHOW data_directory)",
+                )
+            ]
     wal = Path(data_dir) / "pg_wal"
     targets = [
         Target("data_directory", data_dir, "data directory", fix=data_fix),
         Target("pg_wal", str(wal), "WAL (pg_wal)", fix=_wal_fix(wal)),
     ]
     for name, location in tablespaces:
-        targets.append(Target(
-            "tablespace", location, f"tablespace {name}",
-            fix=(f"tablespace {name} at {location} is not encrypted: create a tablespace on "
-                 "encrypted storage and move its objects (ALTER TABLE/INDEX ... SET TABLESPACE, "
-                 "ALTER DATABASE ... SET TABLESPACE), then drop it"),
-        ))
+        targets.append(
+            Target(
+                "tablespace",
+                location,
+                f"tablespace {name}",
+                fix=(
+                    f"tablespace {name} at {location} is not encrypted: create a tablespace on "
+                    "encrypted storage and move its objects (ALTER TABLE/INDEX ... SET TABLESPACE, "
+                    "ALTER DATABASE ... SET TABLESPACE), then drop it"
+                ),
+            )
+        )
     return targets
 
 
-def targets_for(config: Config, *, purpose: str, restore_target: Path | None = None,
-                tablespace_targets: Sequence[Path] = ()) -> list[Target]:
+def targets_for(
+    config: Config,
+    *,
+    purpose: str,
+    restore_target: Path | None = None,
+    tablespace_targets: Sequence[Path] = (),
+) -> list[Target]:
     """What a purpose touches: backup reads the cluster, restore writes its targets."""
     targets: list[Target] = []
     if restore_target is not None:
-        targets.append(Target(
-            "restore_target", str(restore_target.absolute()), "restore target",
-            must_exist=False,
-            fix=f"restore into a directory on encrypted storage: {FIX_VOLUME}",
-        ))
+        targets.append(
+            Target(
+                "restore_target",
+                str(restore_target.absolute()),
+                "restore target",
+                must_exist=False,
+                fix=f"restore into a directory on encrypted storage: {FIX_VOLUME}",
+            )
+        )
     for location in tablespace_targets:
-        targets.append(Target(
-            "restore_target", str(location.absolute()), "tablespace restore target",
-            must_exist=False,
-            fix=f"map the tablespace onto encrypted storage with --tablespace-map OID=DIR: "
-            f"{FIX_VOLUME}",
-        ))
+        targets.append(
+            Target(
+                "restore_target",
+                str(location.absolute()),
+                "tablespace restore target",
+                must_exist=False,
+                fix=f"map the tablespace onto encrypted storage with --tablespace-map OID=DIR: "
+                f"{FIX_VOLUME}",
+            )
+        )
     if purpose != "restore" or restore_target is None:
         targets.extend(cluster_targets(config.postgres))
     pf = config.preflight
     if pf.spool_dir:
-        targets.append(Target("spool", pf.spool_dir, "ebk spool/state directory", must_exist=False,
-                              fix=f"set preflight.spool_dir to a directory that is encrypted; "
-                              f"{FIX_VOLUME}"))
+        targets.append(
+            Target(
+                "spool",
+                pf.spool_dir,
+                "ebk spool/state directory",
+                must_exist=False,
+                fix=f"set preflight.spool_dir to a directory that is encrypted; {FIX_VOLUME}",
+            )
+        )
     for path in pf.extra_paths:
-        targets.append(Target("extra", path, "extra path (preflight.extra_paths)",
-                              must_exist=False, fix=FIX_VOLUME))
+        targets.append(
+            Target(
+                "extra",
+                path,
+                "extra path (preflight.extra_paths)",
+                must_exist=False,
+                fix=FIX_VOLUME,
+            )
+        )
     return targets

@@ -45,8 +45,13 @@ def zfs_evidence(mount: Mount, run: Runner) -> tuple[Evidence, list[str]]:
         if props.get("keystatus"):
             where += f", key {props['keystatus']}"
         return (
-            Evidence(Status.ENCRYPTED, "zfs native encryption",
-                     f"dataset {dataset} has encryption={encryption}", encryption, where),
+            Evidence(
+                Status.ENCRYPTED,
+                "zfs native encryption",
+                f"dataset {dataset} has encryption={encryption}",
+                encryption,
+                where,
+            ),
             [],
         )
     if encryption != "off":
@@ -59,7 +64,10 @@ def zfs_evidence(mount: Mount, run: Runner) -> tuple[Evidence, list[str]]:
     except (OSError, subprocess.SubprocessError):
         vdevs = []
     return (
-        Evidence(Status.UNENCRYPTED, "zfs",
-                 f"dataset {dataset} has encryption=off (pool {pool}'s vdevs checked below)"),
+        Evidence(
+            Status.UNENCRYPTED,
+            "zfs",
+            f"dataset {dataset} has encryption=off (pool {pool}'s vdevs checked below)",
+        ),
         vdevs,
     )

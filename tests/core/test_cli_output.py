@@ -31,12 +31,14 @@ def test_list_show_and_delete_for_people(pg_cluster: PgCluster, tmp_path: Path) 
     assert "base.tar.ebk" in shown and "backup_manifest.ebk" in shown
     assert backup["start_lsn"] in shown
 
-    refused = CliRunner().invoke(main, ["--config", str(env.config_path), "delete", backup_id],
-                                 input="n\n")
+    refused = CliRunner().invoke(
+        main, ["--config", str(env.config_path), "delete", backup_id], input="n\n"
+    )
     assert_refused(refused, 1, mentions="Aborted")  # aborted at the prompt: nothing deleted
     assert len(json.loads(env.run("list", "--json").stdout)) == 1
-    confirmed = CliRunner().invoke(main, ["--config", str(env.config_path), "delete", backup_id],
-                                   input="y\n")
+    confirmed = CliRunner().invoke(
+        main, ["--config", str(env.config_path), "delete", backup_id], input="y\n"
+    )
     assert confirmed.exit_code == 0, confirmed.output
     assert f"deleted backup {backup_id}" in confirmed.output
     assert json.loads(env.run("list", "--json").stdout) == []
@@ -57,18 +59,22 @@ def test_progress_draws_only_on_a_terminal() -> None:
 
 
 def test_unreachable_server_is_a_postgres_error(tmp_path: Path) -> None:
-    env = make_env(tmp_path / "ebk", None,
-                   extra='[postgres]\nhost = "127.0.0.1"\nport = 1\n[preflight]\npolicy = "off"\n')
+    env = make_env(
+        tmp_path / "ebk",
+        None,
+        extra='[postgres]\nhost = "127.0.0.1"\nport = 1\n[preflight]\npolicy = "off"\n',
+    )
     result = env.run("backup", "--type", "physical", expect=7)
     assert "cannot connect to PostgreSQL at 127.0.0.1:1" in result.output
     assert "hint:" in result.output
 
 
 def test_role_without_replication_gets_a_hint(pg_cluster: PgCluster, tmp_path: Path) -> None:
-    pg_cluster.psql("DO $$ BEGIN CREATE ROLE ebk_norepl LOGIN; EXCEPTION WHEN duplicate_object "
-                    "THEN NULL; END $$")
-    env = make_env(tmp_path / "ebk", pg_cluster,
-                   extra='[preflight]\npolicy = "off"\n')
+    pg_cluster.psql(
+        "DO $$ BEGIN CREATE ROLE ebk_norepl LOGIN; EXCEPTION WHEN duplicate_object "
+        "THEN NULL; END $$"
+    )
+    env = make_env(tmp_path / "ebk", pg_cluster, extra='[preflight]\npolicy = "off"\n')
     config = env.config_path.read_text().replace('user = "postgres"', 'user = "ebk_norepl"')
     env.config_path.write_text(config)
     result = env.run("backup", "--type", "physical", expect=7)

@@ -114,8 +114,11 @@ def test_sigterm_cleans_up_and_exits_130(big_cluster: PgCluster, tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert_refused(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), 130,
-                   mentions="interrupted")
+    assert_refused(
+        subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
+        130,
+        mentions="interrupted",
+    )
     # Cleaned up: no committed object, no partial upload, nothing listed.
     assert not backup_dir.exists() or list(backup_dir.iterdir()) == []
     repo = Repository(LocalStorage(env.repo_dir))

@@ -203,8 +203,11 @@ def test_the_verified_digest_cache_never_outlives_trust(ebk_env: EbkEnv) -> None
     assert [b["backup_id"] for b in json.loads(ebk_env.run("list", "--json").stdout)] == [good]
     # The cache now holds this manifest's digest; a key change must still hide it.
     stranger = encode_public(Ed25519PrivateKey.generate().public_key())
-    ebk_env.config_path.write_text(ebk_env.config_path.read_text().replace(
-        "[repository]\n", f'[repository]\nwriter_keys = ["{stranger}"]\n'))
+    ebk_env.config_path.write_text(
+        ebk_env.config_path.read_text().replace(
+            "[repository]\n", f'[repository]\nwriter_keys = ["{stranger}"]\n'
+        )
+    )
     result = ebk_env.run("list", "--json")
     assert json.loads(result.stdout) == []
     assert "not signed by this repository's writer key" in result.stderr

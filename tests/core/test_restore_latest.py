@@ -18,8 +18,9 @@ def test_latest_means_newest_of_the_needed_kind(
     logical = json.loads(env.run("backup", "--type", "logical", "--json").stdout)
     assert logical["start_time"] >= physical["start_time"]
 
-    result = env.run("restore", "latest", "--to", str(postgres_dir / "restored"), "--owner",
-                     "postgres")
+    result = env.run(
+        "restore", "latest", "--to", str(postgres_dir / "restored"), "--owner", "postgres"
+    )
     assert physical["backup_id"] in result.stdout
     assert (postgres_dir / "restored" / "global" / "pg_control").exists()
 
@@ -50,15 +51,18 @@ def test_latest_is_the_newest_of_several_backups_of_each_kind(
     def backup(label: str, kind: str) -> None:
         if taken:
             time.sleep(1.1)
-        pg_cluster.psql(f"TRUNCATE marker; INSERT INTO marker VALUES ('{label}')",
-                        db="latest_src")
+        pg_cluster.psql(f"TRUNCATE marker; INSERT INTO marker VALUES ('{label}')", db="latest_src")
         args = ["backup", "--type", kind, "--json"]
         if kind == "logical":
             args += ["--database", "latest_src"]
         taken[label] = json.loads(env.run(*args).stdout)["backup_id"]
 
-    for label, kind in (("P1", "physical"), ("L1", "logical"), ("P2", "physical"),
-                        ("L2", "logical")):
+    for label, kind in (
+        ("P1", "physical"),
+        ("L1", "logical"),
+        ("P2", "physical"),
+        ("L2", "logical"),
+    ):
         backup(label, kind)
     listed = [b["backup_id"] for b in json.loads(env.run("list", "--json").stdout)]
     assert listed == [taken[label] for label in ("P1", "L1", "P2", "L2")]
@@ -73,8 +77,7 @@ def test_latest_is_the_newest_of_several_backups_of_each_kind(
         restored.stop()
 
     backup("P3", "physical")  # now the newest backup overall is physical
-    env.run("restore", "latest", "--to-db", "latest_copy", "--database", "latest_src",
-            "--create")
+    env.run("restore", "latest", "--to-db", "latest_copy", "--database", "latest_src", "--create")
     try:
         assert pg_cluster.psql("SELECT backup FROM marker", db="latest_copy") == "L2"
     finally:

@@ -42,27 +42,39 @@ def _backup_objects(repo: Path) -> list[str]:
     return sorted(o.name for o in LocalStorage(repo).list("backups/"))
 
 
-def test_scheduled_backups_metrics_probes_and_sd_notify(tmp_path: Path,
-                                                        pg_cluster: PgCluster) -> None:
-    env, port = daemon_env(tmp_path / "ebk", pg_cluster,
-                           job("physical", "*/2 * * * * *")
-                           + job("logical", name="dump", interval=2, databases=("postgres",)))
+def test_scheduled_backups_metrics_probes_and_sd_notify(
+    tmp_path: Path, pg_cluster: PgCluster
+) -> None:
+    env, port = daemon_env(
+        tmp_path / "ebk",
+        pg_cluster,
+        job("physical", "*/2 * * * * *")
+        + job("logical", name="dump", interval=2, databases=("postgres",)),
+    )
     sock = _notify_socket(tmp_path / "notify.sock")
-    d = DaemonProcess(env, port, extra_env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
-                                            "WATCHDOG_USEC": "1000000"})
+    d = DaemonProcess(
+        env,
+        port,
+        extra_env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"},
+    )
     try:
         d.wait_ready()
         assert d.get("/healthz") == (200, "ok\n")
         assert d.get("/nope")[0] == 404
         labels = {"job": "physical", "kind": "physical"}
         d.wait_event("job succeeded")
-        first = {"ok": d.metric("ebk_job_runs_total", outcome="success", **labels),
-                 "at": d.metric("ebk_job_last_success_timestamp_seconds", **labels),
-                 "bytes": d.metric("ebk_job_bytes_total", **labels)}
+        first = {
+            "ok": d.metric("ebk_job_runs_total", outcome="success", **labels),
+            "at": d.metric("ebk_job_last_success_timestamp_seconds", **labels),
+            "bytes": d.metric("ebk_job_bytes_total", **labels),
+        }
         assert first["ok"] >= 1 and first["at"] > time.time() - 60 and first["bytes"] > 0
         # The figures move with the next backup.
-        d.wait_for(lambda: d.metric("ebk_job_runs_total", outcome="success", **labels)
-                   > first["ok"], 30, "a second successful backup")
+        d.wait_for(
+            lambda: d.metric("ebk_job_runs_total", outcome="success", **labels) > first["ok"],
+            30,
+            "a second successful backup",
+        )
         assert d.metric("ebk_job_last_success_timestamp_seconds", **labels) > first["at"]
         assert d.metric("ebk_job_bytes_total", **labels) > first["bytes"]
         assert d.metric("ebk_job_last_bytes", **labels) > 0
@@ -91,16 +103,25 @@ def test_scheduled_backups_metrics_probes_and_sd_notify(tmp_path: Path,
 
 def test_sigterm_mid_backup_aborts_cleanly(tmp_path: Path, pg_cluster: PgCluster) -> None:
     # zstd level 19 makes a backup of even a small cluster take many seconds.
-    env, port = daemon_env(tmp_path / "ebk", pg_cluster, job("physical", "* * * * * *"),
-                           extra="[backup]\ncompression_level = 19\n\n")
+    env, port = daemon_env(
+        tmp_path / "ebk",
+        pg_cluster,
+        job("physical", "* * * * * *"),
+        extra="[backup]\ncompression_level = 19\n\n",
+    )
     d = DaemonProcess(env, port)
     try:
         started = d.wait_event("backup started", timeout=60)[0]
         backup_id = started["backup_id"]
         storage = LocalStorage(env.repo_dir)
-        d.wait_for(lambda: any(u.name.endswith("base.tar.ebk") for u in storage.list_incomplete())
-                   and f"backups/{backup_id}/key.json" in _backup_objects(env.repo_dir),
-                   30, "the key object stored and base.tar.ebk in flight")
+        d.wait_for(
+            lambda: (
+                any(u.name.endswith("base.tar.ebk") for u in storage.list_incomplete())
+                and f"backups/{backup_id}/key.json" in _backup_objects(env.repo_dir)
+            ),
+            30,
+            "the key object stored and base.tar.ebk in flight",
+        )
         code, took = d.stop()
     finally:
         d.close()
@@ -120,10 +141,12 @@ def test_sigterm_mid_backup_aborts_cleanly(tmp_path: Path, pg_cluster: PgCluster
         time.sleep(0.2)
 
 
-def test_sighup_rejects_a_bad_config_and_applies_a_good_one(tmp_path: Path,
-                                                            pg_cluster: PgCluster) -> None:
-    env, port = daemon_env(tmp_path / "ebk", pg_cluster,
-                           job("retention", "* * * * * *", name="prune"))
+def test_sighup_rejects_a_bad_config_and_applies_a_good_one(
+    tmp_path: Path, pg_cluster: PgCluster
+) -> None:
+    env, port = daemon_env(
+        tmp_path / "ebk", pg_cluster, job("retention", "* * * * * *", name="prune")
+    )
     good = env.config_path.read_text()
     sock = _notify_socket(tmp_path / "notify.sock")
     d = DaemonProcess(env, port, extra_env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
@@ -145,11 +168,15 @@ def test_sighup_rejects_a_bad_config_and_applies_a_good_one(tmp_path: Path,
         env.config_path.write_text(good.replace('name = "prune"', 'name = "prune2"'))
         d.signal(signal.SIGHUP)
         d.wait_event("configuration reloaded")
-        d.wait_for(lambda: [e for e in d.events("job succeeded") if e["job"] == "prune2"], 20,
-                   "a run of the reloaded job")
+        d.wait_for(
+            lambda: [e for e in d.events("job succeeded") if e["job"] == "prune2"],
+            20,
+            "a run of the reloaded job",
+        )
         assert d.metric("ebk_daemon_config_reloads_total", outcome="applied") == 1
-        assert d.metric("ebk_job_runs_total", job="prune", kind="retention",
-                        outcome="success") is None
+        assert (
+            d.metric("ebk_job_runs_total", job="prune", kind="retention", outcome="success") is None
+        )
         code, _ = d.stop()
         assert code == 0
     finally:
@@ -159,12 +186,17 @@ def test_sighup_rejects_a_bad_config_and_applies_a_good_one(tmp_path: Path,
     assert messages.count("RELOADING=1") == 3 and messages.count("READY=1") == 4
 
 
-def test_two_daemons_never_back_up_one_cluster_at_once(tmp_path: Path,
-                                                       pg_cluster: PgCluster) -> None:
+def test_two_daemons_never_back_up_one_cluster_at_once(
+    tmp_path: Path, pg_cluster: PgCluster
+) -> None:
     daemons = []
     for name in ("a", "b"):
-        env, port = daemon_env(tmp_path / name, pg_cluster, job("physical", "*/2 * * * * *"),
-                               extra="[backup]\ncompression_level = 9\n\n")
+        env, port = daemon_env(
+            tmp_path / name,
+            pg_cluster,
+            job("physical", "*/2 * * * * *"),
+            extra="[backup]\ncompression_level = 9\n\n",
+        )
         daemons.append(DaemonProcess(env, port))
     try:
         for d in daemons:
@@ -187,11 +219,17 @@ def test_two_daemons_never_back_up_one_cluster_at_once(tmp_path: Path,
     intervals = []
     for d in daemons:
         ends = {e["backup_id"]: ts(e) for e in d.events("backup complete")}
-        ends.update({e["backup_id"]: ts(e) for e in d.events("backup failed; nothing was listed")
-                     if "backup_id" in e})
+        ends.update(
+            {
+                e["backup_id"]: ts(e)
+                for e in d.events("backup failed; nothing was listed")
+                if "backup_id" in e
+            }
+        )
         for start in d.events("backup started"):
-            intervals.append((ts(start), ends.get(start["backup_id"], datetime.max.replace(
-                tzinfo=UTC)), d.pid))
+            intervals.append(
+                (ts(start), ends.get(start["backup_id"], datetime.max.replace(tzinfo=UTC)), d.pid)
+            )
     intervals.sort()
     for (_s1, e1, p1), (s2, _e2, p2) in itertools.pairwise(intervals):
         assert e1 <= s2, f"backups by pids {p1} and {p2} overlapped"
@@ -203,23 +241,30 @@ def test_two_daemons_never_back_up_one_cluster_at_once(tmp_path: Path,
     assert sum(len(d.events("backup complete")) for d in daemons) >= 2
 
 
-def test_startup_checks_refuse_with_a_clear_message(tmp_path: Path,
-                                                    pg_cluster: PgCluster) -> None:
+def test_startup_checks_refuse_with_a_clear_message(tmp_path: Path, pg_cluster: PgCluster) -> None:
     port = free_port()
-    ok = make_env(tmp_path / "ok", pg_cluster,
-                  extra=daemon_section(tmp_path / "ok", port, job("physical", "0 2 * * *")))
+    ok = make_env(
+        tmp_path / "ok",
+        pg_cluster,
+        extra=daemon_section(tmp_path / "ok", port, job("physical", "0 2 * * *")),
+    )
     result = ok.subprocess("daemon", "--check")
     assert result.returncode == 0, result.stderr
     assert "ok  key provider round trip" in result.stdout and "would start" in result.stdout
 
-    none = make_env(tmp_path / "none", pg_cluster,
-                    extra=daemon_section(tmp_path / "none", port, ""))
+    none = make_env(
+        tmp_path / "none", pg_cluster, extra=daemon_section(tmp_path / "none", port, "")
+    )
     result = none.subprocess("daemon")
-    assert_refused(result, 2,
-                   mentions="ebk daemon not started: the configuration is invalid: no jobs")
+    assert_refused(
+        result, 2, mentions="ebk daemon not started: the configuration is invalid: no jobs"
+    )
 
-    kind = make_env(tmp_path / "kind", pg_cluster,
-                    extra=daemon_section(tmp_path / "kind", port, job("verify", "0 2 * * *")))
+    kind = make_env(
+        tmp_path / "kind",
+        pg_cluster,
+        extra=daemon_section(tmp_path / "kind", port, job("verify", "0 2 * * *")),
+    )
     result = kind.subprocess("daemon")
     assert_refused(result, 2, mentions="unknown kind 'verify'")
 
@@ -235,34 +280,52 @@ def test_startup_checks_refuse_with_a_clear_message(tmp_path: Path,
     result = ok.subprocess("daemon")
     assert_refused(result, 4, mentions="storage reachable check failed")
 
-    strict = make_env(tmp_path / "strict", pg_cluster,
-                      extra="[preflight]\npolicy = \"require\"\n\n" + daemon_section(
-                          tmp_path / "strict", port, job("physical", "0 2 * * *")))
+    strict = make_env(
+        tmp_path / "strict",
+        pg_cluster,
+        extra='[preflight]\npolicy = "require"\n\n'
+        + daemon_section(tmp_path / "strict", port, job("physical", "0 2 * * *")),
+    )
     result = strict.subprocess("daemon")
     assert_refused(result, 6, mentions="preflight check failed")
 
 
 def test_a_missed_run_runs_once_at_start(tmp_path: Path) -> None:
-    jobs = (job("retention", "0 0 1 1 *", name="overdue")
-            + job("retention", "0 0 1 1 *", name="recent")
-            + job("retention", "0 0 1 1 *", name="fresh"))
+    jobs = (
+        job("retention", "0 0 1 1 *", name="overdue")
+        + job("retention", "0 0 1 1 *", name="recent")
+        + job("retention", "0 0 1 1 *", name="fresh")
+    )
     env, port = daemon_env(tmp_path / "ebk", None, jobs)
     now = datetime.now(UTC)
     state = tmp_path / "ebk" / "state"
     state.mkdir()
     long_ago = (now - timedelta(days=800)).isoformat()  # two missed New Years: one run
     recent = (now - timedelta(minutes=5)).isoformat()
-    (state / "jobs.json").write_text(json.dumps({"version": 1, "jobs": {
-        "overdue": {"since": long_ago, "last_run": long_ago},
-        "recent": {"since": long_ago, "last_run": recent, "last_success": recent,
-                   "last_outcome": "success"},
-    }}))
+    (state / "jobs.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "jobs": {
+                    "overdue": {"since": long_ago, "last_run": long_ago},
+                    "recent": {
+                        "since": long_ago,
+                        "last_run": recent,
+                        "last_success": recent,
+                        "last_outcome": "success",
+                    },
+                },
+            }
+        )
+    )
     d = DaemonProcess(env, port)
     try:
         d.wait_ready()
         d.wait_event("job succeeded")
-        assert d.metric("ebk_job_last_success_timestamp_seconds", job="recent",
-                        kind="retention") == datetime.fromisoformat(recent).timestamp()
+        assert (
+            d.metric("ebk_job_last_success_timestamp_seconds", job="recent", kind="retention")
+            == datetime.fromisoformat(recent).timestamp()
+        )
         time.sleep(2)
         assert [e["job"] for e in d.events("job started")] == ["overdue"]
         assert d.stop()[0] == 0

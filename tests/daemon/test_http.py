@@ -26,10 +26,15 @@ def test_probes_and_metrics() -> None:
     state = {"ready": (False, "starting")}
     metrics = DaemonMetrics(lambda: [("nightly", "physical", 1.7e9)])
     metrics.declare("nightly", "physical")
-    metrics.observe("nightly", "physical", outcome="success", finished=1.6e9, duration=3.5,
-                    nbytes=1234)
-    server = StatusServer(f"127.0.0.1:{free_port()}", health=lambda: (True, ""),
-                          ready=lambda: state["ready"], metrics=metrics.render)
+    metrics.observe(
+        "nightly", "physical", outcome="success", finished=1.6e9, duration=3.5, nbytes=1234
+    )
+    server = StatusServer(
+        f"127.0.0.1:{free_port()}",
+        health=lambda: (True, ""),
+        ready=lambda: state["ready"],
+        metrics=metrics.render,
+    )
     server.start()
     try:
         assert _get(server.url + "/healthz")[::2] == (200, "ok\n")
@@ -46,11 +51,13 @@ def test_probes_and_metrics() -> None:
         other = DaemonMetrics(lambda: [])
         assert b"nightly" not in other.render()
         metrics.forget("nightly", "physical")
-        left = [line for line in _get(server.url + "/metrics")[2].splitlines()
-                if 'job="nightly"' in line]
+        left = [
+            line
+            for line in _get(server.url + "/metrics")[2].splitlines()
+            if 'job="nightly"' in line
+        ]
         # Only next-run remains: it comes from the scheduler (here a stub), not from a series.
-        assert left and all(line.startswith("ebk_job_next_run_timestamp_seconds")
-                            for line in left)
+        assert left and all(line.startswith("ebk_job_next_run_timestamp_seconds") for line in left)
     finally:
         server.close()
 
@@ -61,14 +68,22 @@ def test_ipv6_loopback_and_a_busy_port() -> None:
             probe.bind(("::1", 0))
     except OSError:
         pytest.skip("no IPv6 loopback on this machine")
-    server = StatusServer(f"[::1]:{free_port()}", health=lambda: (True, ""),
-                          ready=lambda: (True, ""), metrics=lambda: b"")
+    server = StatusServer(
+        f"[::1]:{free_port()}",
+        health=lambda: (True, ""),
+        ready=lambda: (True, ""),
+        metrics=lambda: b"",
+    )
     server.start()
     try:
         assert server.url.startswith("http://[::1]:")
         assert _get(server.url + "/healthz")[0] == 200
         with pytest.raises(ConfigError, match="cannot listen there"):
-            StatusServer(f"[::1]:{server.address[1]}", health=lambda: (True, ""),
-                         ready=lambda: (True, ""), metrics=lambda: b"")
+            StatusServer(
+                f"[::1]:{server.address[1]}",
+                health=lambda: (True, ""),
+                ready=lambda: (True, ""),
+                metrics=lambda: b"",
+            )
     finally:
         server.close()

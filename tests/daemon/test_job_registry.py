@@ -33,13 +33,19 @@ sys.exit(Daemon(Path(sys.argv[1]), registry=registry).serve())
 
 
 def test_registered_kind_runs_and_a_stuck_job_is_abandoned(tmp_path: Path) -> None:
-    env, port = daemon_env(tmp_path / "ebk", None,
-                           job("custom", interval=1) + job("stubborn", interval=3),
-                           shutdown_timeout=2)
+    env, port = daemon_env(
+        tmp_path / "ebk",
+        None,
+        job("custom", interval=1) + job("stubborn", interval=3),
+        shutdown_timeout=2,
+    )
     d = DaemonProcess(env, port, argv=[sys.executable, "-c", SCRIPT, str(env.config_path)])
     try:
-        d.wait_for(lambda: [e for e in d.events("job succeeded") if e["job"] == "custom"], 30,
-                   "the custom job")
+        d.wait_for(
+            lambda: [e for e in d.events("job succeeded") if e["job"] == "custom"],
+            30,
+            "the custom job",
+        )
         assert d.metric("ebk_job_last_bytes", job="custom", kind="custom") == 42
         d.wait_event("stubborn job ignoring cancel")
         code, took = d.stop()
@@ -48,6 +54,8 @@ def test_registered_kind_runs_and_a_stuck_job_is_abandoned(tmp_path: Path) -> No
     assert code == 130, d.log_path.read_text()[-2000:]
     assert "Traceback" not in d.log_path.read_text()  # a clean exit, not a crash
     assert 2 <= took < 6, took
-    stuck = d.events("jobs did not stop in time; exiting anyway (`ebk repo check --clean` "
-                     "removes what they left)")
+    stuck = d.events(
+        "jobs did not stop in time; exiting anyway (`ebk repo check --clean` "
+        "removes what they left)"
+    )
     assert stuck and stuck[0]["jobs"] == ["stubborn"]

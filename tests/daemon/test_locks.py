@@ -21,14 +21,16 @@ def test_advisory_key_is_fixed() -> None:
     # Changing it would let an old and a new ebk back up one cluster at once.
     assert advisory_key() == advisory_key("ebk-backup")
     assert advisory_key() == int.from_bytes(
-        __import__("hashlib").sha256(b"ebk-backup").digest()[:8], "big", signed=True)
+        __import__("hashlib").sha256(b"ebk-backup").digest()[:8], "big", signed=True
+    )
 
 
 def test_cluster_lock_is_exclusive_and_names_its_holder(pg_cluster: PgCluster) -> None:
     cfg = PostgresConfig(host=pg_cluster.host, port=pg_cluster.port, user="postgres")
     with cluster_backup_lock(cfg):
-        held = pg_cluster.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                               "AND granted")
+        held = pg_cluster.psql(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        )
         assert held == "1"
         with pytest.raises(LockBusy) as busy, cluster_backup_lock(cfg):
             pass
@@ -59,8 +61,14 @@ class Clock:
 
 
 def _lease(storage, clock: Clock, purpose: str = "test", sleeps: list | None = None):
-    return RepositoryLease(storage, purpose=purpose, seconds=60, settle=0.5, clock=clock,
-                           sleep=(sleeps.append if sleeps is not None else lambda _s: None))
+    return RepositoryLease(
+        storage,
+        purpose=purpose,
+        seconds=60,
+        settle=0.5,
+        clock=clock,
+        sleep=(sleeps.append if sleeps is not None else lambda _s: None),
+    )
 
 
 def test_local_lease_is_atomic_and_expires(tmp_path: Path) -> None:
@@ -110,8 +118,9 @@ def test_racing_takeovers_of_a_stale_lease_leave_one_holder(tmp_path: Path) -> N
         storage.delete(LEASE_OBJECT)
         storage.put_if_absent(LEASE_OBJECT, racer._record().to_json())
 
-    loser = RepositoryLease(storage, purpose="loser", seconds=60, settle=0.5, clock=clock,
-                            sleep=racing_sleep)
+    loser = RepositoryLease(
+        storage, purpose="loser", seconds=60, settle=0.5, clock=clock, sleep=racing_sleep
+    )
     with pytest.raises(LockBusy, match="racer") as busy:
         loser.acquire()
     assert busy.value.exit_code == 8

@@ -12,8 +12,10 @@ from ebk.storage.local import LocalStorage
 from tests.support.ebkenv import make_env
 from tests.support.postgres import PgCluster
 
-POLICY = ('[retention]\nkeep_last = 2\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n'
-          'min_age = "0"\n\n')
+POLICY = (
+    "[retention]\nkeep_last = 2\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n"
+    'min_age = "0"\n\n'
+)
 
 
 def test_retention_cli_on_real_manifests(tmp_path: Path, pg_cluster: PgCluster) -> None:
@@ -51,8 +53,15 @@ def test_retention_cli_on_real_manifests(tmp_path: Path, pg_cluster: PgCluster) 
     assert LEASE_OBJECT not in names  # the lease was released
 
     # Another process holds the deletion lease: exit 8, naming it; nothing deleted.
-    holder = LeaseRecord("t" * 32, "alice", "db7.example", 4242, "repo check --clean",
-                         "2026-01-01T00:00:00+00:00", time.time() + 300)
+    holder = LeaseRecord(
+        "t" * 32,
+        "alice",
+        "db7.example",
+        4242,
+        "repo check --clean",
+        "2026-01-01T00:00:00+00:00",
+        time.time() + 300,
+    )
     storage.put_bytes(LEASE_OBJECT, holder.to_json())
     busy = env.run("retention", expect=8)
     assert "alice on db7.example (pid 4242, repo check --clean)" in busy.output

@@ -24,19 +24,22 @@ def _cfg(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
 
 
 def test_jobs_are_tables_with_checked_keys(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, '[daemon]\nlisten = "[::1]:9187"\n'
-               '[[daemon.jobs]]\nkind = "physical"\ncron = "0 2 * * *"\n'
-               '[[daemon.jobs]]\nkind = "logical"\nname = "dumps"\ninterval_seconds = 60\n'
-               'databases = ["app"]\n')
-    assert [(j.name, j.kind, j.cron, j.interval_seconds, j.databases) for j in cfg.daemon.jobs] \
-        == [("physical", "physical", "0 2 * * *", 0, []), ("dumps", "logical", "", 60, ["app"])]
+    cfg = _cfg(
+        tmp_path,
+        '[daemon]\nlisten = "[::1]:9187"\n'
+        '[[daemon.jobs]]\nkind = "physical"\ncron = "0 2 * * *"\n'
+        '[[daemon.jobs]]\nkind = "logical"\nname = "dumps"\ninterval_seconds = 60\n'
+        'databases = ["app"]\n',
+    )
+    assert [(j.name, j.kind, j.cron, j.interval_seconds, j.databases) for j in cfg.daemon.jobs] == [
+        ("physical", "physical", "0 2 * * *", 0, []),
+        ("dumps", "logical", "", 60, ["app"]),
+    ]
     cases = {
-        '[[daemon.jobs]]\nkind = "physical"\ncron = "0 2 * * *"\nevery = 1\n':
-            "unknown key daemon.jobs\\[0\\].every",
+        '[[daemon.jobs]]\nkind = "physical"\ncron = "0 2 * * *"\nevery = 1\n': "unknown key daemon.jobs\\[0\\].every",
         '[[daemon.jobs]]\ncron = "0 2 * * *"\n': "has no kind",
         '[[daemon.jobs]]\nkind = "physical"\n': "exactly one of cron and interval_seconds",
-        '[[daemon.jobs]]\nkind = "physical"\ncron = "0 2 * * *"\ninterval_seconds = 5\n':
-            "exactly one of",
+        '[[daemon.jobs]]\nkind = "physical"\ncron = "0 2 * * *"\ninterval_seconds = 5\n': "exactly one of",
         '[[daemon.jobs]]\nkind = "physical"\ncron = "0 2 * * *"\n'
         '[[daemon.jobs]]\nkind = "physical"\ncron = "0 3 * * *"\n': "two daemon jobs are named",
         '[[daemon.jobs]]\nkind = "physical"\ncron = 5\n': "daemon.jobs\\[0\\].cron must be a str",
@@ -61,8 +64,9 @@ def _job(cron: str = "", interval: int = 0) -> JobConfig:
 
 def test_cron_weekdays_follow_crontab_and_seconds_are_optional() -> None:
     sunday = _job("0 2 * * 0")
-    assert next_after(build_trigger(sunday, "UTC"), sunday, WED) == \
-        datetime(2024, 6, 16, 2, 0, tzinfo=UTC)
+    assert next_after(build_trigger(sunday, "UTC"), sunday, WED) == datetime(
+        2024, 6, 16, 2, 0, tzinfo=UTC
+    )
     seven = _job("0 2 * * 7")
     assert next_after(build_trigger(seven, "UTC"), seven, WED).weekday() == 6
     weekdays = _job("30 1 * * 1-5")
@@ -74,13 +78,17 @@ def test_cron_weekdays_follow_crontab_and_seconds_are_optional() -> None:
     every5s = _job("*/5 * * * * *")
     assert next_after(build_trigger(every5s, "UTC"), every5s, WED) == WED + timedelta(seconds=5)
     berlin = _job("0 2 * * *")
-    assert next_after(build_trigger(berlin, "Europe/Berlin"), berlin, WED) == \
-        datetime(2024, 6, 13, 0, 0, tzinfo=UTC)  # 02:00 CEST
+    assert next_after(build_trigger(berlin, "Europe/Berlin"), berlin, WED) == datetime(
+        2024, 6, 13, 0, 0, tzinfo=UTC
+    )  # 02:00 CEST
     interval = _job(interval=90)
-    assert next_after(build_trigger(interval, "UTC"), interval, WED) == \
-        WED + timedelta(seconds=90)
-    for bad, message in (("0 2 * *", "has 4 fields"), ("0 25 * * *", "not valid"),
-                         ("0 2 * * 8", "out of range"), ("0 2 * * x-y", "not valid")):
+    assert next_after(build_trigger(interval, "UTC"), interval, WED) == WED + timedelta(seconds=90)
+    for bad, message in (
+        ("0 2 * *", "has 4 fields"),
+        ("0 25 * * *", "not valid"),
+        ("0 2 * * 8", "out of range"),
+        ("0 2 * * x-y", "not valid"),
+    ):
         with pytest.raises(ConfigError, match=message):
             build_trigger(_job(bad), "UTC")
 
@@ -110,8 +118,9 @@ def test_sd_notify_datagrams(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(path)
         sock.settimeout(2)
-        notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000",
-                             "WATCHDOG_PID": str(os.getpid())})
+        notifier = Notifier(
+            {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())}
+        )
         assert notifier.enabled and notifier.watchdog_interval == 2.0
         assert notifier.ready(status="running")
         assert sock.recv(4096) == b"READY=1\nSTATUS=running"

@@ -47,11 +47,21 @@ def test_unit_declares_notify_watchdog_user_and_hardening() -> None:
             key, _, value = line.partition("=")
             settings.setdefault(key, []).append(value)
     expected = {
-        "Type": "notify", "User": "ebk", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
-        "PrivateTmp": "yes", "CapabilityBoundingSet": "", "ProtectHome": "yes",
-        "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
-        "MemoryDenyWriteExecute": "yes", "LockPersonality": "yes", "RestrictNamespaces": "yes",
-        "ReadWritePaths": "/var/lib/ebk", "KillMode": "mixed",
+        "Type": "notify",
+        "User": "ebk",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "PrivateTmp": "yes",
+        "CapabilityBoundingSet": "",
+        "ProtectHome": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "LockPersonality": "yes",
+        "RestrictNamespaces": "yes",
+        "ReadWritePaths": "/var/lib/ebk",
+        "KillMode": "mixed",
         "ExecReload": "/bin/kill -HUP $MAINPID",
     }
     for key, value in expected.items():
@@ -64,15 +74,20 @@ def test_unit_declares_notify_watchdog_user_and_hardening() -> None:
 
 
 def test_systemd_analyze_verify_passes(unit_copy: Path) -> None:
-    result = subprocess.run([_analyze(), "verify", str(unit_copy)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [_analyze(), "verify", str(unit_copy)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr  # not even a warning
 
 
 def test_systemd_analyze_security_exposure(unit_copy: Path) -> None:
-    result = subprocess.run([_analyze(), "security", "--offline=yes", str(unit_copy)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [_analyze(), "security", "--offline=yes", str(unit_copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     found = re.search(r"Overall exposure level for ebk\.service: ([0-9.]+)", result.stdout)
     assert found, result.stdout + result.stderr
     exposure = float(found.group(1))

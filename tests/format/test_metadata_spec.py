@@ -27,8 +27,15 @@ from ebk.keys.keyfile import KeyFileProvider, create_key_file
 from ebk.manifest import Manifest, StoredObject
 from ebk.repository.layout import new_backup_id, object_name, stream_context
 
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
-            "\r": "\\r"}
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
 
 
 def spec_string(text: str) -> str:
@@ -62,8 +69,11 @@ def spec_canonical(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ",".join(spec_canonical(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{spec_string(k)}:{spec_canonical(value[k])}"
-                              for k in sorted(value)) + "}"
+        return (
+            "{"
+            + ",".join(f"{spec_string(k)}:{spec_canonical(value[k])}" for k in sorted(value))
+            + "}"
+        )
     raise TypeError(type(value))
 
 
@@ -71,8 +81,16 @@ def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
 
 
-AWKWARD = ['plain', 'quote " backslash \\ slash /', "tab\tnl\ncr\rbs\bff\f", "\x00\x1f\x7f",
-           "dätäbase", "日本", "emoji 🐘", "€uro"]
+AWKWARD = [
+    "plain",
+    'quote " backslash \\ slash /',
+    "tab\tnl\ncr\rbs\bff\f",
+    "\x00\x1f\x7f",
+    "dätäbase",
+    "日本",
+    "emoji 🐘",
+    "€uro",
+]
 
 
 @pytest.mark.parametrize("text", AWKWARD)
@@ -167,14 +185,23 @@ def jcs(value: Any) -> bytes:
 
 def _manifest() -> Manifest:
     return Manifest(
-        backup_id="20261128T142301000001Z-3fa9c1", kind="logical", ebk_version="0.2.0",
+        backup_id="20261128T142301000001Z-3fa9c1",
+        kind="logical",
+        ebk_version="0.2.0",
         system_identifier="7713232264135747606",
-        server_version="15.18 (Debian 15.18-0+deb12u1)", server_version_num=150018,
-        start_time="2026-11-28T14:23:01.000001+00:00", stop_time="2026-11-28T14:23:09+00:00",
-        dek_id="dek-00112233aabbccdd", key_slots=["keyfile/kek-20261128-333e13cb"],
-        objects=[StoredObject("dump-0001.ebk", "dump", 10, 99, "ab" * 32, None, None,
-                              'dätä "base"\n\x01🐘')],
-        databases=['dätä "base"\n🐘'])
+        server_version="15.18 (Debian 15.18-0+deb12u1)",
+        server_version_num=150018,
+        start_time="2026-11-28T14:23:01.000001+00:00",
+        stop_time="2026-11-28T14:23:09+00:00",
+        dek_id="dek-00112233aabbccdd",
+        key_slots=["keyfile/kek-20261128-333e13cb"],
+        objects=[
+            StoredObject(
+                "dump-0001.ebk", "dump", 10, 99, "ab" * 32, None, None, 'dätä "base"\n\x01🐘'
+            )
+        ],
+        databases=['dätä "base"\n🐘'],
+    )
 
 
 def test_manifest_mac_matches_the_formula() -> None:
@@ -185,11 +212,31 @@ def test_manifest_mac_matches_the_formula() -> None:
     assert doc["format"] == "ebk-manifest" and doc["manifest_version"] == 2
     assert doc["stream_version"] == 1
     assert set(doc) == {
-        "format", "manifest_version", "stream_version", "backup_id", "kind", "ebk_version",
-        "system_identifier", "server_version", "server_version_num", "start_time", "stop_time",
-        "databases", "dek_id", "key_slots", "objects", "auth"}
-    assert set(doc["objects"][0]) == {"name", "role", "plain_size", "stored_size", "sha256",
-                                      "database"}  # absent optional members are omitted
+        "format",
+        "manifest_version",
+        "stream_version",
+        "backup_id",
+        "kind",
+        "ebk_version",
+        "system_identifier",
+        "server_version",
+        "server_version_num",
+        "start_time",
+        "stop_time",
+        "databases",
+        "dek_id",
+        "key_slots",
+        "objects",
+        "auth",
+    }
+    assert set(doc["objects"][0]) == {
+        "name",
+        "role",
+        "plain_size",
+        "stored_size",
+        "sha256",
+        "database",
+    }  # absent optional members are omitted
     mac_key = hkdf(dek, bytes(32), b"ebk/manifest/v2")
     body = {k: v for k, v in doc.items() if k != "auth"}
     expected = hmac.new(mac_key, jcs(body), hashlib.sha256)
@@ -208,8 +255,12 @@ def test_the_mac_covers_the_stored_document_not_a_model() -> None:
     doc["x_future"] = {"chain": ["a", "b"], "n": 3}
     doc["objects"][0].pop("database")
     body = {k: v for k, v in doc.items() if k != "auth"}
-    doc["auth"] = {"mac": hmac.new(hkdf(dek, bytes(32), b"ebk/manifest/v2"), jcs(body),
-                                   hashlib.sha256).hexdigest(), "sig": "for a later reader"}
+    doc["auth"] = {
+        "mac": hmac.new(
+            hkdf(dek, bytes(32), b"ebk/manifest/v2"), jcs(body), hashlib.sha256
+        ).hexdigest(),
+        "sig": "for a later reader",
+    }
     parsed = Manifest.from_json(json.dumps(doc, indent=3).encode(), where="m.json")
     parsed.verify(dek)  # another writer's formatting, same canonical bytes
     assert parsed.extensions == {"x_future": {"chain": ["a", "b"], "n": 3}}
@@ -223,17 +274,39 @@ def test_version_1_manifests_still_verify() -> None:
     """ebk 0.1 wrote format_version 1 with a MAC over its model (docs/format.md)."""
     dek = bytes(range(32, 64))
     body = {
-        "format": "ebk-manifest", "format_version": 1,
-        "backup_id": "20261128T142301Z-3fa9c1", "kind": "logical", "ebk_version": "0.1.0",
-        "system_identifier": "7713232264135747606", "server_version": "15.18",
-        "start_time": "2026-11-28T14:23:01+00:00", "stop_time": "2026-11-28T14:23:09+00:00",
-        "dek_id": "dek-00112233aabbccdd", "key_slots": ["keyfile/kek-20261128-333e13cb"],
-        "objects": [{"name": "dump-0001.ebk", "role": "dump", "plain_size": 10,
-                     "stored_size": 99, "sha256": "ab" * 32, "tablespace_oid": None,
-                     "tablespace_location": None, "database": "app"}],
-        "start_lsn": None, "stop_lsn": None, "timeline": None, "databases": ["app"]}
-    mac = hmac.new(hkdf(dek, bytes(32), b"ebk/manifest/v1"),
-                   spec_canonical(body).encode("ascii"), hashlib.sha256).hexdigest()
+        "format": "ebk-manifest",
+        "format_version": 1,
+        "backup_id": "20261128T142301Z-3fa9c1",
+        "kind": "logical",
+        "ebk_version": "0.1.0",
+        "system_identifier": "7713232264135747606",
+        "server_version": "15.18",
+        "start_time": "2026-11-28T14:23:01+00:00",
+        "stop_time": "2026-11-28T14:23:09+00:00",
+        "dek_id": "dek-00112233aabbccdd",
+        "key_slots": ["keyfile/kek-20261128-333e13cb"],
+        "objects": [
+            {
+                "name": "dump-0001.ebk",
+                "role": "dump",
+                "plain_size": 10,
+                "stored_size": 99,
+                "sha256": "ab" * 32,
+                "tablespace_oid": None,
+                "tablespace_location": None,
+                "database": "app",
+            }
+        ],
+        "start_lsn": None,
+        "stop_lsn": None,
+        "timeline": None,
+        "databases": ["app"],
+    }
+    mac = hmac.new(
+        hkdf(dek, bytes(32), b"ebk/manifest/v1"),
+        spec_canonical(body).encode("ascii"),
+        hashlib.sha256,
+    ).hexdigest()
     raw = json.dumps({**body, "mac": mac}, indent=2).encode()
     manifest = Manifest.from_json(raw, where="manifest.json")
     assert manifest.manifest_version == 1 and manifest.major == 15
@@ -243,14 +316,17 @@ def test_version_1_manifests_still_verify() -> None:
         Manifest.from_json(raw.replace(b'"app"', b'"other"'), where="m").verify(dek)
 
 
-@pytest.mark.parametrize("edit", [
-    lambda d: d.update(auth={}),
-    lambda d: d.pop("auth"),
-    lambda d: d["objects"][0].update(stored_size=100),
-    lambda d: d.update(databases=["other"]),
-    lambda d: d.update(timeline=1),
-    lambda d: d.update(parent="20261128T142301Z-000000"),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.update(auth={}),
+        lambda d: d.pop("auth"),
+        lambda d: d["objects"][0].update(stored_size=100),
+        lambda d: d.update(databases=["other"]),
+        lambda d: d.update(timeline=1),
+        lambda d: d.update(parent="20261128T142301Z-000000"),
+    ],
+)
 def test_any_manifest_edit_fails_verification(edit: Any) -> None:
     dek = bytes(range(32))
     manifest = _manifest()
@@ -261,21 +337,24 @@ def test_any_manifest_edit_fails_verification(edit: Any) -> None:
         Manifest.from_json(json.dumps(doc).encode(), where="manifest.json").verify(dek)
 
 
-@pytest.mark.parametrize("raw_edit", [
-    lambda d: d.update(format="other"),
-    lambda d: d.update(manifest_version=3),
-    lambda d: d.update(manifest_version=True),
-    lambda d: d["objects"][0].update(extra="member"),
-    lambda d: d["objects"][0].update(stored_size="99"),
-    lambda d: d["objects"][0].update(plain_size=-1),
-    lambda d: d["objects"][0].update(sha256="AB" * 32),
-    lambda d: d["objects"][0].update(role="anything"),
-    lambda d: d.update(kind="incremental-ish"),
-    lambda d: d.update(stop_time=12),
-    lambda d: d.update(x=2**60),  # outside I-JSON: no canonical form, refused
-    lambda d: d.update(x=float("nan")),
-    lambda d: d.clear(),
-])
+@pytest.mark.parametrize(
+    "raw_edit",
+    [
+        lambda d: d.update(format="other"),
+        lambda d: d.update(manifest_version=3),
+        lambda d: d.update(manifest_version=True),
+        lambda d: d["objects"][0].update(extra="member"),
+        lambda d: d["objects"][0].update(stored_size="99"),
+        lambda d: d["objects"][0].update(plain_size=-1),
+        lambda d: d["objects"][0].update(sha256="AB" * 32),
+        lambda d: d["objects"][0].update(role="anything"),
+        lambda d: d.update(kind="incremental-ish"),
+        lambda d: d.update(stop_time=12),
+        lambda d: d.update(x=2**60),  # outside I-JSON: no canonical form, refused
+        lambda d: d.update(x=float("nan")),
+        lambda d: d.clear(),
+    ],
+)
 def test_malformed_manifest_is_rejected(raw_edit: Any) -> None:
     manifest = _manifest()
     manifest.seal(bytes(32))

@@ -42,7 +42,7 @@ def _pieces(data: bytes, rng: random.Random, top: int) -> Iterator[bytes]:
     i = 0
     while i < len(data):
         n = rng.randint(1, top)
-        yield data[i:i + n]
+        yield data[i : i + n]
         i += n
 
 
@@ -78,7 +78,7 @@ def test_round_trip_and_exact_length(cs: int, size: int) -> None:
 def test_fresh_salt_per_stream(cs: int, size: int) -> None:
     plaintext = random.Random(size).randbytes(size)
     a, b = encrypt(plaintext, cs), encrypt(plaintext, cs)
-    assert a[HEADER_LEN - SALT_SIZE:HEADER_LEN] != b[HEADER_LEN - SALT_SIZE:HEADER_LEN]
+    assert a[HEADER_LEN - SALT_SIZE : HEADER_LEN] != b[HEADER_LEN - SALT_SIZE : HEADER_LEN]
     assert a[HEADER_LEN:] != b[HEADER_LEN:]
 
 
@@ -89,8 +89,9 @@ def test_payload_round_trip(level: int, size: int) -> None:
     # half random, half repetitive: exercises both zstd paths
     plaintext = rng.randbytes(size // 2) + b"ebk " * (size // 8) + b"x" * (size % 4)
     out = io.BytesIO()
-    writer = PayloadWriter(out, KEY, key_id=KEY_ID, associated_data=AD, level=level,
-                           chunk_size=MIN_CHUNK_SIZE)
+    writer = PayloadWriter(
+        out, KEY, key_id=KEY_ID, associated_data=AD, level=level, chunk_size=MIN_CHUNK_SIZE
+    )
     for piece in _pieces(plaintext, rng, 5000):
         writer.write(piece)
     writer.close()
@@ -133,7 +134,7 @@ def test_only_authenticated_chunks_are_released() -> None:
     with pytest.raises(IntegrityError, match="chunk 2"):
         while part := reader.read(100):
             released += part
-    assert bytes(released) == plaintext[:len(released)]
+    assert bytes(released) == plaintext[: len(released)]
     assert 2 * cs - 100 < len(released) <= 2 * cs
 
 
@@ -176,16 +177,19 @@ def test_writer_holds_at_most_one_chunk() -> None:
         assert written - emitted <= cs
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"chunk_size": MIN_CHUNK_SIZE - 1},
-    {"chunk_size": MAX_CHUNK_SIZE + 1},
-    {"key_id": ""},
-    {"key_id": "k" * 65},
-    {"key_id": "has space"},
-    {"key_id": "nöt-ascii"},
-    {"salt": b"short"},
-    {"compression": 2},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"chunk_size": MIN_CHUNK_SIZE - 1},
+        {"chunk_size": MAX_CHUNK_SIZE + 1},
+        {"key_id": ""},
+        {"key_id": "k" * 65},
+        {"key_id": "has space"},
+        {"key_id": "nöt-ascii"},
+        {"salt": b"short"},
+        {"compression": 2},
+    ],
+)
 def test_encoder_refuses_invalid_parameters(kwargs: dict[str, object]) -> None:
     params: dict[str, object] = {"key_id": KEY_ID, "associated_data": AD}
     params.update(kwargs)
@@ -205,8 +209,10 @@ def test_encoder_refuses_wrong_key_size_and_late_writes() -> None:
 def test_unclosed_writer_leaves_a_stream_that_fails() -> None:
     """A producer that dies before close() leaves a stream no reader accepts."""
     out = io.BytesIO()
-    with pytest.raises(RuntimeError), EncryptingWriter(
-            out, KEY, key_id=KEY_ID, associated_data=AD, chunk_size=1024) as writer:
+    with (
+        pytest.raises(RuntimeError),
+        EncryptingWriter(out, KEY, key_id=KEY_ID, associated_data=AD, chunk_size=1024) as writer,
+    ):
         writer.write(b"a" * 5000)
         raise RuntimeError("producer died")
     with pytest.raises(IntegrityError, match="truncated"):

@@ -43,20 +43,58 @@ EXPECTATIONS = ("success", "header failure", "payload failure", "decompression f
 # Every rule of docs/format.md section "Reader requirements" has a vector; this
 # list keeps anyone from deleting one.
 REQUIRED = {
-    "empty", "one-byte", "one-chunk", "one-chunk-plus-one", "two-chunks", "several-chunks",
-    "zstd-compressed", "key-id-64", "empty-associated-data",
-    "empty-file", "bad-magic", "version-2", "algorithm-2", "compression-2", "reserved-set",
-    "chunk-size-1023", "chunk-size-too-large", "key-id-length-zero", "key-id-length-65",
-    "key-id-non-ascii", "key-id-control", "truncated-in-salt",
-    "header-only", "truncated-at-chunk-boundary", "truncated-inside-final-chunk",
-    "chunk-dropped", "chunks-swapped", "chunk-duplicated", "final-chunk-duplicated",
-    "trailing-byte", "trailing-byte-after-full-final", "flip-key-id", "flip-salt",
-    "flip-chunk-size", "flip-compression", "flip-middle-tag", "flip-middle-body",
-    "flip-final-tag", "wrong-associated-data", "wrong-key", "empty-final-after-full",
-    "final-flag-on-first-of-two", "no-final-flag-full", "counter-starts-at-one",
-    "zstd-two-frames", "zstd-no-frames", "zstd-truncated-in-block",
-    "zstd-truncated-missing-last-block", "zstd-truncated-in-frame-header",
-    "zstd-truncated-second-frame", "zstd-truncated-checksum", "zstd-not-zstd",
+    "empty",
+    "one-byte",
+    "one-chunk",
+    "one-chunk-plus-one",
+    "two-chunks",
+    "several-chunks",
+    "zstd-compressed",
+    "key-id-64",
+    "empty-associated-data",
+    "empty-file",
+    "bad-magic",
+    "version-2",
+    "algorithm-2",
+    "compression-2",
+    "reserved-set",
+    "chunk-size-1023",
+    "chunk-size-too-large",
+    "key-id-length-zero",
+    "key-id-length-65",
+    "key-id-non-ascii",
+    "key-id-control",
+    "truncated-in-salt",
+    "header-only",
+    "truncated-at-chunk-boundary",
+    "truncated-inside-final-chunk",
+    "chunk-dropped",
+    "chunks-swapped",
+    "chunk-duplicated",
+    "final-chunk-duplicated",
+    "trailing-byte",
+    "trailing-byte-after-full-final",
+    "flip-key-id",
+    "flip-salt",
+    "flip-chunk-size",
+    "flip-compression",
+    "flip-middle-tag",
+    "flip-middle-body",
+    "flip-final-tag",
+    "wrong-associated-data",
+    "wrong-key",
+    "empty-final-after-full",
+    "final-flag-on-first-of-two",
+    "no-final-flag-full",
+    "counter-starts-at-one",
+    "zstd-two-frames",
+    "zstd-no-frames",
+    "zstd-truncated-in-block",
+    "zstd-truncated-missing-last-block",
+    "zstd-truncated-in-frame-header",
+    "zstd-truncated-second-frame",
+    "zstd-truncated-checksum",
+    "zstd-not-zstd",
 }
 
 
@@ -69,6 +107,7 @@ def load(path: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------
 # An independent decoder, written from docs/format.md only (not from stream.py).
+
 
 class HeaderFailure(Exception):
     pass
@@ -83,7 +122,8 @@ def reference_decode(stream: bytes, key: bytes, ad: bytes) -> tuple[dict[str, An
     if len(stream) < 13:
         raise HeaderFailure("short fixed header")
     magic, version, algorithm, compression, reserved, chunk_size, key_id_len = struct.unpack(
-        ">4sBBBBIB", stream[:13])
+        ">4sBBBBIB", stream[:13]
+    )
     if magic != b"EBKS" or version != 1 or algorithm != 1 or reserved != 0:
         raise HeaderFailure("magic/version/algorithm/reserved")
     if compression not in (0, 1):
@@ -95,20 +135,21 @@ def reference_decode(stream: bytes, key: bytes, ad: bytes) -> tuple[dict[str, An
     header_len = 13 + key_id_len + 32
     if len(stream) < header_len:
         raise HeaderFailure("truncated header")
-    key_id = stream[13:13 + key_id_len]
+    key_id = stream[13 : 13 + key_id_len]
     if any(not 0x21 <= b <= 0x7E for b in key_id):
         raise HeaderFailure("key id bytes")
     header = stream[:header_len]
     salt = header[-32:]
-    info = (b"ebk/stream/v1" + struct.pack(">I", len(header)) + header
-            + struct.pack(">I", len(ad)) + ad)
+    info = (
+        b"ebk/stream/v1" + struct.pack(">I", len(header)) + header + struct.pack(">I", len(ad)) + ad
+    )
     subkey = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(key)
     aead = AESGCM(subkey)
     body = stream[header_len:]
     sealed_size = chunk_size + 16
     if not body:
         raise PayloadFailure("no final chunk")
-    chunks = [body[i:i + sealed_size] for i in range(0, len(body), sealed_size)]
+    chunks = [body[i : i + sealed_size] for i in range(0, len(body), sealed_size)]
     out = bytearray()
     for i, sealed in enumerate(chunks):
         final = i == len(chunks) - 1
@@ -122,8 +163,12 @@ def reference_decode(stream: bytes, key: bytes, ad: bytes) -> tuple[dict[str, An
         if final and not plain and i > 0:
             raise PayloadFailure("empty final chunk after the first")
         out += plain
-    facts = {"chunk_size": chunk_size, "key_id": key_id.decode(), "salt": salt.hex(),
-             "compression": "zstd" if compression == 1 else "none"}
+    facts = {
+        "chunk_size": chunk_size,
+        "key_id": key_id.decode(),
+        "salt": salt.hex(),
+        "compression": "zstd" if compression == 1 else "none",
+    }
     return facts, bytes(out)
 
 
@@ -145,6 +190,7 @@ def reference_payload(plaintext: bytes) -> bytes:
 
 # --------------------------------------------------------------------------
 
+
 def test_vector_set_is_complete() -> None:
     names = {p.stem for p in VECTORS}
     assert names >= REQUIRED, f"missing vectors: {sorted(REQUIRED - names)}"
@@ -154,8 +200,9 @@ def test_vector_set_is_complete() -> None:
 
 def _decode_with_ebk(doc: dict[str, Any], read_size: int) -> tuple[DecryptingReader, bytes]:
     source = io.BytesIO(bytes.fromhex(doc["stream"]))
-    reader = DecryptingReader(source, bytes.fromhex(doc["key"]),
-                              associated_data=bytes.fromhex(doc["associated_data"]))
+    reader = DecryptingReader(
+        source, bytes.fromhex(doc["key"]), associated_data=bytes.fromhex(doc["associated_data"])
+    )
     out = bytearray()
     while part := reader.read(read_size):
         out += part
@@ -197,8 +244,9 @@ def test_ebk_decoder(path: Path) -> None:
     assert header.chunk_size == doc["chunk_size"]
     assert header.key_id == doc["key_id"]
     assert header.salt.hex() == doc["salt"]
-    assert header.compression == (COMPRESSION_ZSTD if doc["compression"] == "zstd"
-                                  else COMPRESSION_NONE)
+    assert header.compression == (
+        COMPRESSION_ZSTD if doc["compression"] == "zstd" else COMPRESSION_NONE
+    )
     for read_size in (-1, 1, 7, 1024, 5000):
         _, plaintext = _decode_with_ebk(doc, read_size)
         assert plaintext.hex() == doc["plaintext"]
@@ -213,8 +261,11 @@ def test_ebk_decoder(path: Path) -> None:
 def test_reference_decoder(path: Path) -> None:
     """The specification alone decodes every vector the same way."""
     doc = load(path)
-    args = (bytes.fromhex(doc["stream"]), bytes.fromhex(doc["key"]),
-            bytes.fromhex(doc["associated_data"]))
+    args = (
+        bytes.fromhex(doc["stream"]),
+        bytes.fromhex(doc["key"]),
+        bytes.fromhex(doc["associated_data"]),
+    )
     if doc["expect"] == "header failure":
         with pytest.raises(HeaderFailure):
             reference_decode(*args)
@@ -234,17 +285,22 @@ def test_reference_decoder(path: Path) -> None:
             assert reference_payload(plaintext).hex() == doc["payload"]
 
 
-@pytest.mark.parametrize("path", [p for p in VECTORS if load(p)["from_encoder"]],
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [p for p in VECTORS if load(p)["from_encoder"]], ids=lambda p: p.stem
+)
 def test_encoder_reproduces_vector(path: Path) -> None:
     """With the vector's salt the encoder writes exactly the frozen bytes."""
     doc = load(path)
     out = io.BytesIO()
     writer = EncryptingWriter(
-        out, bytes.fromhex(doc["key"]), key_id=doc["key_id"],
+        out,
+        bytes.fromhex(doc["key"]),
+        key_id=doc["key_id"],
         associated_data=bytes.fromhex(doc["associated_data"]),
         compression=COMPRESSION_ZSTD if doc["compression"] == "zstd" else COMPRESSION_NONE,
-        chunk_size=doc["chunk_size"], salt=bytes.fromhex(doc["salt"]))
+        chunk_size=doc["chunk_size"],
+        salt=bytes.fromhex(doc["salt"]),
+    )
     writer.write(bytes.fromhex(doc["plaintext"]))
     writer.close()
     assert out.getvalue().hex() == doc["stream"]
@@ -262,5 +318,6 @@ def test_generator_dry_run_writes_nothing(tmp_path: Path) -> None:
     # The generator still makes the frozen bytes; only a frame made by the zstd
     # library may differ with another zstd release (decoding it must still work).
     changed = [line for line in lines if line.endswith("DIFFERENT")]
-    assert all("zstd-compressed" in line or "zstd-truncated-checksum" in line
-               for line in changed), changed
+    assert all(
+        "zstd-compressed" in line or "zstd-truncated-checksum" in line for line in changed
+    ), changed

@@ -61,8 +61,11 @@ def load_all() -> list[Manifest]:
 def k8s_objects() -> list[Manifest]:
     """The Kubernetes API objects of infra/kubernetes (the sidecar overlay's patch is a
     partial object: sidecar_statefulset() applies it)."""
-    return [m for m in load_all()
-            if m.path.parent == K8S and "apiVersion" in m.doc and m.kind != "Kustomization"]
+    return [
+        m
+        for m in load_all()
+        if m.path.parent == K8S and "apiVersion" in m.doc and m.kind != "Kustomization"
+    ]
 
 
 def of_kind(kind: str, manifests: list[Manifest] | None = None) -> list[Manifest]:
@@ -114,8 +117,12 @@ def pod_specs(manifests: list[Manifest]) -> Iterator[PodSpec]:
         elif m.kind == "Pod":
             template = {"metadata": m.doc.get("metadata", {}), "spec": m.doc["spec"]}
         if template is not None:
-            yield PodSpec(f"{m.where} {m.kind}/{m.name}", f"{m.kind}/{m.name}",
-                          template["spec"], template.get("metadata") or {})
+            yield PodSpec(
+                f"{m.where} {m.kind}/{m.name}",
+                f"{m.kind}/{m.name}",
+                template["spec"],
+                template.get("metadata") or {},
+            )
 
 
 def sidecar_statefulset() -> Doc:
@@ -127,7 +134,8 @@ def sidecar_statefulset() -> Doc:
     pod = base["spec"]["template"]
     ppod = patch["spec"]["template"]
     pod.setdefault("metadata", {}).setdefault("annotations", {}).update(
-        (ppod.get("metadata") or {}).get("annotations") or {})
+        (ppod.get("metadata") or {}).get("annotations") or {}
+    )
     for key, value in ppod["spec"].items():
         if key in ("containers", "volumes"):
             by_name = {item["name"]: item for item in pod["spec"].get(key, [])}
@@ -146,7 +154,8 @@ def statefulset_pod(sts: Doc, ordinal: int = 0) -> tuple[str, Doc]:
     for tpl in sts["spec"].get("volumeClaimTemplates") or []:
         claim = f"{tpl['metadata']['name']}-{name}"
         spec.setdefault("volumes", []).append(
-            {"name": tpl["metadata"]["name"], "persistentVolumeClaim": {"claimName": claim}})
+            {"name": tpl["metadata"]["name"], "persistentVolumeClaim": {"claimName": claim}}
+        )
     return name, spec
 
 

@@ -26,8 +26,9 @@ class Rule:
     verbs: tuple[str, ...]
     resource_names: tuple[str, ...]
 
-    def allows(self, group: str, namespace: str | None, resource: str, verb: str,
-               name: str) -> bool:
+    def allows(
+        self, group: str, namespace: str | None, resource: str, verb: str, name: str
+    ) -> bool:
         if self.namespace is not None and namespace != self.namespace:
             return False
         return (
@@ -40,26 +41,39 @@ class Rule:
 
 def rules_for(manifests: list[Manifest], namespace: str, service_account: str) -> list[Rule]:
     """Every rule bound to system:serviceaccount:<namespace>:<service_account>."""
-    roles = {(m.kind, m.doc["metadata"].get("namespace"), m.name): m.doc
-             for m in manifests if m.kind in ("Role", "ClusterRole")}
+    roles = {
+        (m.kind, m.doc["metadata"].get("namespace"), m.name): m.doc
+        for m in manifests
+        if m.kind in ("Role", "ClusterRole")
+    }
     out: list[Rule] = []
     for m in manifests:
         if m.kind not in ("RoleBinding", "ClusterRoleBinding"):
             continue
         binding_ns = m.doc["metadata"].get("namespace") if m.kind == "RoleBinding" else None
         subjects = m.doc.get("subjects") or []
-        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == service_account
-                   and s.get("namespace", binding_ns) == namespace for s in subjects):
+        if not any(
+            s.get("kind") == "ServiceAccount"
+            and s.get("name") == service_account
+            and s.get("namespace", binding_ns) == namespace
+            for s in subjects
+        ):
             continue
         ref = m.doc["roleRef"]
         role_ns = binding_ns if ref["kind"] == "Role" else None
         role = roles.get((ref["kind"], role_ns, ref["name"]))
         assert role is not None, f"{m.where}: roleRef {ref['kind']}/{ref['name']} is not defined"
         for i, r in enumerate(role.get("rules") or []):
-            out.append(Rule(
-                f"{ref['kind']}/{ref['name']} rule {i} via {m.kind}/{m.name}", binding_ns,
-                tuple(r.get("apiGroups") or ()), tuple(r.get("resources") or ()),
-                tuple(r.get("verbs") or ()), tuple(r.get("resourceNames") or ())))
+            out.append(
+                Rule(
+                    f"{ref['kind']}/{ref['name']} rule {i} via {m.kind}/{m.name}",
+                    binding_ns,
+                    tuple(r.get("apiGroups") or ()),
+                    tuple(r.get("resources") or ()),
+                    tuple(r.get("verbs") or ()),
+                    tuple(r.get("resourceNames") or ()),
+                )
+            )
     return out
 
 
@@ -103,8 +117,11 @@ class RbacApiServer:
         allowing = [r for r in self.rules if r.allows(group, namespace, resource, "get", name)]
         if not allowing:
             self.denied.append(path)
-            return 403, {"kind": "Status", "reason": "Forbidden",
-                         "message": f"get {resource} {name!r} is forbidden"}
+            return 403, {
+                "kind": "Status",
+                "reason": "Forbidden",
+                "message": f"get {resource} {name!r} is forbidden",
+            }
         self.used.update(r.origin for r in allowing)
         path_only = path.split("?", 1)[0]
         if path_only not in self.objects:

@@ -48,7 +48,8 @@ SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|TOKEN|SECRET|API_?KEY|PRIVATE_?KEY)$"
 # A YAML key with a value (`password: x`, `- token: x`), also inside block scalars where
 # the parser does not see it as a key; booleans (automountServiceAccountToken) are fine.
 YAML_SECRET_LINE = re.compile(
-    r"\s*(-\s+)?[\"']?\w*(password|token)[\"']?:\s+(?!(true|false)\s*$)\S", re.I)
+    r"\s*(-\s+)?[\"']?\w*(password|token)[\"']?:\s+(?!(true|false)\s*$)\S", re.I
+)
 
 
 def _walk(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
@@ -77,9 +78,14 @@ def _load_toml_text(text: str, tmp_path: Path, environ: dict[str, str]) -> Confi
 
 
 def _backup_cronjob() -> Doc:
-    jobs = [m.doc for m in of_kind("CronJob")
-            if m.doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-            .get("args", [])[:1] == ["backup"]]
+    jobs = [
+        m.doc
+        for m in of_kind("CronJob")
+        if m.doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0].get(
+            "args", []
+        )[:1]
+        == ["backup"]
+    ]
     assert len(jobs) == 1, "exactly one CronJob runs `ebk backup`"
     return jobs[0]
 
@@ -91,21 +97,35 @@ def _ebk_config_text() -> str:
 
 # -- all YAML --------------------------------------------------------------------------
 
+
 def test_every_yaml_file_parses_and_is_known() -> None:
     files = yaml_files()
     names = {str(p.relative_to(ROOT)) for p in files}
-    assert {"infra/docker/prod/docker-compose.prod.yml",
-            "infra/kubernetes/postgres-deployment.yaml",
-            "infra/kubernetes/ebk-cronjob.yaml",
-            "infra/kubernetes/storageclass-aws-ebs.yaml",
-            "infra/kubernetes/storageclass-gce-pd.yaml",
-            "infra/kubernetes/storageclass-azure-disk.yaml"} <= names
+    assert {
+        "infra/docker/prod/docker-compose.prod.yml",
+        "infra/kubernetes/postgres-deployment.yaml",
+        "infra/kubernetes/ebk-cronjob.yaml",
+        "infra/kubernetes/storageclass-aws-ebs.yaml",
+        "infra/kubernetes/storageclass-gce-pd.yaml",
+        "infra/kubernetes/storageclass-azure-disk.yaml",
+    } <= names
     for m in load_all():
         assert "apiVersion" in m.doc or "services" in m.doc or "kind" in m.doc, m.where
     kinds = {m.kind for m in k8s_objects()}
-    assert {"Namespace", "StorageClass", "StatefulSet", "Service", "CronJob", "ServiceAccount",
-            "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "NetworkPolicy",
-            "ConfigMap"} <= kinds
+    assert {
+        "Namespace",
+        "StorageClass",
+        "StatefulSet",
+        "Service",
+        "CronJob",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "NetworkPolicy",
+        "ConfigMap",
+    } <= kinds
 
 
 def test_kustomizations_list_existing_files_and_not_the_storageclasses() -> None:
@@ -118,23 +138,28 @@ def test_kustomizations_list_existing_files_and_not_the_storageclasses() -> None
     listed = set(kust["resources"])
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert on_disk - listed == {p.name for p in K8S.glob("storageclass-*.yaml")} | {
-        "ebk-restore-job.yaml"}
+        "ebk-restore-job.yaml"
+    }
 
 
 # -- encryption of the volumes -----------------------------------------------------------
+
 
 def test_storageclasses_are_encrypted_by_the_preflights_own_verdict() -> None:
     classes = of_kind("StorageClass")
     assert {m.doc["provisioner"] for m in classes} == {AWS[0], GCE[0], AZURE[0]}
     for m in classes:
         sc = m.doc
-        ev = storage_verdict(sc["provisioner"], sc.get("parameters") or {},
-                             f"StorageClass {m.name}")
+        ev = storage_verdict(
+            sc["provisioner"], sc.get("parameters") or {}, f"StorageClass {m.name}"
+        )
         assert ev.status is Status.ENCRYPTED, f"{m.where}: {ev.detail}"
         # Customer-managed keys, not the provider's default key.
-        assert ("AWS KMS key arn:aws:kms:" in ev.key_location
-                or "(CMEK)" in ev.key_location
-                or "customer-managed key" in ev.key_location), f"{m.where}: {ev.key_location}"
+        assert (
+            "AWS KMS key arn:aws:kms:" in ev.key_location
+            or "(CMEK)" in ev.key_location
+            or "customer-managed key" in ev.key_location
+        ), f"{m.where}: {ev.key_location}"
         assert sc.get("reclaimPolicy") == "Retain", m.where
     assert {m.name for m in classes} == {"ebk-pg-encrypted"}
 
@@ -151,11 +176,14 @@ def test_every_pvc_uses_an_encrypted_storageclass_defined_here() -> None:
     classes: dict[str, list[Doc]] = {}
     for m in of_kind("StorageClass", objects):
         classes.setdefault(m.name, []).append(m.doc)
-    claims: list[tuple[str, Doc]] = [(m.where, m.doc["spec"])
-                                     for m in of_kind("PersistentVolumeClaim", objects)]
+    claims: list[tuple[str, Doc]] = [
+        (m.where, m.doc["spec"]) for m in of_kind("PersistentVolumeClaim", objects)
+    ]
     for m in of_kind("StatefulSet", objects):
-        claims += [(f"{m.where} volumeClaimTemplate {t['metadata']['name']}", t["spec"])
-                   for t in m.doc["spec"].get("volumeClaimTemplates") or []]
+        claims += [
+            (f"{m.where} volumeClaimTemplate {t['metadata']['name']}", t["spec"])
+            for t in m.doc["spec"].get("volumeClaimTemplates") or []
+        ]
     assert claims, "the StatefulSet keeps PGDATA on a claim"
     for where, spec in claims:
         name = spec.get("storageClassName")
@@ -186,18 +214,23 @@ def test_pgdata_is_on_the_claim_and_pods_only_mount_claims_that_exist() -> None:
 
 # -- secrets -----------------------------------------------------------------------------
 
+
 def test_no_literal_secret_anywhere_in_the_yaml() -> None:
     for m in load_all():
         assert m.kind != "Secret", f"{m.where}: a Secret object in the repository"
         for path, key, value in _walk(m.doc):
-            if SECRET_KEY.search(key) and isinstance(value, (str, int, float)) and \
-                    not isinstance(value, bool):
+            if (
+                SECRET_KEY.search(key)
+                and isinstance(value, (str, int, float))
+                and not isinstance(value, bool)
+            ):
                 raise AssertionError(f"{m.where} {path}.{key}: a literal secret value")
             if key == "env" and isinstance(value, list):
                 for e in value:
                     if SECRET_ENV.search(e["name"]):
-                        assert "secretKeyRef" in (e.get("valueFrom") or {}), \
+                        assert "secretKeyRef" in (e.get("valueFrom") or {}), (
                             f"{m.where} {path}: env {e['name']} not from a Secret"
+                        )
                         assert "value" not in e, f"{m.where}: env {e['name']} has a value"
     for file in yaml_files():
         for n, line in enumerate(file.read_text().splitlines(), 1):
@@ -212,14 +245,16 @@ def test_compose_environment_holds_no_secret_and_secrets_are_files() -> None:
         assert isinstance(env, dict), f"{name}: environment as a mapping"
         for key, value in env.items():
             if re.search(r"PASSWORD|TOKEN|SECRET|KEY", key):
-                assert key.endswith("_FILE") and str(value).startswith("/run/secrets/"), \
+                assert key.endswith("_FILE") and str(value).startswith("/run/secrets/"), (
                     f"service {name}: {key}={value!r} is a secret in the environment"
+                )
     for name, secret in doc["secrets"].items():
         assert set(secret) == {"file"}, f"secret {name}: only file-based secrets"
         assert secret["file"].startswith("/etc/ebk/secrets/"), secret["file"]
 
 
 # -- pods and containers ---------------------------------------------------------------
+
 
 def _check_pod(pod: PodSpec) -> None:
     spec, where = pod.spec, pod.where
@@ -249,8 +284,14 @@ def test_every_pod_runs_non_root_without_capabilities_or_escalation() -> None:
     for pod in pods:
         _check_pod(pod)
     sts = sidecar_statefulset()
-    _check_pod(PodSpec("sidecar StatefulSet", "StatefulSet/postgres",
-                       sts["spec"]["template"]["spec"], sts["spec"]["template"]["metadata"]))
+    _check_pod(
+        PodSpec(
+            "sidecar StatefulSet",
+            "StatefulSet/postgres",
+            sts["spec"]["template"]["spec"],
+            sts["spec"]["template"]["metadata"],
+        )
+    )
 
 
 def test_namespace_enforces_pod_security_restricted() -> None:
@@ -275,6 +316,7 @@ def test_only_pods_that_run_the_preflight_get_an_api_token() -> None:
 
 
 # -- the backup CronJob ----------------------------------------------------------------
+
 
 def test_cronjobs_forbid_concurrency_and_retry_on_failure() -> None:
     jobs = of_kind("CronJob")
@@ -310,11 +352,14 @@ def test_backup_pod_sees_pgdata_read_only_next_to_postgres(tmp_path: Path) -> No
     assert affinity[0]["labelSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
     assert affinity[0]["topologyKey"] == "kubernetes.io/hostname", "RWO: same node"
     # uid of PGDATA's owner: the image chmods PGDATA to 0700 and the preflight looks inside.
-    assert pod["securityContext"]["runAsUser"] == sts["spec"]["template"]["spec"][
-        "securityContext"]["runAsUser"]
+    assert (
+        pod["securityContext"]["runAsUser"]
+        == sts["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    )
 
 
 # -- the ebk configuration in the ConfigMap --------------------------------------------
+
 
 def test_configmap_config_loads_with_every_pods_overrides(tmp_path: Path) -> None:
     text = _ebk_config_text()
@@ -324,24 +369,37 @@ def test_configmap_config_loads_with_every_pods_overrides(tmp_path: Path) -> Non
     assert base.postgres.user == "ebk" and base.postgres.password_file == ""
     assert base.keys.provider == "vault" and base.vault.token_file == ""
     sidecar = sidecar_statefulset()["spec"]["template"]["spec"]
-    containers = [c for p in pod_specs(k8s_objects()) for c in p.spec["containers"]
-                  if c["image"].split("/")[-1].startswith("ebk")]
+    containers = [
+        c
+        for p in pod_specs(k8s_objects())
+        for c in p.spec["containers"]
+        if c["image"].split("/")[-1].startswith("ebk")
+    ]
     containers += [c for c in sidecar["containers"] if c["name"] == "ebk"]
     assert len(containers) == 4
     for c in containers:
         env = _literal_env(c)
         assert env["EBK_CONFIG"] == "/etc/ebk/ebk.toml"
-        cfg = _load_toml_text(text, tmp_path, {k: v for k, v in env.items()
-                                               if k.startswith("EBK_")})
+        cfg = _load_toml_text(
+            text, tmp_path, {k: v for k, v in env.items() if k.startswith("EBK_")}
+        )
         assert cfg.preflight.policy == "require", c["name"]
-        refs = {n: e["valueFrom"]["secretKeyRef"] for n, e in _env(c).items()
-                if "secretKeyRef" in (e.get("valueFrom") or {})}
-        needs = {"backup": {"PGPASSWORD", "VAULT_TOKEN"}, "daemon": {"PGPASSWORD", "VAULT_TOKEN"},
-                 "restore": {"VAULT_TOKEN"}, "retention": set()}[c["args"][0]]
+        refs = {
+            n: e["valueFrom"]["secretKeyRef"]
+            for n, e in _env(c).items()
+            if "secretKeyRef" in (e.get("valueFrom") or {})
+        }
+        needs = {
+            "backup": {"PGPASSWORD", "VAULT_TOKEN"},
+            "daemon": {"PGPASSWORD", "VAULT_TOKEN"},
+            "restore": {"VAULT_TOKEN"},
+            "retention": set(),
+        }[c["args"][0]]
         assert set(refs) == needs, (c["args"], refs)
     (side,) = [c for c in sidecar["containers"] if c["name"] == "ebk"]
-    cfg = _load_toml_text(text, tmp_path, {k: v for k, v in _literal_env(side).items()
-                                           if k.startswith("EBK_")})
+    cfg = _load_toml_text(
+        text, tmp_path, {k: v for k, v in _literal_env(side).items() if k.startswith("EBK_")}
+    )
     assert cfg.postgres.host == "127.0.0.1" and cfg.daemon.listen == "0.0.0.0:9187"
     assert [j.kind for j in cfg.daemon.jobs] == ["physical", "retention"]
     assert "readinessProbe" not in side, "ebk's readiness must not gate the postgres Service"
@@ -376,11 +434,14 @@ def test_restore_job_writes_next_to_pgdata_on_the_same_volume() -> None:
     assert not mount.get("readOnly")
     (vol,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
     assert vol["persistentVolumeClaim"]["claimName"] == "pgdata-postgres-0"
-    assert pod["securityContext"]["runAsUser"] == sts["spec"]["template"]["spec"][
-        "securityContext"]["runAsUser"], "restored files belong to PostgreSQL's uid"
+    assert (
+        pod["securityContext"]["runAsUser"]
+        == sts["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    ), "restored files belong to PostgreSQL's uid"
 
 
 # -- RBAC: exactly what the preflight's Kubernetes detector reads ----------------------
+
 
 def _api_objects(pod_name: str, pod_spec: Doc, sc: Doc) -> dict[str, Any]:
     (sts,) = [m.doc for m in of_kind("StatefulSet")]
@@ -391,25 +452,34 @@ def _api_objects(pod_name: str, pod_spec: Doc, sc: Doc) -> dict[str, Any]:
         f"/api/v1/namespaces/{NAMESPACE}/pods/{pod_name}": {"kind": "Pod", "spec": pod_spec},
         f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/{claim}": {
             "kind": "PersistentVolumeClaim",
-            "spec": {**tpl["spec"], "volumeName": pv}},
+            "spec": {**tpl["spec"], "volumeName": pv},
+        },
         f"/api/v1/persistentvolumes/{pv}": {
             "kind": "PersistentVolume",
-            "spec": {"storageClassName": tpl["spec"]["storageClassName"],
-                     "csi": {"driver": sc["provisioner"], "volumeHandle": "disk-1"}}},
+            "spec": {
+                "storageClassName": tpl["spec"]["storageClassName"],
+                "csi": {"driver": sc["provisioner"], "volumeHandle": "disk-1"},
+            },
+        },
         f"/apis/storage.k8s.io/v1/storageclasses/{sc['metadata']['name']}": sc,
     }
 
 
-def _detect(pod_name: str, pod_spec: Doc, sc: Manifest, tmp_path: Path, path: str = ""
-            ) -> tuple[RbacApiServer, Status, str]:
+def _detect(
+    pod_name: str, pod_spec: Doc, sc: Manifest, tmp_path: Path, path: str = ""
+) -> tuple[RbacApiServer, Status, str]:
     sa = pod_spec["serviceAccountName"]
     token = tmp_path / "token"
     token.write_text("sa-token\n")
-    api = RbacApiServer(rules_for(k8s_objects(), NAMESPACE, sa),
-                        _api_objects(pod_name, pod_spec, sc.doc), "sa-token")
+    api = RbacApiServer(
+        rules_for(k8s_objects(), NAMESPACE, sa),
+        _api_objects(pod_name, pod_spec, sc.doc),
+        "sa-token",
+    )
     try:
-        det = KubernetesDetector(api_url=api.url, token_path=token, namespace=NAMESPACE,
-                                 pod_name=pod_name)
+        det = KubernetesDetector(
+            api_url=api.url, token_path=token, namespace=NAMESPACE, pod_name=pod_name
+        )
         data_dir = _load_toml_text(_ebk_config_text(), tmp_path, {}).postgres.data_directory
         ev = det.evidence(path or data_dir)
     finally:
@@ -419,8 +489,7 @@ def _detect(pod_name: str, pod_spec: Doc, sc: Manifest, tmp_path: Path, path: st
 
 
 @pytest.mark.parametrize("sc_file", ["aws-ebs", "gce-pd", "azure-disk"])
-def test_backup_pod_rbac_is_exactly_what_the_detector_needs(sc_file: str,
-                                                            tmp_path: Path) -> None:
+def test_backup_pod_rbac_is_exactly_what_the_detector_needs(sc_file: str, tmp_path: Path) -> None:
     (sc,) = [m for m in of_kind("StorageClass") if m.path.name == f"storageclass-{sc_file}.yaml"]
     pod = _backup_cronjob()["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     api, status, detail = _detect("ebk-physical-backup-29000000-x7k2q", pod, sc, tmp_path)
@@ -438,8 +507,9 @@ def test_restore_pod_proves_its_target_encrypted_with_the_same_rbac(tmp_path: Pa
     (sc,) = [m for m in of_kind("StorageClass") if m.doc["provisioner"] == AZURE[0]]
     pod = _restore_job()["spec"]["template"]["spec"]
     args = pod["containers"][0]["args"]
-    api, status, detail = _detect("ebk-restore-q8x2z", pod, sc, tmp_path,
-                                  path=args[args.index("--to") + 1])
+    api, status, detail = _detect(
+        "ebk-restore-q8x2z", pod, sc, tmp_path, path=args[args.index("--to") + 1]
+    )
     assert not api.denied and status is Status.ENCRYPTED, (api.denied, detail)
 
 
@@ -452,16 +522,18 @@ def test_sidecar_pod_passes_the_same_detector(tmp_path: Path) -> None:
 
 def test_the_stand_in_enforces_rbac(tmp_path: Path) -> None:
     """Control: without the StorageClass rule the detector cannot prove anything."""
-    rules = [r for r in rules_for(k8s_objects(), NAMESPACE, "ebk")
-             if "storageclasses" not in r.resources]
+    rules = [
+        r for r in rules_for(k8s_objects(), NAMESPACE, "ebk") if "storageclasses" not in r.resources
+    ]
     (sc,) = [m for m in of_kind("StorageClass") if m.doc["provisioner"] == GCE[0]]
     pod = _backup_cronjob()["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     api = RbacApiServer(rules, _api_objects("p", pod, sc.doc), "t")
     try:
         token = tmp_path / "t"
         token.write_text("t")
-        ev = KubernetesDetector(api_url=api.url, token_path=token, namespace=NAMESPACE,
-                                pod_name="p").evidence("/var/lib/postgresql/data/pgdata")
+        ev = KubernetesDetector(
+            api_url=api.url, token_path=token, namespace=NAMESPACE, pod_name="p"
+        ).evidence("/var/lib/postgresql/data/pgdata")
     finally:
         api.close()
     assert ev is not None and ev.status is Status.UNKNOWN
@@ -481,6 +553,7 @@ def test_network_policies_isolate_postgres_and_ebk() -> None:
 
 
 # -- Docker Compose ------------------------------------------------------------------
+
 
 def _bind(svc: Doc, target: str) -> Doc:
     (vol,) = [v for v in svc["volumes"] if isinstance(v, dict) and v["target"] == target]
@@ -527,8 +600,9 @@ def test_compose_ebk_requires_the_preflight_and_its_config_loads(tmp_path: Path)
     assert ebk["image"] == "ebk:latest"
     conf = _bind(ebk, env["EBK_CONFIG"])
     assert conf["read_only"] is True
-    cfg = load_config(COMPOSE_DIR / conf["source"],
-                      environ={k: v for k, v in env.items() if k.startswith("EBK_")})
+    cfg = load_config(
+        COMPOSE_DIR / conf["source"], environ={k: v for k, v in env.items() if k.startswith("EBK_")}
+    )
     assert cfg.preflight.policy == "require"
     assert cfg.postgres.data_directory == doc["services"]["postgres"]["environment"]["PGDATA"]
     secrets = {s["source"]: s["target"] for s in ebk["secrets"]}
@@ -543,6 +617,7 @@ def test_compose_ebk_requires_the_preflight_and_its_config_loads(tmp_path: Path)
 
 
 # -- Terraform -------------------------------------------------------------------------
+
 
 def test_terraform_disks_are_encrypted_with_customer_keys() -> None:
     aws = (CLOUD / "aws-ebs.tf").read_text()
@@ -560,8 +635,9 @@ def test_terraform_disks_are_encrypted_with_customer_keys() -> None:
 
     az = (CLOUD / "azure-disk.tf").read_text()
     mdisk = tf_block(az, 'resource "azurerm_managed_disk"')
-    assert re.search(r"^\s*disk_encryption_set_id\s*=\s*azurerm_disk_encryption_set\.\w+\.id",
-                     mdisk, re.M)
+    assert re.search(
+        r"^\s*disk_encryption_set_id\s*=\s*azurerm_disk_encryption_set\.\w+\.id", mdisk, re.M
+    )
     des = tf_block(az, 'resource "azurerm_disk_encryption_set"')
     assert re.search(r'encryption_type\s*=\s*"EncryptionAtRestWithCustomerKey"', des)
 

@@ -21,15 +21,25 @@ class MotoKms:
     alias: str = "alias/ebk"
 
     def client(self) -> object:
-        return boto3.client("kms", region_name="us-east-1", endpoint_url=self.endpoint,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            "kms",
+            region_name="us-east-1",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
 
 @pytest.fixture(scope="session")
 def moto_kms(moto: Server) -> MotoKms:
     """Two KEKs and an alias in the session's moto (tests/support/fixtures.py)."""
-    kms = boto3.client("kms", region_name="us-east-1", endpoint_url=moto.endpoint,
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    kms = boto3.client(
+        "kms",
+        region_name="us-east-1",
+        endpoint_url=moto.endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     key = kms.create_key(Description="ebk test KEK")["KeyMetadata"]["Arn"]
     other = kms.create_key(Description="another KEK")["KeyMetadata"]["Arn"]
     kms.create_alias(AliasName="alias/ebk", TargetKeyId=key)

@@ -24,16 +24,24 @@ CONTENT = "SELECT count(*) || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM t"
 
 
 def provider(kms: MotoKms, key_id: str, previous: tuple[str, ...] = ()) -> AwsKmsProvider:
-    return AwsKmsProvider(AwsKmsConfig(key_id=key_id, region="us-east-1",
-                                       endpoint_url=kms.endpoint, retries=0,
-                                       previous_key_ids=list(previous)))
+    return AwsKmsProvider(
+        AwsKmsConfig(
+            key_id=key_id,
+            region="us-east-1",
+            endpoint_url=kms.endpoint,
+            retries=0,
+            previous_key_ids=list(previous),
+        )
+    )
 
 
 def awskms_toml(endpoint: str, key_id: str, recipients: tuple[str, ...] = ()) -> str:
     rec = ", ".join(f'"{r}"' for r in recipients)
-    return (f'[keys]\nprovider = "awskms"\nrecovery_recipients = [{rec}]\n\n'
-            f'[awskms]\nkey_id = "{key_id}"\nregion = "us-east-1"\n'
-            f'endpoint_url = "{endpoint}"\ntimeout = 2.0\nretries = 1\n')
+    return (
+        f'[keys]\nprovider = "awskms"\nrecovery_recipients = [{rec}]\n\n'
+        f'[awskms]\nkey_id = "{key_id}"\nregion = "us-east-1"\n'
+        f'endpoint_url = "{endpoint}"\ntimeout = 2.0\nretries = 1\n'
+    )
 
 
 def test_round_trip_by_alias_wrong_context_and_wrong_key(moto_kms: MotoKms) -> None:
@@ -74,40 +82,59 @@ def test_a_slot_naming_a_foreign_key_is_refused(moto_kms: MotoKms) -> None:
     assert refused.value.exit_code == 3
 
 
-def test_logical_round_trip_through_the_cli(moto_kms: MotoKms, pg_cluster: PgCluster,
-                                            tmp_path: Path) -> None:
+def test_logical_round_trip_through_the_cli(
+    moto_kms: MotoKms, pg_cluster: PgCluster, tmp_path: Path
+) -> None:
     recipient = write_identity_file(tmp_path / "recovery.txt")
-    env = kms_env(tmp_path / "ebk", pg_cluster,
-                  awskms_toml(moto_kms.endpoint, moto_kms.alias, (recipient,)))
+    env = kms_env(
+        tmp_path / "ebk", pg_cluster, awskms_toml(moto_kms.endpoint, moto_kms.alias, (recipient,))
+    )
     pg_cluster.psql("DROP DATABASE IF EXISTS kms_aws")
     pg_cluster.psql("CREATE DATABASE kms_aws")
-    pg_cluster.psql("CREATE TABLE t (id int primary key, v text);"
-                    "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 3000) g",
-                    db="kms_aws")
+    pg_cluster.psql(
+        "CREATE TABLE t (id int primary key, v text);"
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 3000) g",
+        db="kms_aws",
+    )
     expected = pg_cluster.psql(CONTENT, db="kms_aws")
     try:
         check = json.loads(env.run("keys", "check", "--json").stdout)
         assert [p["provider"] for p in check["providers"]] == ["awskms", "recovery"]
-        manifest = json.loads(env.run("backup", "--type", "logical", "--database", "kms_aws",
-                                      "--json").stdout)
+        manifest = json.loads(
+            env.run("backup", "--type", "logical", "--database", "kms_aws", "--json").stdout
+        )
         assert manifest["key_slots"] == [f"awskms/{moto_kms.key_arn}", f"recovery/{recipient}"]
-        env.run("restore", manifest["backup_id"], "--to-db", "kms_aws_copy", "--database",
-                "kms_aws", "--create")
+        env.run(
+            "restore",
+            manifest["backup_id"],
+            "--to-db",
+            "kms_aws_copy",
+            "--database",
+            "kms_aws",
+            "--create",
+        )
         assert pg_cluster.psql(CONTENT, db="kms_aws_copy") == expected
     finally:
         pg_cluster.psql("DROP DATABASE IF EXISTS kms_aws")
         pg_cluster.psql("DROP DATABASE IF EXISTS kms_aws_copy")
 
 
-def test_kms_unreachable_refuses_backup_and_writes_nothing(pg_cluster: PgCluster,
-                                                           tmp_path: Path) -> None:
-    env = kms_env(tmp_path / "ebk", pg_cluster,
-                  awskms_toml(f"http://127.0.0.1:{free_port()}", "alias/ebk"))
+def test_kms_unreachable_refuses_backup_and_writes_nothing(
+    pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    env = kms_env(
+        tmp_path / "ebk", pg_cluster, awskms_toml(f"http://127.0.0.1:{free_port()}", "alias/ebk")
+    )
     before = stored_files(env)
     result = env.run("backup", "--type", "logical", expect=3)
     assert "AWS KMS is unreachable" in result.output
     assert stored_files(env) == before
     with pytest.raises(KeyProviderUnavailable):
-        AwsKmsProvider(AwsKmsConfig(key_id="alias/ebk", region="us-east-1",
-                                    endpoint_url=f"http://127.0.0.1:{free_port()}",
-                                    retries=0)).wrap(b"k" * 32, CTX)
+        AwsKmsProvider(
+            AwsKmsConfig(
+                key_id="alias/ebk",
+                region="us-east-1",
+                endpoint_url=f"http://127.0.0.1:{free_port()}",
+                retries=0,
+            )
+        ).wrap(b"k" * 32, CTX)

@@ -142,8 +142,10 @@ def test_config_recipients_and_providers(tmp_path: Path, monkeypatch: pytest.Mon
     _, recipient = _identity(tmp_path)
     create_key_file(tmp_path / "kek.json")
     cfg_file = tmp_path / "ebk.toml"
-    cfg_file.write_text(f'[keys]\nkeyfile = "{tmp_path / "kek.json"}"\n'
-                        f'recovery_recipients = ["{recipient.recipient}"]\n')
+    cfg_file.write_text(
+        f'[keys]\nkeyfile = "{tmp_path / "kek.json"}"\n'
+        f'recovery_recipients = ["{recipient.recipient}"]\n'
+    )
     cfg = load_config(cfg_file, environ={})
     providers = build_providers(cfg.keys, vault=cfg.vault, awskms=cfg.awskms)
     assert [p.name for p in providers] == ["keyfile", "recovery"]
@@ -193,14 +195,17 @@ def _client_error(code: str) -> ClientError:
     return ClientError({"Error": {"Code": code, "Message": "m"}}, "Decrypt")
 
 
-@pytest.mark.parametrize(("code", "cls", "words"), [
-    ("DisabledException", KeyAccessDenied, "disabled"),
-    ("KMSInvalidStateException", KeyAccessDenied, "pending deletion"),
-    ("AccessDeniedException", KeyAccessDenied, "denied"),
-    ("NotFoundException", KeyAccessDenied, "does not exist"),
-    ("InvalidCiphertextException", WrongKey, "another backup"),
-    ("IncorrectKeyException", WrongKey, "another key"),
-])
+@pytest.mark.parametrize(
+    ("code", "cls", "words"),
+    [
+        ("DisabledException", KeyAccessDenied, "disabled"),
+        ("KMSInvalidStateException", KeyAccessDenied, "pending deletion"),
+        ("AccessDeniedException", KeyAccessDenied, "denied"),
+        ("NotFoundException", KeyAccessDenied, "does not exist"),
+        ("InvalidCiphertextException", WrongKey, "another backup"),
+        ("IncorrectKeyException", WrongKey, "another key"),
+    ],
+)
 def test_awskms_error_mapping(code: str, cls: type[Exception], words: str) -> None:
     """Codes moto does not produce (it ignores disabled keys) mapped without a server."""
     err = map_client_error(_client_error(code), "unwrap a data key", "KMS key alias/ebk")

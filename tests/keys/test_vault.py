@@ -24,19 +24,29 @@ CTX = {"backup_id": "20261128T000000Z-aaaaaa", "cluster": "7300000000000000001",
 CONTENT = "SELECT count(*) || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM {table}"
 
 
-def provider(bao: Bao, key: str = "ebk", *, token: str | None = None,
-             ca: bool = True) -> VaultTransitProvider:
-    cfg = VaultConfig(address=bao.address, transit_key=key, token_file=str(bao.token_file(token)),
-                      ca_cert=str(bao.ca_cert) if ca else "", timeout=5.0, retries=0)
+def provider(
+    bao: Bao, key: str = "ebk", *, token: str | None = None, ca: bool = True
+) -> VaultTransitProvider:
+    cfg = VaultConfig(
+        address=bao.address,
+        transit_key=key,
+        token_file=str(bao.token_file(token)),
+        ca_cert=str(bao.ca_cert) if ca else "",
+        timeout=5.0,
+        retries=0,
+    )
     return VaultTransitProvider(cfg, environ={})
 
 
 def make_db(cluster: PgCluster, name: str, rows: int) -> str:
     cluster.psql(f"DROP DATABASE IF EXISTS {name}")
     cluster.psql(f"CREATE DATABASE {name}")
-    cluster.psql("CREATE TABLE t (id int primary key, v text);"
-                 f"INSERT INTO t SELECT g, md5(g::text) || md5((g * 7)::text) "
-                 f"FROM generate_series(1, {rows}) g", db=name)
+    cluster.psql(
+        "CREATE TABLE t (id int primary key, v text);"
+        f"INSERT INTO t SELECT g, md5(g::text) || md5((g * 7)::text) "
+        f"FROM generate_series(1, {rows}) g",
+        db=name,
+    )
     return cluster.psql(CONTENT.format(table="t"), db=name)
 
 
@@ -114,29 +124,36 @@ def test_keys_check_json_and_non_derived_key(openbao: Bao, tmp_path: Path) -> No
     assert "not bound to their backup" in result.output and "derived=true" in result.output
 
 
-def test_physical_round_trip_with_approle(openbao: Bao, pg_cluster: PgCluster,
-                                          postgres_dir: Path, tmp_path: Path) -> None:
+def test_physical_round_trip_with_approle(
+    openbao: Bao, pg_cluster: PgCluster, postgres_dir: Path, tmp_path: Path
+) -> None:
     """AppRole login with only the documented least-privilege policy; a full physical cycle."""
     openbao.bao("auth", "enable", "approle")
     openbao.bao("write", "auth/approle/role/ebk", "token_policies=ebk", "token_ttl=10m")
     role_id = openbao.bao("read", "-field=role_id", "auth/approle/role/ebk/role-id").strip()
-    secret_id = openbao.bao("write", "-f", "-field=secret_id",
-                            "auth/approle/role/ebk/secret-id").strip()
+    secret_id = openbao.bao(
+        "write", "-f", "-field=secret_id", "auth/approle/role/ebk/secret-id"
+    ).strip()
     secret_file = tmp_path / "secret-id"
     secret_file.write_text(secret_id)
     secret_file.chmod(0o600)
-    pg_cluster.psql("CREATE TABLE kms_phys (id int primary key, v text);"
-                    "INSERT INTO kms_phys SELECT g, md5(g::text) FROM generate_series(1, 5000) g")
+    pg_cluster.psql(
+        "CREATE TABLE kms_phys (id int primary key, v text);"
+        "INSERT INTO kms_phys SELECT g, md5(g::text) FROM generate_series(1, 5000) g"
+    )
     expected = pg_cluster.psql(CONTENT.format(table="kms_phys"))
-    keys = (f'[keys]\nprovider = "vault"\n\n[vault]\naddress = "{openbao.address}"\n'
-            f'transit_key = "ebk"\nauth = "approle"\nrole_id = "{role_id}"\n'
-            f'secret_id_file = "{secret_file}"\nca_cert = "{openbao.ca_cert}"\n')
+    keys = (
+        f'[keys]\nprovider = "vault"\n\n[vault]\naddress = "{openbao.address}"\n'
+        f'transit_key = "ebk"\nauth = "approle"\nrole_id = "{role_id}"\n'
+        f'secret_id_file = "{secret_file}"\nca_cert = "{openbao.ca_cert}"\n'
+    )
     env = kms_env(tmp_path / "ebk", pg_cluster, keys)
     try:
         manifest = json.loads(env.run("backup", "--type", "physical", "--json").stdout)
         assert manifest["key_slots"] == ["vault/transit/ebk:v1"]
-        key_doc = json.loads((env.repo_dir / "backups" / manifest["backup_id"] / "key.json")
-                             .read_text())
+        key_doc = json.loads(
+            (env.repo_dir / "backups" / manifest["backup_id"] / "key.json").read_text()
+        )
         assert key_doc["slots"][0]["kek_id"] == "transit/ebk:v1"
         target = postgres_dir / "restored"
         env.run("restore", manifest["backup_id"], "--to", str(target), "--owner", "postgres")
@@ -159,31 +176,45 @@ def test_kms_requests_per_backup_do_not_grow_with_the_database(
         for rows in (20_000, 200_000):
             make_db(pg_cluster, "kms_count", rows)
             before = len(openbao.transit_requests())
-            manifest = json.loads(env.run("backup", "--type", "logical", "--database",
-                                          "kms_count", "--json").stdout)
+            manifest = json.loads(
+                env.run("backup", "--type", "logical", "--database", "kms_count", "--json").stdout
+            )
             counts.append(openbao.transit_requests()[before:])
             sizes.append(manifest["plain_size"])
         assert sizes[1] > 8 * sizes[0] and sizes[1] > 8 * 1024 * 1024  # many 1 MiB chunks
         # Per process: keys check (encrypt, decrypt, decrypt under a foreign context) and
         # the writer key's unwrap; per backup: one wrap.
-        assert counts[0] == counts[1] == ["transit/encrypt/ebk", "transit/decrypt/ebk",
-                                          "transit/decrypt/ebk", "transit/decrypt/ebk",
-                                          "transit/encrypt/ebk"]
+        assert (
+            counts[0]
+            == counts[1]
+            == [
+                "transit/encrypt/ebk",
+                "transit/decrypt/ebk",
+                "transit/decrypt/ebk",
+                "transit/decrypt/ebk",
+                "transit/encrypt/ebk",
+            ]
+        )
         expected = pg_cluster.psql(CONTENT.format(table="t"), db="kms_count")
         before = len(openbao.transit_requests())
-        env.run("restore", "latest", "--to-db", "kms_count_copy", "--database", "kms_count",
-                "--create")
+        env.run(
+            "restore", "latest", "--to-db", "kms_count_copy", "--database", "kms_count", "--create"
+        )
         # The writer key (to trust the listing), then the backup's data key.
         assert openbao.transit_requests()[before:] == ["transit/decrypt/ebk"] * 2
         assert pg_cluster.psql(CONTENT.format(table="t"), db="kms_count_copy") == expected
         # With the writer key pinned, a restore is one KMS call: the data key.
         writer = env.run("keys", "writer-key").stdout.strip()
-        env.config_path.write_text(env.config_path.read_text().replace(
-            "[repository]\n", f'[repository]\nwriter_keys = ["{writer}"]\n'))
+        env.config_path.write_text(
+            env.config_path.read_text().replace(
+                "[repository]\n", f'[repository]\nwriter_keys = ["{writer}"]\n'
+            )
+        )
         drop_dbs(pg_cluster, "kms_count_copy")
         before = len(openbao.transit_requests())
-        env.run("restore", "latest", "--to-db", "kms_count_copy", "--database", "kms_count",
-                "--create")
+        env.run(
+            "restore", "latest", "--to-db", "kms_count_copy", "--database", "kms_count", "--create"
+        )
         assert openbao.transit_requests()[before:] == ["transit/decrypt/ebk"]
     finally:
         drop_dbs(pg_cluster, "kms_count", "kms_count_copy")
@@ -195,13 +226,24 @@ def test_key_object_moved_between_backups_does_not_unwrap(
     env = kms_env(tmp_path / "ebk", pg_cluster, vault_toml(openbao))
     make_db(pg_cluster, "kms_move", 100)
     try:
-        ids = [json.loads(env.run("backup", "--type", "logical", "--database", "kms_move",
-                                  "--json").stdout)["backup_id"] for _ in range(2)]
+        ids = [
+            json.loads(
+                env.run("backup", "--type", "logical", "--database", "kms_move", "--json").stdout
+            )["backup_id"]
+            for _ in range(2)
+        ]
         key_a = env.repo_dir / "backups" / ids[0] / "key.json"
         key_b = env.repo_dir / "backups" / ids[1] / "key.json"
         own_b = key_b.read_bytes()
-        restore_b = ("restore", ids[1], "--to-db", "kms_move_copy", "--database", "kms_move",
-                     "--create")
+        restore_b = (
+            "restore",
+            ids[1],
+            "--to-db",
+            "kms_move_copy",
+            "--database",
+            "kms_move",
+            "--create",
+        )
         # a plain copy: refused by the key object's own backup id
         key_b.write_bytes(key_a.read_bytes())
         result = env.run(*restore_b, expect=3)
@@ -215,8 +257,10 @@ def test_key_object_moved_between_backups_does_not_unwrap(
         assert "belongs to another backup" in result.output
         # The writer key (to trust the manifest), then the refused data key.
         assert openbao.transit_requests()[before:] == ["transit/decrypt/ebk"] * 2
-        assert pg_cluster.psql("SELECT count(*) FROM pg_database WHERE datname = "
-                               "'kms_move_copy'") == "0"
+        assert (
+            pg_cluster.psql("SELECT count(*) FROM pg_database WHERE datname = 'kms_move_copy'")
+            == "0"
+        )
         key_b.write_bytes(own_b)
         env.run(*restore_b)
     finally:
@@ -230,8 +274,10 @@ def test_vault_unreachable_refuses_backup_and_writes_nothing(
     token = tmp_path / "token"
     token.write_text("s.nothing")
     token.chmod(0o600)
-    keys = (f'[keys]\nprovider = "vault"\n\n[vault]\naddress = "https://127.0.0.1:{port}"\n'
-            f'transit_key = "ebk"\ntoken_file = "{token}"\ntimeout = 2.0\nretries = 1\n')
+    keys = (
+        f'[keys]\nprovider = "vault"\n\n[vault]\naddress = "https://127.0.0.1:{port}"\n'
+        f'transit_key = "ebk"\ntoken_file = "{token}"\ntimeout = 2.0\nretries = 1\n'
+    )
     env = kms_env(tmp_path / "ebk", pg_cluster, keys)
     before = stored_files(env)
     result = env.run("backup", "--type", "logical", expect=3)
@@ -242,8 +288,9 @@ def test_vault_unreachable_refuses_backup_and_writes_nothing(
     assert json.loads(check.stdout)["ok"] is False
 
 
-def test_sealed_openbao_is_a_clear_error(own_openbao: Bao, pg_cluster: PgCluster,
-                                         tmp_path: Path) -> None:
+def test_sealed_openbao_is_a_clear_error(
+    own_openbao: Bao, pg_cluster: PgCluster, tmp_path: Path
+) -> None:
     env = kms_env(tmp_path / "ebk", pg_cluster, vault_toml(own_openbao))
     env.run("keys", "check")
     own_openbao.bao("operator", "seal")
@@ -254,15 +301,26 @@ def test_sealed_openbao_is_a_clear_error(own_openbao: Bao, pg_cluster: PgCluster
     assert "Vault is sealed" in env.run("keys", "check", expect=3).output
 
 
-def test_kms_stopped_restore_with_recovery_key_only(own_openbao: Bao, pg_cluster: PgCluster,
-                                                    tmp_path: Path) -> None:
+def test_kms_stopped_restore_with_recovery_key_only(
+    own_openbao: Bao, pg_cluster: PgCluster, tmp_path: Path
+) -> None:
     identity = tmp_path / "offline" / "recovery.txt"
     identity.parent.mkdir()
-    keygen = kms_env(tmp_path / "keygen", None, '[keys]\nprovider = "keyfile"\n'
-                     f'keyfile = "{tmp_path / "unused-kek.json"}"\n')
+    keygen = kms_env(
+        tmp_path / "keygen",
+        None,
+        f'[keys]\nprovider = "keyfile"\nkeyfile = "{tmp_path / "unused-kek.json"}"\n',
+    )
     # Made before the repository exists (as an operator would): no writer key recorded yet.
-    out = keygen.run("keys", "recovery-keygen", "--out", str(identity), "--writer-key",
-                     "ebkwriter1placeholder", expect=None).output
+    out = keygen.run(
+        "keys",
+        "recovery-keygen",
+        "--out",
+        str(identity),
+        "--writer-key",
+        "ebkwriter1placeholder",
+        expect=None,
+    ).output
     assert "not a writer public key" in out  # a typo'd key is refused, nothing written
     assert not identity.exists()
     out = keygen.run("keys", "recovery-keygen", "--out", str(identity)).output
@@ -270,20 +328,31 @@ def test_kms_stopped_restore_with_recovery_key_only(own_openbao: Bao, pg_cluster
     env = kms_env(tmp_path / "ebk", pg_cluster, vault_toml(own_openbao, recipients=(recipient,)))
     # ... then the repository's writer key is added to the identity, as documented.
     writer = env.run("keys", "writer-key").stdout.strip()
-    identity.write_text(identity.read_text().replace(
-        "# recipient:", f"# writer-key: {writer}\n# recipient:"))
+    identity.write_text(
+        identity.read_text().replace("# recipient:", f"# writer-key: {writer}\n# recipient:")
+    )
     expected = make_db(pg_cluster, "kms_rec", 2000)
     try:
-        backup_id = json.loads(env.run("backup", "--type", "logical", "--database", "kms_rec",
-                                       "--json").stdout)["backup_id"]
+        backup_id = json.loads(
+            env.run("backup", "--type", "logical", "--database", "kms_rec", "--json").stdout
+        )["backup_id"]
         slots = json.loads((env.repo_dir / "backups" / backup_id / "key.json").read_text())["slots"]
         assert [(s["provider"], s["kek_id"]) for s in slots] == [
-            ("vault", "transit/ebk:v1"), ("recovery", recipient)]
+            ("vault", "transit/ebk:v1"),
+            ("recovery", recipient),
+        ]
         own_openbao.stop()
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", own_openbao.port)) != 0
-        args = ("restore", backup_id, "--to-db", "kms_rec_copy", "--database", "kms_rec",
-                "--create")
+        args = (
+            "restore",
+            backup_id,
+            "--to-db",
+            "kms_rec_copy",
+            "--database",
+            "kms_rec",
+            "--create",
+        )
         assert "unreachable" in env.run(*args, expect=3).output
         env.run(*args, "--recovery-key", str(identity))
         assert pg_cluster.psql(CONTENT.format(table="t"), db="kms_rec_copy") == expected
@@ -293,9 +362,11 @@ def test_kms_stopped_restore_with_recovery_key_only(own_openbao: Bao, pg_cluster
 
 def test_kubernetes_auth_without_service_account_token(tmp_path: Path) -> None:
     """Only the failure path: a real Kubernetes login needs a Kubernetes API (TokenReview)."""
-    keys = ('[keys]\nprovider = "vault"\n\n[vault]\naddress = "https://127.0.0.1:1"\n'
-            f'transit_key = "ebk"\nauth = "kubernetes"\nkubernetes_role = "ebk"\n'
-            f'jwt_file = "{tmp_path / "no-token"}"\nretries = 0\n')
+    keys = (
+        '[keys]\nprovider = "vault"\n\n[vault]\naddress = "https://127.0.0.1:1"\n'
+        f'transit_key = "ebk"\nauth = "kubernetes"\nkubernetes_role = "ebk"\n'
+        f'jwt_file = "{tmp_path / "no-token"}"\nretries = 0\n'
+    )
     env = kms_env(tmp_path / "ebk", None, keys)
     assert "service account token" in env.run("keys", "check", expect=3).output
 
@@ -306,21 +377,24 @@ def test_vault_that_never_answers_times_out() -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         port = silent.getsockname()[1]
-        cfg = VaultConfig(address=f"https://127.0.0.1:{port}", transit_key="ebk", timeout=0.5,
-                          retries=1)
+        cfg = VaultConfig(
+            address=f"https://127.0.0.1:{port}", transit_key="ebk", timeout=0.5, retries=1
+        )
         vault = VaultTransitProvider(cfg, environ={"VAULT_TOKEN": "s.test"})
         with pytest.raises(KeyProviderUnavailable, match=r"timed out after 2 attempt\(s\)"):
             vault.wrap(secrets.token_bytes(32), CTX)
 
 
-def test_cli_rotate_rewrap_after_transit_rotation(openbao: Bao, pg_cluster: PgCluster,
-                                                  tmp_path: Path) -> None:
+def test_cli_rotate_rewrap_after_transit_rotation(
+    openbao: Bao, pg_cluster: PgCluster, tmp_path: Path
+) -> None:
     openbao.bao("write", "-f", "transit/keys/clirot", "derived=true")
     env = kms_env(tmp_path / "ebk", pg_cluster, vault_toml(openbao, key="clirot"))
     expected = make_db(pg_cluster, "kms_clirot", 300)
     try:
-        backup_id = json.loads(env.run("backup", "--type", "logical", "--database",
-                                       "kms_clirot", "--json").stdout)["backup_id"]
+        backup_id = json.loads(
+            env.run("backup", "--type", "logical", "--database", "kms_clirot", "--json").stdout
+        )["backup_id"]
         key_file = env.repo_dir / "backups" / backup_id / "key.json"
         assert json.loads(key_file.read_text())["slots"][0]["kek_id"] == "transit/clirot:v1"
         openbao.bao("write", "-f", "transit/keys/clirot/rotate")
@@ -328,14 +402,23 @@ def test_cli_rotate_rewrap_after_transit_rotation(openbao: Bao, pg_cluster: PgCl
         env.run("keys", "rotate-rewrap")
         # The writer key (to trust the listing) is opened and re-wrapped too, then one
         # rewrap per backup.
-        assert openbao.transit_requests()[before:] == ["transit/decrypt/clirot",
-                                                       "transit/rewrap/clirot",
-                                                       "transit/rewrap/clirot"]
+        assert openbao.transit_requests()[before:] == [
+            "transit/decrypt/clirot",
+            "transit/rewrap/clirot",
+            "transit/rewrap/clirot",
+        ]
         assert json.loads(key_file.read_text())["slots"][0]["kek_id"] == "transit/clirot:v2"
         # old versions can now be retired: only v2 is needed to restore
         openbao.bao("write", "transit/keys/clirot/config", "min_decryption_version=2")
-        env.run("restore", backup_id, "--to-db", "kms_clirot_copy", "--database", "kms_clirot",
-                "--create")
+        env.run(
+            "restore",
+            backup_id,
+            "--to-db",
+            "kms_clirot_copy",
+            "--database",
+            "kms_clirot",
+            "--create",
+        )
         assert pg_cluster.psql(CONTENT.format(table="t"), db="kms_clirot_copy") == expected
     finally:
         drop_dbs(pg_cluster, "kms_clirot", "kms_clirot_copy")
@@ -345,10 +428,16 @@ def test_token_file_is_read_again_when_the_token_was_revoked(openbao: Bao) -> No
     """Long-running daemon + Vault Agent: a renewed token file is picked up after a 403."""
     first = openbao.bao("token", "create", "-policy=ebk", "-field=token").strip()
     token_file = openbao.token_file(first)
-    vault = VaultTransitProvider(VaultConfig(address=openbao.address, transit_key="ebk",
-                                             token_file=str(token_file),
-                                             ca_cert=str(openbao.ca_cert), retries=0),
-                                 environ={})
+    vault = VaultTransitProvider(
+        VaultConfig(
+            address=openbao.address,
+            transit_key="ebk",
+            token_file=str(token_file),
+            ca_cert=str(openbao.ca_cert),
+            retries=0,
+        ),
+        environ={},
+    )
     slot = vault.wrap(secrets.token_bytes(32), CTX)
     openbao.bao("token", "revoke", first)
     second = openbao.bao("token", "create", "-policy=ebk", "-field=token").strip()

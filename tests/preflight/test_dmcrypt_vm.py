@@ -28,7 +28,7 @@ def _script() -> str:
     py = shlex.quote(sys.executable)
     return f"""
 set -u
-source {shlex.quote(str(script_path('luks_lib.sh')))}
+source {shlex.quote(str(script_path("luks_lib.sh")))}
 ebk_section setup
 ebk_luks_setup {MNT} 96 && echo "setup=ok" || {{ echo "setup=failed"; exit 1; }}
 mkdir -p {PGDATA} && chown postgres:postgres {PGDATA} && chmod 700 {PGDATA}

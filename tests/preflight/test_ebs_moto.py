@@ -32,8 +32,11 @@ def moto_ec2(moto: Server) -> str:
 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
 
@@ -48,8 +51,9 @@ def _nvme(sysfs: Path, name: str, serial: str, model: str) -> BlockDevice:
 
 def test_ebs_volumes_via_describe_volumes(moto_ec2: str, aws_env: None, tmp_path: Path) -> None:
     ec2 = boto3.client("ec2", endpoint_url=moto_ec2, region_name="us-east-1")
-    enc = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8, Encrypted=True,
-                            KmsKeyId=KMS_ARN)["VolumeId"]
+    enc = ec2.create_volume(
+        AvailabilityZone="us-east-1a", Size=8, Encrypted=True, KmsKeyId=KMS_ARN
+    )["VolumeId"]
     plain = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
     sysfs = tmp_path / "sys"
     ebs = "Amazon Elastic Block Store"
@@ -60,8 +64,7 @@ def test_ebs_volumes_via_describe_volumes(moto_ec2: str, aws_env: None, tmp_path
         "store": _nvme(sysfs, "nvme4n1", "AWS1234567890ABCDEF", "Amazon EC2 NVMe Instance Storage"),
         "other": _nvme(sysfs, "nvme5n1", "S4EWNX0R123456", "Samsung SSD 980 PRO"),
     }
-    detector = EbsDetector(sysfs_root=sysfs, endpoint_url=moto_ec2, region="us-east-1",
-                           timeout=5)
+    detector = EbsDetector(sysfs_root=sysfs, endpoint_url=moto_ec2, region="us-east-1", timeout=5)
     inspector = Inspector(sysfs=sysfs, disk_detectors=[detector])
     results = {k: inspector.device_evidence(d) for k, d in disks.items()}
 
@@ -87,8 +90,12 @@ def test_ebs_volumes_via_describe_volumes(moto_ec2: str, aws_env: None, tmp_path
 def test_unreachable_ec2_is_unknown(aws_env: None, tmp_path: Path) -> None:
     sysfs = tmp_path / "sys"
     disk = _nvme(sysfs, "nvme1n1", "vol0abcdef0123456789", "Amazon Elastic Block Store")
-    detector = EbsDetector(sysfs_root=sysfs, endpoint_url=f"http://127.0.0.1:{free_port()}",
-                           region="us-east-1", timeout=1)
+    detector = EbsDetector(
+        sysfs_root=sysfs,
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        region="us-east-1",
+        timeout=1,
+    )
     ev = detector.evidence(disk)
     assert ev.status is Status.UNKNOWN and "ec2:DescribeVolumes" in ev.detail
 

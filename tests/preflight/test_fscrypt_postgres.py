@@ -34,8 +34,9 @@ class EncryptedCluster:
 
 
 def _as_postgres(*argv: str) -> None:
-    subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True,
-                   text=True)
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +53,34 @@ def enc_cluster() -> Iterator[EncryptedCluster]:
             for d in (ts,):
                 d.mkdir()
                 give_to_postgres(d)
-            _as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "--waldir", str(wal),
-                         "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8",
-                         "--locale", "C")
+            _as_postgres(
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(data),
+                "--waldir",
+                str(wal),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale",
+                "C",
+            )
             with open(data / "postgresql.conf", "a") as conf:
-                conf.write("fsync = off\nwal_level = replica\nmax_wal_senders = 4\n"
-                           "shared_buffers = 16MB\n")
+                conf.write(
+                    "fsync = off\nwal_level = replica\nmax_wal_senders = 4\nshared_buffers = 16MB\n"
+                )
             cluster = PgCluster(data, free_port(), base, base / "postgres.log")
             cluster.start()
             try:
                 cluster.psql(f"CREATE TABLESPACE plain_ts LOCATION '{ts}'")
-                cluster.psql("CREATE TABLE t (id int) TABLESPACE plain_ts;"
-                             "INSERT INTO t SELECT generate_series(1, 100)")
+                cluster.psql(
+                    "CREATE TABLE t (id int) TABLESPACE plain_ts;"
+                    "INSERT INTO t SELECT generate_series(1, 100)"
+                )
                 yield EncryptedCluster(cluster, data, wal, ts, modes)
             finally:
                 cluster.stop()
@@ -110,18 +127,23 @@ def test_preflight_asks_the_server(enc_cluster: EncryptedCluster, tmp_path: Path
 
 def test_preflight_from_config_alone(enc_cluster: EncryptedCluster, tmp_path: Path) -> None:
     """data_directory configured: nothing connects (the port points at nothing)."""
-    env = make_env(tmp_path / "ebk", None, init=False,
-                   extra=f'[postgres]\nport = {free_port()}\n'
-                   f'data_directory = "{enc_cluster.data}"\n')
+    env = make_env(
+        tmp_path / "ebk",
+        None,
+        init=False,
+        extra=f'[postgres]\nport = {free_port()}\ndata_directory = "{enc_cluster.data}"\n',
+    )
     report = json.loads(env.run("preflight", "--json", expect=6).stdout)
     _check_verdicts(report, enc_cluster)
     assert _by_role(report)["tablespace"]["label"].startswith("tablespace oid ")
 
 
-def test_backup_refuses_when_wal_is_unencrypted(enc_cluster: EncryptedCluster,
-                                                 tmp_path: Path) -> None:
-    env = make_env(tmp_path / "ebk", enc_cluster.cluster,
-                   extra='\n[preflight]\npolicy = "require"\n')
+def test_backup_refuses_when_wal_is_unencrypted(
+    enc_cluster: EncryptedCluster, tmp_path: Path
+) -> None:
+    env = make_env(
+        tmp_path / "ebk", enc_cluster.cluster, extra='\n[preflight]\npolicy = "require"\n'
+    )
     result = env.run("backup", "--type", "physical", expect=6)
     assert f"WAL (pg_wal) {enc_cluster.data / 'pg_wal'}: unencrypted" in result.output
     assert f"tablespace plain_ts {enc_cluster.tablespace}: unencrypted" in result.output

@@ -13,12 +13,16 @@ from tests.support.refusal import assert_refused
 
 
 def _env(tmp_path: Path, cluster: PgCluster, policy: str, extra: str = "") -> EbkEnv:
-    return make_env(tmp_path / "ebk", cluster,
-                    extra=f'\n[preflight]\npolicy = "{policy}"\ncloud = false\n{extra}')
+    return make_env(
+        tmp_path / "ebk",
+        cluster,
+        extra=f'\n[preflight]\npolicy = "{policy}"\ncloud = false\n{extra}',
+    )
 
 
-def test_backup_refuses_unencrypted_pgdata_under_require(pg_cluster: PgCluster,
-                                                         tmp_path: Path) -> None:
+def test_backup_refuses_unencrypted_pgdata_under_require(
+    pg_cluster: PgCluster, tmp_path: Path
+) -> None:
     env = _env(tmp_path, pg_cluster, "require")
     proc = env.subprocess("backup", "--type", "physical")
     assert_refused(proc, 6)
@@ -34,10 +38,17 @@ def test_backup_goes_on_under_warn_and_logs(pg_cluster: PgCluster, tmp_path: Pat
     env = _env(tmp_path, pg_cluster, "warn")
     proc = env.subprocess("backup", "--type", "logical", "--json")
     assert proc.returncode == 0, proc.stderr
-    warnings = [json.loads(line) for line in proc.stderr.splitlines()
-                if line.startswith("{") and "preflight" in line]
-    assert any(w["level"] == "warning" and w["path"] == str(pg_cluster.data_dir)
-               and w["status"] == "unencrypted" for w in warnings), proc.stderr
+    warnings = [
+        json.loads(line)
+        for line in proc.stderr.splitlines()
+        if line.startswith("{") and "preflight" in line
+    ]
+    assert any(
+        w["level"] == "warning"
+        and w["path"] == str(pg_cluster.data_dir)
+        and w["status"] == "unencrypted"
+        for w in warnings
+    ), proc.stderr
     assert len(json.loads(env.run("list", "--json").stdout)) == 1
 
 
@@ -48,13 +59,15 @@ def test_policy_off_checks_nothing(pg_cluster: PgCluster, tmp_path: Path) -> Non
     assert "preflight" not in proc.stderr
 
 
-def test_restore_refuses_unencrypted_target_under_require(pg_cluster: PgCluster,
-                                                          tmp_path: Path) -> None:
+def test_restore_refuses_unencrypted_target_under_require(
+    pg_cluster: PgCluster, tmp_path: Path
+) -> None:
     warn_env = _env(tmp_path, pg_cluster, "warn")
     manifest = json.loads(warn_env.run("backup", "--type", "logical", "--json").stdout)
     strict_config = tmp_path / "strict.toml"  # same repository and key, policy require
-    strict_config.write_text(warn_env.config_path.read_text().replace(
-        'policy = "warn"', 'policy = "require"'))
+    strict_config.write_text(
+        warn_env.config_path.read_text().replace('policy = "warn"', 'policy = "require"')
+    )
     strict = EbkEnv(warn_env.root, strict_config, warn_env.repo_dir, warn_env.keyfile)
     target = tmp_path / "restore-here"
     result = strict.run("restore", manifest["backup_id"], "--to", str(target), expect=6)
@@ -64,16 +77,18 @@ def test_restore_refuses_unencrypted_target_under_require(pg_cluster: PgCluster,
 
 
 def test_preflight_exit_code_and_table(pg_cluster: PgCluster, tmp_path: Path) -> None:
-    env = make_env(tmp_path / "ebk", pg_cluster, init=False,
-                   extra='\n[preflight]\npolicy = "off"\n')
+    env = make_env(
+        tmp_path / "ebk", pg_cluster, init=False, extra='\n[preflight]\npolicy = "off"\n'
+    )
     result = env.run("preflight", expect=6)  # the command reports whatever the policy
     assert result.stdout.splitlines()[0].split()[:4] == ["STATUS", "WHAT", "PATH", "MOUNT"]
     assert "UNENCRYPTED  data directory" in result.stdout
     assert "paths are not proven encrypted" in result.stdout
 
 
-def test_restore_checks_tablespace_targets_too(fresh_cluster: PgCluster, postgres_dir: Path,
-                                              tmp_path: Path) -> None:
+def test_restore_checks_tablespace_targets_too(
+    fresh_cluster: PgCluster, postgres_dir: Path, tmp_path: Path
+) -> None:
     from tests.support.postgres import give_to_postgres
 
     ts_dir = postgres_dir / "ts"
@@ -84,12 +99,20 @@ def test_restore_checks_tablespace_targets_too(fresh_cluster: PgCluster, postgre
     manifest = json.loads(warn_env.run("backup", "--type", "physical", "--json").stdout)
     oid = next(o["tablespace_oid"] for o in manifest["objects"] if o["role"] == "tablespace")
     strict_config = tmp_path / "strict.toml"
-    strict_config.write_text(warn_env.config_path.read_text().replace(
-        'policy = "warn"', 'policy = "require"'))
+    strict_config.write_text(
+        warn_env.config_path.read_text().replace('policy = "warn"', 'policy = "require"')
+    )
     strict = EbkEnv(warn_env.root, strict_config, warn_env.repo_dir, warn_env.keyfile)
     mapped = tmp_path / "ts-restored"
-    result = strict.run("restore", "latest", "--to", str(tmp_path / "data"),
-                        "--tablespace-map", f"{oid}={mapped}", expect=6)
+    result = strict.run(
+        "restore",
+        "latest",
+        "--to",
+        str(tmp_path / "data"),
+        "--tablespace-map",
+        f"{oid}={mapped}",
+        expect=6,
+    )
     assert f"tablespace restore target {mapped}: unencrypted" in result.output
     assert "--tablespace-map OID=DIR" in result.output
     assert not mapped.exists()

@@ -29,9 +29,15 @@ def test_gocryptfs_mount_is_encrypted(tmp_path: Path) -> None:
         bind.mkdir()
         subprocess.run(["mount", "--bind", str(plain / "spool"), str(bind)], check=True)
         try:
-            env = make_env(tmp_path / "ebk", None, init=False, extra=(
-                f'[postgres]\ndata_directory = "{plain}"\n\n[preflight]\n'
-                f'spool_dir = "{link}/new/sub"\nextra_paths = ["{bind}"]\n'))
+            env = make_env(
+                tmp_path / "ebk",
+                None,
+                init=False,
+                extra=(
+                    f'[postgres]\ndata_directory = "{plain}"\n\n[preflight]\n'
+                    f'spool_dir = "{link}/new/sub"\nextra_paths = ["{bind}"]\n'
+                ),
+            )
             result = env.run("preflight", "--json", expect=None)
             # pg_wal does not exist in this fake data directory: unknown, so the run fails
             assert_refused(result, 6)
@@ -73,8 +79,9 @@ def test_encrypt_capable_ext4_without_policy(tmp_path: Path) -> None:
     with loop_ext4(tmp_path / "e.img", tmp_path / "mnt", encrypt=True) as mnt:
         verdict = Inspector().inspect(Target("extra", str(mnt)))
     assert verdict.status is Status.UNENCRYPTED
-    assert any(e.layer == "fscrypt" and "no encryption policy" in e.detail
-               for e in verdict.evidence)
+    assert any(
+        e.layer == "fscrypt" and "no encryption policy" in e.detail for e in verdict.evidence
+    )
 
 
 def test_unencrypted_mount_inside_an_encrypted_data_directory(tmp_path: Path) -> None:
@@ -82,8 +89,10 @@ def test_unencrypted_mount_inside_an_encrypted_data_directory(tmp_path: Path) ->
         (plain / "pg_wal").mkdir()
         (plain / "base").mkdir()
         with loop_ext4(tmp_path / "hidden.img", plain / "base"):
-            config = Config(postgres=PostgresConfig(data_directory=str(plain)),
-                            preflight=PreflightConfig(cloud=False, kubernetes=False))
+            config = Config(
+                postgres=PostgresConfig(data_directory=str(plain)),
+                preflight=PreflightConfig(cloud=False, kubernetes=False),
+            )
             report = run_preflight(config, purpose="backup")
     by_path = {v.target.path: v for v in report.verdicts}
     assert by_path[str(plain)].status is Status.ENCRYPTED

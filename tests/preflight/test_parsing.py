@@ -59,7 +59,11 @@ def test_mountinfo_laptop() -> None:
     assert len(mounts) == 7
     pg = mount_for("/var/lib/postgresql/15/main/base/1", mounts)
     assert pg is not None and (pg.mount_point, pg.fstype, pg.major, pg.minor) == (
-        "/var/lib/postgresql", "xfs", 253, 2)
+        "/var/lib/postgresql",
+        "xfs",
+        253,
+        2,
+    )
     wal = mount_for("/var/lib/postgresql/15/main/pg_wal", mounts)
     assert wal is not None and wal.source == "/dev/sdc1"
     assert mount_for("/var/lib/postgresqlX", mounts).mount_point == "/"  # type: ignore[union-attr]
@@ -85,9 +89,11 @@ def test_mountinfo_docker_bind_volume_and_overlay() -> None:
 
 
 def test_stacked_mounts_prefer_the_device_of_the_path() -> None:
-    text = ("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
-            "2 1 8:2 / /data rw - ext4 /dev/sda2 rw\n"
-            "3 1 8:3 / /data rw - ext4 /dev/sda3 rw\n")
+    text = (
+        "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        "2 1 8:2 / /data rw - ext4 /dev/sda2 rw\n"
+        "3 1 8:3 / /data rw - ext4 /dev/sda3 rw\n"
+    )
     mounts = parse_mountinfo(text)
     assert mount_for("/data/x", mounts).source == "/dev/sda3"  # type: ignore[union-attr]
     assert mount_for("/data/x", mounts, os.makedev(8, 2)).source == "/dev/sda2"  # type: ignore[union-attr]
@@ -116,9 +122,20 @@ def _verdict() -> PathVerdict:
 
 # -- sysfs layouts ------------------------------------------------------------
 
-def _dev(root: Path, name: str, *, parent: str = "", dm_uuid: str = "", dm_name: str = "",
-         slaves: tuple[str, ...] = (), md_level: str = "", model: str = "",
-         vendor: str = "", majmin: str = "") -> None:
+
+def _dev(
+    root: Path,
+    name: str,
+    *,
+    parent: str = "",
+    dm_uuid: str = "",
+    dm_name: str = "",
+    slaves: tuple[str, ...] = (),
+    md_level: str = "",
+    model: str = "",
+    vendor: str = "",
+    majmin: str = "",
+) -> None:
     """One block device in a recorded sysfs layout (class/block/<name> -> devices/...)."""
     real = root / "devices" / "virtual" / "block" / (f"{parent}/{name}" if parent else name)
     real.mkdir(parents=True, exist_ok=True)
@@ -153,14 +170,29 @@ def _luks_file(path: Path, kind: str = "luks2", token: bool = False) -> None:
         fh.truncate(20 * 1024 * 1024)
     key = path.with_suffix(".key")
     key.write_bytes(b"k" * 32)
-    subprocess.run(["cryptsetup", "luksFormat", "-q", "--type", kind, "--pbkdf", "pbkdf2",
-                    "--pbkdf-force-iterations", "1000", "--key-file", str(key), str(path)],
-                   check=True)
+    subprocess.run(
+        [
+            "cryptsetup",
+            "luksFormat",
+            "-q",
+            "--type",
+            kind,
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            str(key),
+            str(path),
+        ],
+        check=True,
+    )
     if token:
         tok = path.with_suffix(".json")
         tok.write_text('{"type":"clevis","keyslots":["0"],"jwe":{"protected":"x"}}')
-        subprocess.run(["cryptsetup", "token", "import", "--json-file", str(tok), str(path)],
-                       check=True)
+        subprocess.run(
+            ["cryptsetup", "token", "import", "--json-file", str(tok), str(path)], check=True
+        )
 
 
 def test_lvm_on_luks2_on_partition(tmp_path: Path) -> None:
@@ -168,10 +200,15 @@ def test_lvm_on_luks2_on_partition(tmp_path: Path) -> None:
     dev.mkdir()
     _dev(sysfs, "nvme0n1", model="Samsung SSD 980", majmin="259:0")
     _dev(sysfs, "nvme0n1p3", parent="nvme0n1", majmin="259:3")
-    _dev(sysfs, "dm-0", dm_uuid="CRYPT-LUKS2-0123abcd-nvme0n1p3_crypt",
-         dm_name="nvme0n1p3_crypt", slaves=("nvme0n1p3",), majmin="253:0")
-    _dev(sysfs, "dm-1", dm_uuid="LVM-AAAABBBB", dm_name="vg0-pg", slaves=("dm-0",),
-         majmin="253:1")
+    _dev(
+        sysfs,
+        "dm-0",
+        dm_uuid="CRYPT-LUKS2-0123abcd-nvme0n1p3_crypt",
+        dm_name="nvme0n1p3_crypt",
+        slaves=("nvme0n1p3",),
+        majmin="253:0",
+    )
+    _dev(sysfs, "dm-1", dm_uuid="LVM-AAAABBBB", dm_name="vg0-pg", slaves=("dm-0",), majmin="253:1")
     _luks_file(dev / "nvme0n1p3", token=True)
     block = SysfsBlock(sysfs)
     assert block.name_for(253, 1) == "dm-1"
@@ -193,7 +230,11 @@ def test_luks1_header(tmp_path: Path) -> None:
     _luks_file(tmp_path / "l1", kind="luks1")
     header = read_luks_header(tmp_path / "l1")
     assert (header.version, header.cipher, header.key_bits, header.keyslots) == (
-        1, "aes-xts-plain64", 512, 1)
+        1,
+        "aes-xts-plain64",
+        512,
+        1,
+    )
     with pytest.raises(ValueError):
         read_luks_header(tmp_path / "l1.key")
 
@@ -225,10 +266,10 @@ def test_plain_dm_crypt_and_cipher_null_via_cryptsetup_status(tmp_path: Path) ->
     _dev(sysfs, "dm-4", dm_uuid="CRYPT-PLAIN-null", dm_name="null", slaves=("sdd",))
     recorded = {  # `cryptsetup status NAME` output, recorded
         "secret": "/dev/mapper/secret is active.\n  type:    PLAIN\n"
-                  "  cipher:  aes-cbc-essiv:sha256\n  keysize: 256 bits\n"
-                  "  key location: dm-crypt\n  device:  /dev/sdd\n",
+        "  cipher:  aes-cbc-essiv:sha256\n  keysize: 256 bits\n"
+        "  key location: dm-crypt\n  device:  /dev/sdd\n",
         "null": "/dev/mapper/null is active.\n  type:    PLAIN\n  cipher:  cipher_null-ecb\n"
-                "  keysize: 0 bits\n",
+        "  keysize: 0 bits\n",
     }
     inspector = Inspector(sysfs=sysfs, dev=tmp_path, run=lambda argv: recorded[argv[-1]])
     plain = inspector.device_evidence(SysfsBlock(sysfs).device("dm-3"))
@@ -253,6 +294,7 @@ def test_unknown_leaf_and_loop_without_backing(tmp_path: Path) -> None:
 
 # -- fscrypt / gocryptfs / zfs / kubernetes parameters ---------------------------
 
+
 def test_fscrypt_policy_structs() -> None:
     v2 = parse_policy(struct.pack("=BBBB4x16s", 2, 1, 4, 0x02, bytes(range(16))))
     assert (v2.version, v2.contents, v2.filenames) == (2, "AES-256-XTS", "AES-256-CTS")
@@ -260,30 +302,37 @@ def test_fscrypt_policy_structs() -> None:
     v1 = parse_policy(struct.pack("=BBBB8s", 0, 9, 9, 0x04, b"descript"))
     assert (v1.version, v1.contents, v1.flag_names) == (1, "Adiantum", ["DIRECT_KEY", "PAD_4"])
     with pytest.raises(ValueError):
-        parse_policy(bytes(24) .replace(b"\0", b"\x07", 1))
+        parse_policy(bytes(24).replace(b"\0", b"\x07", 1))
 
 
 def test_gocryptfs_feature_flags() -> None:
     assert gocryptfs_cipher({"FeatureFlags": ["GCMIV128", "EMENames"]}) == (
-        "contents AES-256-GCM, filenames EME wide-block")
+        "contents AES-256-GCM, filenames EME wide-block"
+    )
     assert gocryptfs_cipher({"FeatureFlags": ["AESSIV", "PlaintextNames"]}) == (
-        "contents AES-256-SIV, filenames plaintext")
+        "contents AES-256-SIV, filenames plaintext"
+    )
     assert gocryptfs_cipher({"FeatureFlags": ["XChaCha20Poly1305"]}).startswith(
-        "contents XChaCha20-Poly1305")
+        "contents XChaCha20-Poly1305"
+    )
 
 
 def test_zfs_properties_from_recorded_output() -> None:
     """Recorded `zfs get`/`zpool list` output (no ZFS module in this kernel)."""
     (mount,) = parse_mountinfo("30 26 0:50 / /tank/pg rw - zfs tank/pg rw,xattr\n")
-    encrypted = ("encryption\taes-256-gcm\nkeylocation\tfile:///etc/zfs/pg.key\n"
-                 "keyformat\traw\nkeystatus\tavailable\nencryptionroot\ttank\n")
+    encrypted = (
+        "encryption\taes-256-gcm\nkeylocation\tfile:///etc/zfs/pg.key\n"
+        "keyformat\traw\nkeystatus\tavailable\nencryptionroot\ttank\n"
+    )
     ev, vdevs = zfs_evidence(mount, lambda argv: encrypted)
     assert ev.status is Status.ENCRYPTED and ev.cipher == "aes-256-gcm" and vdevs == []
-    assert ev.key_location == ("keyformat raw at file:///etc/zfs/pg.key (inherited from tank), "
-                               "key available")
+    assert ev.key_location == (
+        "keyformat raw at file:///etc/zfs/pg.key (inherited from tank), key available"
+    )
     plain_get = "encryption\toff\nkeylocation\tnone\nkeyformat\tnone\n"
-    zpool = ("tank\t1.8T\t1T\t-\n\tmirror-0\t1.8T\n"
-             "\t/dev/mapper/luks-a\t-\n\t/dev/mapper/luks-b\t-\n")
+    zpool = (
+        "tank\t1.8T\t1T\t-\n\tmirror-0\t1.8T\n\t/dev/mapper/luks-a\t-\n\t/dev/mapper/luks-b\t-\n"
+    )
     ev, vdevs = zfs_evidence(mount, lambda argv: plain_get if argv[0] == "zfs" else zpool)
     assert ev.status is Status.UNENCRYPTED
     assert vdevs == ["/dev/mapper/luks-a", "/dev/mapper/luks-b"] == parse_vdevs(zpool)
@@ -294,22 +343,42 @@ def test_zfs_properties_from_recorded_output() -> None:
     assert zfs_evidence(mount, broken)[0].status is Status.UNKNOWN
 
 
-@pytest.mark.parametrize(("provisioner", "params", "status", "key"), [
-    ("ebs.csi.aws.com", {"encrypted": "true", "kmsKeyId": "arn:aws:kms:k"}, "encrypted",
-     "AWS KMS key arn:aws:kms:k"),
-    ("ebs.csi.aws.com", {"type": "gp3"}, "unknown", ""),
-    ("kubernetes.io/aws-ebs", {"encrypted": "true"}, "encrypted", "aws/ebs"),
-    ("pd.csi.storage.gke.io", {"disk-encryption-kms-key": "projects/p/keys/k"}, "encrypted",
-     "Cloud KMS key projects/p/keys/k (CMEK)"),
-    ("pd.csi.storage.gke.io", {}, "encrypted", "Google-managed key"),
-    ("disk.csi.azure.com", {"diskEncryptionSetID": "/sub/des"}, "encrypted",
-     "disk encryption set /sub/des"),
-    ("rancher.io/local-path", {}, "unknown", ""),
-    ("rbd.csi.ceph.com", {"encrypted": "true", "encryptionKMSID": "vault"}, "encrypted",
-     "key vault"),
-])
-def test_storageclass_parameters(provisioner: str, params: dict[str, str], status: str,
-                                 key: str) -> None:
+@pytest.mark.parametrize(
+    ("provisioner", "params", "status", "key"),
+    [
+        (
+            "ebs.csi.aws.com",
+            {"encrypted": "true", "kmsKeyId": "arn:aws:kms:k"},
+            "encrypted",
+            "AWS KMS key arn:aws:kms:k",
+        ),
+        ("ebs.csi.aws.com", {"type": "gp3"}, "unknown", ""),
+        ("kubernetes.io/aws-ebs", {"encrypted": "true"}, "encrypted", "aws/ebs"),
+        (
+            "pd.csi.storage.gke.io",
+            {"disk-encryption-kms-key": "projects/p/keys/k"},
+            "encrypted",
+            "Cloud KMS key projects/p/keys/k (CMEK)",
+        ),
+        ("pd.csi.storage.gke.io", {}, "encrypted", "Google-managed key"),
+        (
+            "disk.csi.azure.com",
+            {"diskEncryptionSetID": "/sub/des"},
+            "encrypted",
+            "disk encryption set /sub/des",
+        ),
+        ("rancher.io/local-path", {}, "unknown", ""),
+        (
+            "rbd.csi.ceph.com",
+            {"encrypted": "true", "encryptionKMSID": "vault"},
+            "encrypted",
+            "key vault",
+        ),
+    ],
+)
+def test_storageclass_parameters(
+    provisioner: str, params: dict[str, str], status: str, key: str
+) -> None:
     ev = storage_verdict(provisioner, params, "PVC x")
     assert str(ev.status) == status
     assert key in ev.key_location
@@ -317,11 +386,18 @@ def test_storageclass_parameters(provisioner: str, params: dict[str, str], statu
 
 def test_preflight_config_keys(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[preflight]\npolicy = "require"\nextra_paths = ["/a"]\ncloud = false\n'
-                   'spool_dir = "/var/lib/ebk"\ntimeout = 2.5\n')
+    cfg.write_text(
+        '[preflight]\npolicy = "require"\nextra_paths = ["/a"]\ncloud = false\n'
+        'spool_dir = "/var/lib/ebk"\ntimeout = 2.5\n'
+    )
     pf = load_config(cfg, environ={"EBK_PREFLIGHT__KUBERNETES": "false"}).preflight
     assert (pf.policy, pf.extra_paths, pf.cloud, pf.kubernetes, pf.timeout) == (
-        "require", ["/a"], False, False, 2.5)
+        "require",
+        ["/a"],
+        False,
+        False,
+        2.5,
+    )
     cfg.write_text('[preflight]\nextra_paths = ["relative/dir"]\n')
     with pytest.raises(ConfigError, match="not absolute"):
         load_config(cfg, environ={})

@@ -23,8 +23,14 @@ from tests.support.emulators import azurite_connection_string
 
 MIB = 1024 * 1024
 # Small parts so a few MiB exercise multipart uploads; fast retries for fault tests.
-TEST_OPTIONS: dict[str, Any] = {"part_size": 5 * MIB, "parts_in_flight": 2, "max_retries": 4,
-                                "retry_base_delay": 0.05, "retry_max_delay": 0.5, "timeout": 20.0}
+TEST_OPTIONS: dict[str, Any] = {
+    "part_size": 5 * MIB,
+    "parts_in_flight": 2,
+    "max_retries": 4,
+    "retry_base_delay": 0.05,
+    "retry_max_delay": 0.5,
+    "timeout": 20.0,
+}
 
 
 @dataclass
@@ -82,18 +88,24 @@ class Backend:
         strip = len(self.prefix) + 1 if self.prefix else 0
         if self.kind == "local":
             root = Path(self.bucket) / self.prefix
-            return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                          if p.is_file() and not p.name.startswith(PARTIAL_MARK))
+            return sorted(
+                p.relative_to(root).as_posix()
+                for p in root.rglob("*")
+                if p.is_file() and not p.name.startswith(PARTIAL_MARK)
+            )
         if self.kind == "s3":
-            pages = self.s3().get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self._full(""))
+            pages = (
+                self.s3()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=self.bucket, Prefix=self._full(""))
+            )
             return sorted(o["Key"][strip:] for page in pages for o in page.get("Contents", []))
         if self.kind == "gcs":
-            return sorted(b.name[strip:] for b in self.gcs().list_blobs(
-                self.bucket, prefix=self._full("")))
+            return sorted(
+                b.name[strip:] for b in self.gcs().list_blobs(self.bucket, prefix=self._full(""))
+            )
         container = self.azure().get_container_client(self.bucket)
-        return sorted(b.name[strip:] for b in container.list_blobs(
-            name_starts_with=self._full("")))
+        return sorted(b.name[strip:] for b in container.list_blobs(name_starts_with=self._full("")))
 
     def raw_incomplete(self) -> list[str]:
         """Unfinished uploads as the store itself reports them."""
@@ -123,8 +135,13 @@ class Backend:
             path.write_bytes(data)
 
     def s3(self) -> Any:
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id="test", aws_secret_access_key="test")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
 
     def gcs(self) -> gcs.Client:
         os.environ.setdefault("STORAGE_EMULATOR_HOST", self.env.get("STORAGE_EMULATOR_HOST", ""))
@@ -139,22 +156,29 @@ def make_backend(kind: str, endpoint: str, bucket: str, tmp: Path) -> Backend:
     if kind == "local":
         return Backend("local", str(tmp / "repo"), "ebk", "")
     if kind == "s3":
-        env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+        env = {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         backend = Backend("s3", bucket, "ebk/repo", endpoint, env)
         backend.options.update(endpoint_url=endpoint, addressing_style="path")
         backend.s3().create_bucket(Bucket=bucket)
         return backend
     if kind == "gcs":
-        backend = Backend("gcs", bucket, "ebk/repo", endpoint,
-                          {"STORAGE_EMULATOR_HOST": endpoint})
+        backend = Backend("gcs", bucket, "ebk/repo", endpoint, {"STORAGE_EMULATOR_HOST": endpoint})
         os.environ["STORAGE_EMULATOR_HOST"] = endpoint
         try:
             gcs.Client().create_bucket(bucket)
         finally:
             del os.environ["STORAGE_EMULATOR_HOST"]
         return backend
-    backend = Backend("azure", bucket, "ebk/repo", endpoint,
-                      {"AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(endpoint)})
+    backend = Backend(
+        "azure",
+        bucket,
+        "ebk/repo",
+        endpoint,
+        {"AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(endpoint)},
+    )
     backend.azure().create_container(bucket)
     return backend

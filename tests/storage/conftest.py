@@ -18,34 +18,44 @@ CLOUD = ["s3", "gcs", "azure"]
 SERVER_FIXTURE = {"s3": "moto", "gcs": "gcs_emulator", "azure": "azurite"}
 
 
-def backend_for(kind: str, request: pytest.FixtureRequest, tmp_path: Path,
-                monkeypatch: pytest.MonkeyPatch) -> Backend:
+def backend_for(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Backend:
     endpoint = ""
     if kind != "local":
         endpoint = request.getfixturevalue(SERVER_FIXTURE[kind]).endpoint
     backend = make_backend(kind, endpoint, unique("ebk"), tmp_path)
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN",
-                 "STORAGE_EMULATOR_HOST", "AZURE_STORAGE_CONNECTION_STRING",
-                 "AZURE_STORAGE_ACCOUNT"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_SESSION_TOKEN",
+        "STORAGE_EMULATOR_HOST",
+        "AZURE_STORAGE_CONNECTION_STRING",
+        "AZURE_STORAGE_ACCOUNT",
+    ):
         monkeypatch.delenv(name, raising=False)
     backend.apply_env(monkeypatch)
     return backend
 
 
 @pytest.fixture(params=["local", *(pytest.param(k, marks=pytest.mark.slow) for k in CLOUD)])
-def any_backend(request: pytest.FixtureRequest, tmp_path: Path,
-                monkeypatch: pytest.MonkeyPatch) -> Backend:
+def any_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Backend:
     """Every backend, local included (the contract suite); the emulator ones are slow."""
     return backend_for(request.param, request, tmp_path, monkeypatch)
 
 
 @pytest.fixture(params=[pytest.param(k, marks=pytest.mark.slow) for k in CLOUD])
-def cloud_backend(request: pytest.FixtureRequest, tmp_path: Path,
-                  monkeypatch: pytest.MonkeyPatch) -> Backend:
+def cloud_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Backend:
     return backend_for(request.param, request, tmp_path, monkeypatch)
 
 
 @pytest.fixture
-def s3_backend(request: pytest.FixtureRequest, tmp_path: Path,
-               monkeypatch: pytest.MonkeyPatch) -> Backend:
+def s3_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Backend:
     return backend_for("s3", request, tmp_path, monkeypatch)

@@ -38,8 +38,9 @@ class FaultProxy:
     headers: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def fail(self, match: Match, action: str | int, times: int | None = None,
-             skip: int = 0) -> Rule:
+    def fail(
+        self, match: Match, action: str | int, times: int | None = None, skip: int = 0
+    ) -> Rule:
         rule = Rule(match, action, times, skip)
         with self._lock:
             self.rules.append(rule)
@@ -153,9 +154,11 @@ class FaultProxy:
                 body += chunk
         if isinstance(action, int):
             text = b"<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>"
-            conn.sendall(f"HTTP/1.1 {action} Injected\r\nContent-Type: application/xml\r\n"
-                         f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n"
-                         .encode() + text)
+            conn.sendall(
+                f"HTTP/1.1 {action} Injected\r\nContent-Type: application/xml\r\n"
+                f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n".encode()
+                + text
+            )
             conn.close()
             self.log.append((method, target, str(action)))
             return

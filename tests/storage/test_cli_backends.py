@@ -25,8 +25,13 @@ pytestmark = pytest.mark.slow
 CONTENT_SQL = "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM {table} t"
 
 
-def ebk_for(backend: Backend, root: Path, cluster: PgCluster,
-            monkeypatch: pytest.MonkeyPatch, **storage: object) -> EbkEnv:
+def ebk_for(
+    backend: Backend,
+    root: Path,
+    cluster: PgCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    **storage: object,
+) -> EbkEnv:
     monkeypatch.setenv("EBK_REPOSITORY__URL", backend.url)
     return make_env(root, cluster, extra=backend.storage_toml(**storage))
 
@@ -37,8 +42,9 @@ def part_upload(kind: str) -> Match:
         return lambda method, target: method == "PUT" and "partNumber=" in target
     if kind == "gcs":
         return lambda method, target: method == "PUT" and "upload_id=" in target
-    return lambda method, target: (method == "PUT" and "comp=block" in target
-                                   and "comp=blocklist" not in target)
+    return lambda method, target: (
+        method == "PUT" and "comp=block" in target and "comp=blocklist" not in target
+    )
 
 
 @pytest.fixture
@@ -50,19 +56,27 @@ def proxy(cloud_backend: Backend) -> Iterator[FaultProxy]:
     fault.stop()
 
 
-def test_physical_roundtrip(cloud_backend: Backend, pg_cluster: PgCluster, postgres_dir: Path,
-                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_physical_roundtrip(
+    cloud_backend: Backend,
+    pg_cluster: PgCluster,
+    postgres_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     table = f"phys_{cloud_backend.kind}"
-    pg_cluster.psql(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int primary key, "
-                    f"v text); INSERT INTO {table} SELECT g, md5(g::text) "
-                    "FROM generate_series(1, 20000) g")
+    pg_cluster.psql(
+        f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int primary key, "
+        f"v text); INSERT INTO {table} SELECT g, md5(g::text) "
+        "FROM generate_series(1, 20000) g"
+    )
     expected = pg_cluster.psql(CONTENT_SQL.format(table=table))
     env = ebk_for(cloud_backend, tmp_path / "ebk", pg_cluster, monkeypatch)
     manifest = json.loads(env.run("backup", "--type", "physical", "--json").stdout)
     assert sorted(o["role"] for o in manifest["objects"]) == ["backup_manifest", "base"]
     prefix = f"backups/{manifest['backup_id']}/"
     assert cloud_backend.raw_names("backups/") == sorted(
-        [f"{prefix}key.json"] + [f"{prefix}{o['name']}" for o in manifest["objects"]])
+        [f"{prefix}key.json"] + [f"{prefix}{o['name']}" for o in manifest["objects"]]
+    )
     assert cloud_backend.raw_names("manifests/") == [f"manifests/{manifest['backup_id']}.json"]
     assert cloud_backend.raw_incomplete() == []
     listed = json.loads(env.run("list", "--json").stdout)
@@ -79,18 +93,23 @@ def test_physical_roundtrip(cloud_backend: Backend, pg_cluster: PgCluster, postg
         restored.stop()
 
 
-def test_logical_roundtrip(cloud_backend: Backend, pg_cluster: PgCluster, tmp_path: Path,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_logical_roundtrip(
+    cloud_backend: Backend, pg_cluster: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source, target = f"src_{cloud_backend.kind}", f"dst_{cloud_backend.kind}"
     pg_cluster.psql(f"DROP DATABASE IF EXISTS {source}")
     pg_cluster.psql(f"DROP DATABASE IF EXISTS {target}")
     pg_cluster.psql(f"CREATE DATABASE {source}")
-    pg_cluster.psql("CREATE TABLE t (id int primary key, v text); INSERT INTO t SELECT g, "
-                    "repeat(md5(g::text), 3) FROM generate_series(1, 30000) g", db=source)
+    pg_cluster.psql(
+        "CREATE TABLE t (id int primary key, v text); INSERT INTO t SELECT g, "
+        "repeat(md5(g::text), 3) FROM generate_series(1, 30000) g",
+        db=source,
+    )
     expected = pg_cluster.psql(CONTENT_SQL.format(table="t"), db=source)
     env = ebk_for(cloud_backend, tmp_path / "ebk", pg_cluster, monkeypatch)
-    manifest = json.loads(env.run("backup", "--type", "logical", "--database", source,
-                                  "--json").stdout)
+    manifest = json.loads(
+        env.run("backup", "--type", "logical", "--database", source, "--json").stdout
+    )
     assert manifest["databases"] == [source]
     env.run("restore", manifest["backup_id"], "--to-db", target, "--create")
     assert pg_cluster.psql(CONTENT_SQL.format(table="t"), db=target) == expected
@@ -99,10 +118,14 @@ def test_logical_roundtrip(cloud_backend: Backend, pg_cluster: PgCluster, tmp_pa
     assert json.loads(env.run("list", "--json").stdout) == []
 
 
-def test_transient_faults_mid_upload_are_retried(cloud_backend: Backend, proxy: FaultProxy,
-                                                 pg_cluster: PgCluster, postgres_dir: Path,
-                                                 tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transient_faults_mid_upload_are_retried(
+    cloud_backend: Backend,
+    proxy: FaultProxy,
+    pg_cluster: PgCluster,
+    postgres_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A connection cut halfway through a part, then a 503: the backup still completes."""
     via = cloud_backend.via(proxy.endpoint)
     via.apply_env(monkeypatch)
@@ -118,14 +141,24 @@ def test_transient_faults_mid_upload_are_retried(cloud_backend: Backend, proxy: 
     outcomes = [o for _m, _t, o in proxy.log]
     assert "dropped" in outcomes and "503" in outcomes
     assert cloud_backend.raw_incomplete() == []
-    env.run("restore", manifest["backup_id"], "--to", str(postgres_dir / "restored"),
-            "--owner", "postgres")  # verifies every object's SHA-256 and pg_verifybackup
+    env.run(
+        "restore",
+        manifest["backup_id"],
+        "--to",
+        str(postgres_dir / "restored"),
+        "--owner",
+        "postgres",
+    )  # verifies every object's SHA-256 and pg_verifybackup
     assert (postgres_dir / "restored" / "PG_VERSION").read_text().strip() == "15"
 
 
-def test_permanent_failure_mid_upload_leaves_nothing(cloud_backend: Backend, proxy: FaultProxy,
-                                                     pg_cluster: PgCluster, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_permanent_failure_mid_upload_leaves_nothing(
+    cloud_backend: Backend,
+    proxy: FaultProxy,
+    pg_cluster: PgCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The store keeps failing parts: the backup fails cleanly, aborted, nothing listed."""
     via = cloud_backend.via(proxy.endpoint)
     via.apply_env(monkeypatch)
@@ -140,10 +173,13 @@ def test_permanent_failure_mid_upload_leaves_nothing(cloud_backend: Backend, pro
     assert cloud_backend.raw_incomplete() == []  # multipart upload / blocks aborted
 
 
-def test_lost_store_leaves_orphans_that_repo_check_cleans(cloud_backend: Backend,
-                                                          proxy: FaultProxy,
-                                                          pg_cluster: PgCluster, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lost_store_leaves_orphans_that_repo_check_cleans(
+    cloud_backend: Backend,
+    proxy: FaultProxy,
+    pg_cluster: PgCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The store vanishes mid-upload (even abort fails): the next run finds and cleans up."""
     via = cloud_backend.via(proxy.endpoint)
     via.apply_env(monkeypatch)
@@ -175,8 +211,9 @@ def test_lost_store_leaves_orphans_that_repo_check_cleans(cloud_backend: Backend
     assert cloud_backend.raw_names("backups/") == names  # younger than 24 h: may be running, kept
     text = direct.run("repo", "check").stdout
     assert "may be running" in text
-    cleaned = json.loads(direct.run("repo", "check", "--clean", "--older-than", "0s",
-                                    "--json").stdout)
+    cleaned = json.loads(
+        direct.run("repo", "check", "--clean", "--older-than", "0s", "--json").stdout
+    )
     assert all(e["removed"] for e in cleaned["incomplete_backups"] + cleaned["orphaned_uploads"])
     assert cloud_backend.raw_names("backups/") == []
     assert cloud_backend.raw_incomplete() == []

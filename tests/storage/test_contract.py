@@ -23,7 +23,7 @@ PAYLOAD = os.urandom(MIB) * 12 + os.urandom(123_457)  # 12.1 MiB: three 5 MiB pa
 
 def write_in_pieces(writer: Any, data: bytes, piece: int = 64 * 1024 + 3) -> None:
     for offset in range(0, len(data), piece):
-        writer.write(data[offset:offset + piece])
+        writer.write(data[offset : offset + piece])
 
 
 def read_all(storage: Storage, name: str, piece: int = 1_000_003) -> bytes:
@@ -80,8 +80,7 @@ def test_streamed_object_is_invisible_until_commit(any_backend: Backend) -> None
     assert [o.name for o in storage.list()] == []
     assert any_backend.raw_names() == []
     writer.commit()
-    assert [(o.name, o.size) for o in storage.list()] == [("backups/b2/base.tar.ebk",
-                                                           len(PAYLOAD))]
+    assert [(o.name, o.size) for o in storage.list()] == [("backups/b2/base.tar.ebk", len(PAYLOAD))]
     assert read_all(storage, "backups/b2/base.tar.ebk") == PAYLOAD
     assert storage.list_incomplete() == []
     assert any_backend.raw_incomplete() == []
@@ -158,8 +157,8 @@ def test_write_after_commit_is_refused(any_backend: Backend) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gcs", "azure"])
 def test_server_side_encryption_is_requested_on_every_write(
-        kind: str, request: pytest.FixtureRequest, tmp_path: Any,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    kind: str, request: pytest.FixtureRequest, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The emulators accept but do not record CMEK / encryption scopes, so the proxy checks
     that every write asks for them (S3's SSE-KMS is checked on moto in test_s3.py)."""
     from tests.storage.conftest import backend_for
@@ -171,8 +170,11 @@ def test_server_side_encryption_is_requested_on_every_write(
     try:
         via = backend.via(proxy.endpoint)
         via.apply_env(monkeypatch)
-        option = ({"gcs_kms_key_name": "projects/p/locations/l/keyRings/r/cryptoKeys/ebk"}
-                  if kind == "gcs" else {"azure_encryption_scope": "ebkscope"})
+        option = (
+            {"gcs_kms_key_name": "projects/p/locations/l/keyRings/r/cryptoKeys/ebk"}
+            if kind == "gcs"
+            else {"azure_encryption_scope": "ebkscope"}
+        )
         storage = via.open(**option)
         storage.put_bytes("small", b"{}")
         writer = storage.open_write("big")

@@ -24,19 +24,22 @@ pytestmark = pytest.mark.slow
 
 
 def test_object_lock_retention_is_set_and_delete_refuses(
-        s3_backend: Backend, pg_cluster: PgCluster, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    s3_backend: Backend, pg_cluster: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s3 = s3_backend.s3()
     s3.delete_bucket(Bucket=s3_backend.bucket)
     s3.create_bucket(Bucket=s3_backend.bucket, ObjectLockEnabledForBucket=True)
     monkeypatch.setenv("EBK_REPOSITORY__URL", s3_backend.url)
-    env = make_env(tmp_path / "ebk", pg_cluster,
-                   extra=s3_backend.storage_toml(object_lock_days=2))
-    manifest = json.loads(env.run("backup", "--type", "logical", "--database", "postgres",
-                                  "--json").stdout)
+    env = make_env(tmp_path / "ebk", pg_cluster, extra=s3_backend.storage_toml(object_lock_days=2))
+    manifest = json.loads(
+        env.run("backup", "--type", "logical", "--database", "postgres", "--json").stdout
+    )
     backup_id = manifest["backup_id"]
-    for name in (f"manifests/{backup_id}.json", f"backups/{backup_id}/key.json",
-                 f"backups/{backup_id}/{manifest['objects'][0]['name']}"):
+    for name in (
+        f"manifests/{backup_id}.json",
+        f"backups/{backup_id}/key.json",
+        f"backups/{backup_id}/{manifest['objects'][0]['name']}",
+    ):
         head = s3.head_object(Bucket=s3_backend.bucket, Key=f"{s3_backend.prefix}/{name}")
         assert head["ObjectLockMode"] == "GOVERNANCE"
         until = head["ObjectLockRetainUntilDate"]
@@ -49,8 +52,9 @@ def test_object_lock_retention_is_set_and_delete_refuses(
     # Even bypassing ebk, the locked version cannot be removed.
     versions = s3.list_object_versions(Bucket=s3_backend.bucket)["Versions"]
     with pytest.raises(s3.exceptions.ClientError, match="AccessDenied"):
-        s3.delete_object(Bucket=s3_backend.bucket, Key=versions[0]["Key"],
-                         VersionId=versions[0]["VersionId"])
+        s3.delete_object(
+            Bucket=s3_backend.bucket, Key=versions[0]["Key"], VersionId=versions[0]["VersionId"]
+        )
 
 
 def test_object_lock_needs_a_lock_enabled_bucket(s3_backend: Backend) -> None:
@@ -66,15 +70,19 @@ def test_expired_retention_allows_delete(s3_backend: Backend) -> None:
     s3.create_bucket(Bucket=s3_backend.bucket, ObjectLockEnabledForBucket=True)
     storage = s3_backend.open()
     storage.put_bytes("old", b"x")
-    s3.put_object_retention(Bucket=s3_backend.bucket, Key=f"{s3_backend.prefix}/old",
-                            Retention={"Mode": "GOVERNANCE",
-                                       "RetainUntilDate": datetime.now(UTC) + timedelta(days=1)})
+    s3.put_object_retention(
+        Bucket=s3_backend.bucket,
+        Key=f"{s3_backend.prefix}/old",
+        Retention={"Mode": "GOVERNANCE", "RetainUntilDate": datetime.now(UTC) + timedelta(days=1)},
+    )
     with pytest.raises(ObjectLocked):
         storage.delete("old")
-    s3.put_object_retention(Bucket=s3_backend.bucket, Key=f"{s3_backend.prefix}/old",
-                            BypassGovernanceRetention=True,
-                            Retention={"Mode": "GOVERNANCE",
-                                       "RetainUntilDate": datetime.now(UTC) - timedelta(days=1)})
+    s3.put_object_retention(
+        Bucket=s3_backend.bucket,
+        Key=f"{s3_backend.prefix}/old",
+        BypassGovernanceRetention=True,
+        Retention={"Mode": "GOVERNANCE", "RetainUntilDate": datetime.now(UTC) - timedelta(days=1)},
+    )
     storage.delete("old")
     assert not storage.exists("old")
 
@@ -115,28 +123,52 @@ def test_memory_stays_bounded_for_a_long_stream(s3_backend: Backend) -> None:
 @pytest.fixture(scope="module")
 def moto_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A second moto that checks credentials and IAM policies after 4 setup calls."""
-    with run_moto(tmp_path_factory.mktemp("moto-auth"), name="moto-auth",
-                  env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"}) as server:
-        root: dict[str, Any] = {"endpoint_url": server.endpoint, "region_name": "us-east-1",
-                "aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    with run_moto(
+        tmp_path_factory.mktemp("moto-auth"),
+        name="moto-auth",
+        env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"},
+    ) as server:
+        root: dict[str, Any] = {
+            "endpoint_url": server.endpoint,
+            "region_name": "us-east-1",
+            "aws_access_key_id": "test",
+            "aws_secret_access_key": "test",
+        }
         boto3.client("s3", **root).create_bucket(Bucket="ebk-auth")
         iam = boto3.client("iam", **root)
         iam.create_user(UserName="reader")
         key = iam.create_access_key(UserName="reader")["AccessKey"]
-        iam.put_user_policy(UserName="reader", PolicyName="list-only", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": "*"}]}))
-        server.env = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-                      "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        iam.put_user_policy(
+            UserName="reader",
+            PolicyName="list-only",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": "*"}
+                    ],
+                }
+            ),
+        )
+        server.env = {
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+        }
         yield server
 
 
 def test_bad_credentials_and_missing_permission_are_distinct(
-        moto_auth: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    moto_auth: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ebk.config import StorageConfig
 
-    config = StorageConfig(endpoint_url=moto_auth.endpoint, addressing_style="path",
-                           region="us-east-1", max_retries=1, retry_base_delay=0.01)
+    config = StorageConfig(
+        endpoint_url=moto_auth.endpoint,
+        addressing_style="path",
+        region="us-east-1",
+        max_retries=1,
+        retry_base_delay=0.01,
+    )
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEBKWRONGWRONG000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
     with pytest.raises(StorageCredentialsError) as bad:
@@ -174,8 +206,8 @@ def test_delete_is_one_request_in_an_unversioned_bucket(s3_backend: Backend) -> 
 
 
 def test_attacks_on_an_object_locked_bucket(
-        s3_backend: Backend, pg_cluster: PgCluster, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    s3_backend: Backend, pg_cluster: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 10 on S3 with Object Lock, as a bucket writer without keys: a plain DELETE
     hides the newest manifest (the locked version stays); planted manifests claim the
     retention windows. `latest` is refused, retention deletes nothing real."""
@@ -183,10 +215,13 @@ def test_attacks_on_an_object_locked_bucket(
     s3.delete_bucket(Bucket=s3_backend.bucket)
     s3.create_bucket(Bucket=s3_backend.bucket, ObjectLockEnabledForBucket=True)
     monkeypatch.setenv("EBK_REPOSITORY__URL", s3_backend.url)
-    env = make_env(tmp_path / "ebk", pg_cluster,
-                   extra=s3_backend.storage_toml(object_lock_days=2))
-    ids = [json.loads(env.run("backup", "--type", "logical", "--database", "postgres",
-                              "--json").stdout)["backup_id"] for _ in range(2)]
+    env = make_env(tmp_path / "ebk", pg_cluster, extra=s3_backend.storage_toml(object_lock_days=2))
+    ids = [
+        json.loads(
+            env.run("backup", "--type", "logical", "--database", "postgres", "--json").stdout
+        )["backup_id"]
+        for _ in range(2)
+    ]
     env.run("list")  # this host has seen the newest
     prefix = s3_backend.prefix
     newest_key = f"{prefix}/manifests/{ids[1]}.json"
@@ -196,8 +231,11 @@ def test_attacks_on_an_object_locked_bucket(
         when = datetime.now(UTC) + timedelta(days=day)
         planted = when.strftime("%Y%m%dT%H%M%S000000Z") + f"-{day:06x}"
         doc = dict(json.loads(template), backup_id=planted, start_time=when.isoformat())
-        s3.put_object(Bucket=s3_backend.bucket, Key=f"{prefix}/manifests/{planted}.json",
-                      Body=json.dumps(doc).encode())
+        s3.put_object(
+            Bucket=s3_backend.bucket,
+            Key=f"{prefix}/manifests/{planted}.json",
+            Body=json.dumps(doc).encode(),
+        )
     listed = env.run("list", "--json")
     assert [b["backup_id"] for b in json.loads(listed.stdout)] == [ids[0]]
     assert "not signed" in listed.stderr or "does not verify" in listed.stderr

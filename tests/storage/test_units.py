@@ -110,8 +110,9 @@ def test_part_pipeline_bounds_memory_and_keeps_order() -> None:
             seen.append((number, len(data)))
         return number
 
-    pipe: PartPipeline[int] = PartPipeline(upload, part_size=lambda n: MIB, in_flight=2,
-                                           workers=2, name="t")
+    pipe: PartPipeline[int] = PartPipeline(
+        upload, part_size=lambda n: MIB, in_flight=2, workers=2, name="t"
+    )
     piece = b"x" * (64 * 1024 + 1)
     total = 0
     for _ in range(300):  # ~19 MiB
@@ -129,8 +130,9 @@ def test_part_pipeline_reports_an_upload_error_to_the_writer() -> None:
         if number == 2:
             raise StorageError("part 2 failed")
 
-    pipe: PartPipeline[None] = PartPipeline(upload, part_size=lambda n: 1024, in_flight=1,
-                                            workers=1, name="t")
+    pipe: PartPipeline[None] = PartPipeline(
+        upload, part_size=lambda n: 1024, in_flight=1, workers=1, name="t"
+    )
     with pytest.raises(StorageError, match="part 2 failed"):
         for _ in range(100):
             pipe.write(b"y" * 1000)
@@ -148,7 +150,8 @@ def test_range_reader_retries_chunks_and_checks_lengths() -> None:
             if start not in failed:
                 failed.add(start)
                 raise Flaky()
-            return data[start:end + 1]
+            return data[start : end + 1]
+
         return retrier.call("read", once)
 
     with RangeReader(fetch, len(data), chunk=100_000, ahead=3, name="t") as reader:
@@ -171,14 +174,17 @@ def test_s3_part_size_grows_so_10000_parts_reach_about_a_terabyte() -> None:
     assert sum(part_size_for(16 * MIB, n) for n in range(1, MAX_PARTS + 1)) > 900 * 1024**3
 
 
-@pytest.mark.parametrize(("key", "value", "fragment"), [
-    ("part_size", 1024 * 1024, "part_size"),
-    ("part_size", 5 * MIB + 1, "part_size"),
-    ("parts_in_flight", 0, "parts_in_flight"),
-    ("addressing_style", "sideways", "addressing_style"),
-    ("object_lock_mode", "strict", "object_lock_mode"),
-    ("object_lock_days", -1, "object_lock_days"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("part_size", 1024 * 1024, "part_size"),
+        ("part_size", 5 * MIB + 1, "part_size"),
+        ("parts_in_flight", 0, "parts_in_flight"),
+        ("addressing_style", "sideways", "addressing_style"),
+        ("object_lock_mode", "strict", "object_lock_mode"),
+        ("object_lock_days", -1, "object_lock_days"),
+    ],
+)
 def test_storage_config_rejects_bad_values(key: str, value: object, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         StorageConfig(**{key: value}).validate()  # type: ignore[arg-type]
@@ -187,19 +193,23 @@ def test_storage_config_rejects_bad_values(key: str, value: object, fragment: st
 def test_storage_config_from_file_and_env(tmp_path: Path) -> None:
     path = tmp_path / "ebk.toml"
     path.write_text('[storage]\nendpoint_url = "http://127.0.0.1:9000"\npart_size = 8388608\n')
-    config = load_config(path, {"EBK_STORAGE__PARTS_IN_FLIGHT": "6",
-                                "EBK_STORAGE__ADDRESSING_STYLE": "path"})
+    config = load_config(
+        path, {"EBK_STORAGE__PARTS_IN_FLIGHT": "6", "EBK_STORAGE__ADDRESSING_STYLE": "path"}
+    )
     assert config.storage.part_size == 8 * MIB
     assert config.storage.parts_in_flight == 6
     assert config.storage.addressing_style == "path"
 
 
-@pytest.mark.parametrize(("url", "fragment"), [
-    ("ftp://host/x", "unsupported scheme"),
-    ("s3:///prefix", "names no bucket"),
-    ("s3://bucket/p?region=x", "options go in"),
-    ("file://host/x", "local path"),
-])
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("ftp://host/x", "unsupported scheme"),
+        ("s3:///prefix", "names no bucket"),
+        ("s3://bucket/p?region=x", "options go in"),
+        ("file://host/x", "local path"),
+    ],
+)
 def test_repository_urls_are_checked(url: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         open_storage(url, StorageConfig())
@@ -222,7 +232,8 @@ def test_azure_needs_an_account_endpoint(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_s3_virtual_host_addressing_puts_the_bucket_in_the_host(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """No emulator resolves bucket.HOST here, so botocore's send is stubbed (recorded)."""
     import boto3
     from botocore.awsrequest import AWSResponse
@@ -238,8 +249,10 @@ def test_s3_virtual_host_addressing_puts_the_bucket_in_the_host(
 
         def record(request: Any, **_: Any) -> AWSResponse:
             urls.append(request.url)
-            body = (b'<?xml version="1.0"?><ListBucketResult><IsTruncated>false</IsTruncated>'
-                    b"</ListBucketResult>")
+            body = (
+                b'<?xml version="1.0"?><ListBucketResult><IsTruncated>false</IsTruncated>'
+                b"</ListBucketResult>"
+            )
             return AWSResponse(request.url, 200, HTTPHeaders(), _Raw(body))
 
         made.meta.events.register("before-send.s3", record)
@@ -248,10 +261,20 @@ def test_s3_virtual_host_addressing_puts_the_bucket_in_the_host(
     monkeypatch.setattr(boto3.session.Session, "client", client)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    S3Storage("my-bucket", "p", StorageConfig(endpoint_url="https://s3.example.test",
-                                              region="eu-west-1", addressing_style="virtual"))
-    S3Storage("my-bucket", "p", StorageConfig(endpoint_url="https://s3.example.test",
-                                              region="eu-west-1", addressing_style="path"))
+    S3Storage(
+        "my-bucket",
+        "p",
+        StorageConfig(
+            endpoint_url="https://s3.example.test", region="eu-west-1", addressing_style="virtual"
+        ),
+    )
+    S3Storage(
+        "my-bucket",
+        "p",
+        StorageConfig(
+            endpoint_url="https://s3.example.test", region="eu-west-1", addressing_style="path"
+        ),
+    )
     assert urls[0].startswith("https://my-bucket.s3.example.test/")
     assert urls[1].startswith("https://s3.example.test/my-bucket")
 
@@ -271,10 +294,12 @@ class _Raw:
 def test_backup_id_times() -> None:
     from ebk.repository.layout import backup_id_time, is_backup_id, new_backup_id
 
-    assert backup_id_time("20261128T142301Z-3fa9c1") == datetime(2026, 11, 28, 14, 23, 1,
-                                                                 tzinfo=UTC)
+    assert backup_id_time("20261128T142301Z-3fa9c1") == datetime(
+        2026, 11, 28, 14, 23, 1, tzinfo=UTC
+    )
     assert backup_id_time("20261128T142301000042Z-3fa9c1") == datetime(
-        2026, 11, 28, 14, 23, 1, 42, tzinfo=UTC)
+        2026, 11, 28, 14, 23, 1, 42, tzinfo=UTC
+    )
     assert backup_id_time("garbage") is None
     assert not is_backup_id("../../etc") and not is_backup_id("20261128T142301Z-3fa9c1/x")
     # Ids taken within one second sort in the order they were taken.

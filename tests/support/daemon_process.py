@@ -19,14 +19,18 @@ from tests.support.net import free_port
 from tests.support.postgres import PgCluster
 
 
-def daemon_section(root: Path, port: int, jobs: str, extra: str = "",
-                   shutdown_timeout: float = 10) -> str:
-    return (f'[daemon]\nlisten = "127.0.0.1:{port}"\nstate_dir = "{root}/state"\n'
-            f"shutdown_timeout_seconds = {shutdown_timeout}\n{extra}\n{jobs}\n")
+def daemon_section(
+    root: Path, port: int, jobs: str, extra: str = "", shutdown_timeout: float = 10
+) -> str:
+    return (
+        f'[daemon]\nlisten = "127.0.0.1:{port}"\nstate_dir = "{root}/state"\n'
+        f"shutdown_timeout_seconds = {shutdown_timeout}\n{extra}\n{jobs}\n"
+    )
 
 
-def job(kind: str, cron: str = "", name: str = "", interval: int = 0,
-        databases: tuple[str, ...] = ()) -> str:
+def job(
+    kind: str, cron: str = "", name: str = "", interval: int = 0, databases: tuple[str, ...] = ()
+) -> str:
     text = f'[[daemon.jobs]]\nkind = "{kind}"\n'
     if name:
         text += f'name = "{name}"\n'
@@ -39,19 +43,35 @@ def job(kind: str, cron: str = "", name: str = "", interval: int = 0,
     return text + "\n"
 
 
-def daemon_env(root: Path, cluster: PgCluster | None, jobs: str, *, extra: str = "",
-               daemon_extra: str = "", shutdown_timeout: float = 10) -> tuple[EbkEnv, int]:
+def daemon_env(
+    root: Path,
+    cluster: PgCluster | None,
+    jobs: str,
+    *,
+    extra: str = "",
+    daemon_extra: str = "",
+    shutdown_timeout: float = 10,
+) -> tuple[EbkEnv, int]:
     port = free_port()
-    env = make_env(root, cluster, extra=extra + daemon_section(root, port, jobs, daemon_extra,
-                                                               shutdown_timeout))
+    env = make_env(
+        root,
+        cluster,
+        extra=extra + daemon_section(root, port, jobs, daemon_extra, shutdown_timeout),
+    )
     return env, port
 
 
 class DaemonProcess:
     """One `python -m ebk --config CFG daemon` (or ``argv``), its stderr in a file."""
 
-    def __init__(self, env: EbkEnv, port: int, *, extra_env: dict[str, str] | None = None,
-                 argv: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        env: EbkEnv,
+        port: int,
+        *,
+        extra_env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
+    ) -> None:
         self.env = env
         self.port = port
         self.log_path = env.root / f"daemon-{time.monotonic_ns()}.log"
@@ -60,7 +80,9 @@ class DaemonProcess:
         child_env.update(extra_env or {})
         self.proc = subprocess.Popen(
             argv or [sys.executable, "-m", "ebk", "--config", str(env.config_path), "daemon"],
-            stdout=subprocess.DEVNULL, stderr=self._log, env=child_env,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            env=child_env,
         )
 
     @property
@@ -80,23 +102,30 @@ class DaemonProcess:
     def events(self, name: str) -> list[dict[str, Any]]:
         return [line for line in self.lines() if line.get("event") == name]
 
-    def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0,
-                 what: str = "condition") -> Any:
+    def wait_for(
+        self, predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition"
+    ) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = predicate()
             if value:
                 return value
             if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited ({self.proc.returncode}) while waiting for "
-                                     f"{what}:\n{self.log_path.read_text()[-4000:]}")
+                raise AssertionError(
+                    f"daemon exited ({self.proc.returncode}) while waiting for "
+                    f"{what}:\n{self.log_path.read_text()[-4000:]}"
+                )
             time.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n"
-                             f"{self.log_path.read_text()[-4000:]}")
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}:\n{self.log_path.read_text()[-4000:]}"
+        )
 
     def wait_event(self, name: str, count: int = 1, timeout: float = 30.0) -> list[dict[str, Any]]:
-        return self.wait_for(lambda: (found := self.events(name)) and len(found) >= count
-                             and found, timeout, f"{count}x log event {name!r}")
+        return self.wait_for(
+            lambda: (found := self.events(name)) and len(found) >= count and found,
+            timeout,
+            f"{count}x log event {name!r}",
+        )
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -111,6 +140,7 @@ class DaemonProcess:
                 return self.get("/readyz")[0] == 200
             except OSError:
                 return False
+
         self.wait_for(ready, timeout, "/readyz to answer 200")
 
     def metric(self, name: str, **labels: str) -> float | None:

@@ -24,8 +24,10 @@ from tests.support.net import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
-               "K1SZFPTOtr/KBHBeksoGMGw==")  # Azurite's published development key, not a secret
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
+    "K1SZFPTOtr/KBHBeksoGMGw=="
+)  # Azurite's published development key, not a secret
 AZURITE_ACCOUNT = "devstoreaccount1"
 
 
@@ -69,14 +71,26 @@ class Server:
 
 
 @contextmanager
-def run_server(name: str, argv: list[str], port: int, workdir: Path,
-               env: dict[str, str] | None = None, timeout: float = 60) -> Iterator[Server]:
+def run_server(
+    name: str,
+    argv: list[str],
+    port: int,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> Iterator[Server]:
     """Start ``argv`` (which listens on ``port``), log to ``workdir/name.log``, stop after."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"{name}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     server = Server(name, port, proc, log)
     try:
         try:
@@ -95,23 +109,44 @@ def moto_argv(port: int) -> list[str]:
 
 def gcs_argv(port: int) -> list[str]:
     """The GCS emulator through gcs_faithful.py (preconditions, paged listings, like GCS)."""
-    require_tool("gcp-storage-emulator", "pip gcp-storage-emulator",
-                 VENV_BIN / "gcp-storage-emulator")
+    require_tool(
+        "gcp-storage-emulator", "pip gcp-storage-emulator", VENV_BIN / "gcp-storage-emulator"
+    )
     faithful = Path(__file__).with_name("gcs_faithful.py")
-    return [sys.executable, str(faithful), "start", "--port", str(port), "-H", "127.0.0.1",
-            "--in-memory", "-q"]
+    return [
+        sys.executable,
+        str(faithful),
+        "start",
+        "--port",
+        str(port),
+        "-H",
+        "127.0.0.1",
+        "--in-memory",
+        "-q",
+    ]
 
 
 def azurite_argv(port: int) -> list[str]:
-    tool = require_tool("azurite-blob", "npm azurite@3",
-                        ROOT / ".cache/npm/node_modules/.bin/azurite-blob")
-    return [tool, "--blobHost", "127.0.0.1", "--blobPort", str(port),
-            "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry", "--silent"]
+    tool = require_tool(
+        "azurite-blob", "npm azurite@3", ROOT / ".cache/npm/node_modules/.bin/azurite-blob"
+    )
+    return [
+        tool,
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--inMemoryPersistence",
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+        "--silent",
+    ]
 
 
 @contextmanager
-def run_moto(workdir: Path, *, name: str = "moto",
-             env: dict[str, str] | None = None) -> Iterator[Server]:
+def run_moto(
+    workdir: Path, *, name: str = "moto", env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """moto's server: S3, KMS, EC2 and IAM on one port (``env``: e.g. auth settings)."""
     port = free_port()
     with run_server(name, moto_argv(port), port, workdir, env) as server:
@@ -133,8 +168,10 @@ def run_azurite(workdir: Path) -> Iterator[Server]:
 
 
 def azurite_connection_string(endpoint: str) -> str:
-    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
-            f"AccountKey={AZURITE_KEY};BlobEndpoint={endpoint}/{AZURITE_ACCOUNT};")
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+        f"AccountKey={AZURITE_KEY};BlobEndpoint={endpoint}/{AZURITE_ACCOUNT};"
+    )
 
 
 def unique(prefix: str) -> str:

@@ -54,13 +54,18 @@ def set_v2_policy(directory: Path, ident: bytes) -> tuple[str, str]:
     kernel accepts a policy whose algorithm it lacks and fails only at the first
     file, so a probe file decides.  Returns (contents, filenames) mode names.
     """
-    for contents, names, labels in ((AES_256_XTS, AES_256_CTS, ("AES-256-XTS", "AES-256-CTS")),
-                                    (ADIANTUM, ADIANTUM, ("Adiantum", "Adiantum"))):
+    for contents, names, labels in (
+        (AES_256_XTS, AES_256_CTS, ("AES-256-XTS", "AES-256-CTS")),
+        (ADIANTUM, ADIANTUM, ("Adiantum", "Adiantum")),
+    ):
         directory.mkdir()
         fd = os.open(directory, os.O_RDONLY)
         try:
-            fcntl.ioctl(fd, FS_IOC_SET_ENCRYPTION_POLICY,
-                        bytearray(struct.pack("=BBBB4x16s", 2, contents, names, 0, ident)))
+            fcntl.ioctl(
+                fd,
+                FS_IOC_SET_ENCRYPTION_POLICY,
+                bytearray(struct.pack("=BBBB4x16s", 2, contents, names, 0, ident)),
+            )
         finally:
             os.close(fd)
         try:
@@ -74,16 +79,27 @@ def set_v2_policy(directory: Path, ident: bytes) -> tuple[str, str]:
 
 
 @contextmanager
-def loop_ext4(image: Path, mount_point: Path, *, size_mb: int = 96, encrypt: bool = False
-              ) -> Iterator[Path]:
+def loop_ext4(
+    image: Path, mount_point: Path, *, size_mb: int = 96, encrypt: bool = False
+) -> Iterator[Path]:
     """A real ext4 filesystem on a loop device (sparse image), unmounted afterwards."""
     need_root()
     need(shutil.which("mkfs.ext4") is not None, "mkfs.ext4 (Debian package e2fsprogs)")
     with image.open("wb") as fh:
         fh.truncate(size_mb * 1024 * 1024)
     opts = ["-O", "encrypt"] if encrypt else []
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1",
-                    *opts, str(image)], check=True)
+    subprocess.run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1",
+            *opts,
+            str(image),
+        ],
+        check=True,
+    )
     mount_point.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True)
     try:
@@ -102,14 +118,23 @@ def gocryptfs_mount(root: Path) -> Iterator[Path]:
     cipher.mkdir(parents=True)
     plain.mkdir()
     pw.write_text("correct horse battery staple\n")
-    subprocess.run(["gocryptfs", "-q", "-init", "-scryptn", "10", "-passfile", str(pw),
-                    str(cipher)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["gocryptfs", "-q", "-init", "-scryptn", "10", "-passfile", str(pw), str(cipher)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     # No pipes: the daemonized gocryptfs keeps inherited pipes open, and waiting for
     # their EOF would hang.  -fg is avoided for the same reason; the parent exits once
     # the mount is up.
-    subprocess.run(["gocryptfs", "-q", "-nosyslog", "-passfile", str(pw), str(cipher),
-                    str(plain)], check=True, stdin=subprocess.DEVNULL,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    subprocess.run(
+        ["gocryptfs", "-q", "-nosyslog", "-passfile", str(pw), str(cipher), str(plain)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+    )
     try:
         yield plain
     finally:

@@ -73,12 +73,18 @@ class Bao:
         return self.root / "audit.log"
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ, BAO_ADDR=self.address, BAO_TOKEN=self.token,
-                    BAO_CACERT=str(self.ca_cert), HOME=str(self.root))
+        return dict(
+            os.environ,
+            BAO_ADDR=self.address,
+            BAO_TOKEN=self.token,
+            BAO_CACERT=str(self.ca_cert),
+            HOME=str(self.root),
+        )
 
     def bao(self, *args: str, check: bool = True) -> str:
-        proc = subprocess.run([bao_path(), *args], capture_output=True, text=True, env=self.env(),
-                              timeout=60)
+        proc = subprocess.run(
+            [bao_path(), *args], capture_output=True, text=True, env=self.env(), timeout=60
+        )
         if check and proc.returncode != 0:
             raise RuntimeError(f"bao {' '.join(args)} failed: {proc.stderr}")
         return proc.stdout
@@ -98,8 +104,9 @@ class Bao:
 
     def transit_requests(self) -> list[str]:
         """Paths of the requests to the transit mount, in order."""
-        return [str(r["path"]) for r in self.requests()
-                if str(r.get("path", "")).startswith("transit/")]
+        return [
+            str(r["path"]) for r in self.requests() if str(r.get("path", "")).startswith("transit/")
+        ]
 
     def stop(self) -> None:
         if not self.stopped:
@@ -117,18 +124,31 @@ def start_bao(root: Path) -> Bao:
     root.mkdir(parents=True, exist_ok=True)
     (root / "tls").mkdir(exist_ok=True)
     (root / "bao.hcl").write_text(
-        f'audit "file" "count" {{\n  options {{\n    file_path = "{root / "audit.log"}"\n'
-        "  }\n}\n"
+        f'audit "file" "count" {{\n  options {{\n    file_path = "{root / "audit.log"}"\n  }}\n}}\n'
     )
     tool = bao_path()
     port = _free_pair()
     log = open(root / "bao.log", "wb")  # noqa: SIM115 - owned by the process
-    bao = Bao(root, port, subprocess.Popen(
-        [tool, "server", "-dev", "-dev-tls", f"-dev-tls-cert-dir={root / 'tls'}",
-         "-dev-root-token-id=ebk-test-root", "-dev-no-store-token",
-         f"-dev-listen-address=127.0.0.1:{port}", f"-config={root / 'bao.hcl'}"],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, HOME=str(root)),
-    ))
+    bao = Bao(
+        root,
+        port,
+        subprocess.Popen(
+            [
+                tool,
+                "server",
+                "-dev",
+                "-dev-tls",
+                f"-dev-tls-cert-dir={root / 'tls'}",
+                "-dev-root-token-id=ebk-test-root",
+                "-dev-no-store-token",
+                f"-dev-listen-address=127.0.0.1:{port}",
+                f"-config={root / 'bao.hcl'}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, HOME=str(root)),
+        ),
+    )
     log.close()
     try:
         wait_for_port(port, timeout=30)
@@ -158,11 +178,18 @@ def run_openbao(root: Path) -> Iterator[Bao]:
         bao.stop()
 
 
-def vault_toml(bao: Bao, *, key: str = "ebk", token_file: Path | None = None,
-               recipients: tuple[str, ...] = (), extra: str = "") -> str:
+def vault_toml(
+    bao: Bao,
+    *,
+    key: str = "ebk",
+    token_file: Path | None = None,
+    recipients: tuple[str, ...] = (),
+    extra: str = "",
+) -> str:
     tf = token_file or bao.token_file()
     rec = ", ".join(f'"{r}"' for r in recipients)
-    return (f'[keys]\nprovider = "vault"\nrecovery_recipients = [{rec}]\n\n'
-            f'[vault]\naddress = "{bao.address}"\ntransit_key = "{key}"\n'
-            f'token_file = "{tf}"\nca_cert = "{bao.ca_cert}"\ntimeout = 5.0\nretries = 1\n'
-            + extra)
+    return (
+        f'[keys]\nprovider = "vault"\nrecovery_recipients = [{rec}]\n\n'
+        f'[vault]\naddress = "{bao.address}"\ntransit_key = "{key}"\n'
+        f'token_file = "{tf}"\nca_cert = "{bao.ca_cert}"\ntimeout = 5.0\nretries = 1\n' + extra
+    )

@@ -24,14 +24,15 @@ def _text(data: str | bytes | None) -> str:
 def _streams(result: Outcome) -> tuple[int, str, str]:
     if isinstance(result, Result):
         if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise AssertionError(f"the command raised {result.exception!r} instead of refusing "
-                                 f"cleanly:\n{result.output}") from result.exception
+            raise AssertionError(
+                f"the command raised {result.exception!r} instead of refusing "
+                f"cleanly:\n{result.output}"
+            ) from result.exception
         return result.exit_code, result.stdout, result.stderr
     return result.returncode, _text(result.stdout), _text(result.stderr)
 
 
-def assert_refused(result: Outcome, exit_code: int, *,
-                   mentions: str | Sequence[str] = ()) -> str:
+def assert_refused(result: Outcome, exit_code: int, *, mentions: str | Sequence[str] = ()) -> str:
     """Assert a refusal with ``exit_code``, no "Traceback" on stdout or stderr, and every
     fragment of ``mentions`` in the output; returns stdout + stderr for further checks."""
     assert exit_code != 0, "a refusal has a non-zero exit code"
