@@ -41,7 +41,8 @@ def run_preflight(
                             target.role,
                             mount.mount_point,
                             f"mount inside {target.label}",
-                            fix=f"{mount.mount_point} is mounted inside {verdict.resolved}: {FIX_VOLUME}",
+                            fix=f"{mount.mount_point} is mounted inside "
+                            f"{verdict.resolved}: {FIX_VOLUME}",
                         )
                     )
                 )

@@ -36,10 +36,14 @@ def test_jobs_are_tables_with_checked_keys(tmp_path: Path) -> None:
         ("dumps", "logical", "", 60, ["app"]),
     ]
     cases = {
-        '[[daemon.jobs]]\nkind = "physical"\ncron = "0 2 * * *"\nevery = 1\n': "unknown key daemon.jobs\\[0\\].every",
+        '[[daemon.jobs]]\nkind = "physical"\ncron = "0 2 * * *"\nevery = 1\n': (
+            "unknown key daemon.jobs\\[0\\].every"
+        ),
         '[[daemon.jobs]]\ncron = "0 2 * * *"\n': "has no kind",
         '[[daemon.jobs]]\nkind = "physical"\n': "exactly one of cron and interval_seconds",
-        '[[daemon.jobs]]\nkind = "physical"\ncron = "0 2 * * *"\ninterval_seconds = 5\n': "exactly one of",
+        '[[daemon.jobs]]\nkind = "physical"\ncron = "0 2 * * *"\ninterval_seconds = 5\n': (
+            "exactly one of"
+        ),
         '[[daemon.jobs]]\nkind = "physical"\ncron = "0 2 * * *"\n'
         '[[daemon.jobs]]\nkind = "physical"\ncron = "0 3 * * *"\n': "two daemon jobs are named",
         '[[daemon.jobs]]\nkind = "physical"\ncron = 5\n': "daemon.jobs\\[0\\].cron must be a str",
