@@ -51,6 +51,7 @@ COMMAND_MODULES = {
     "preflight": "preflight",
     "daemon": "daemon",
     "retention": "retention",
+    "bench": "bench",
 }
 
 
