@@ -388,7 +388,7 @@ class BackupConfig:
             raise ConfigError(
                 f"backup.compression_location = {self.compression_location!r}",
                 hint="use server (PostgreSQL compresses), client (ebk compresses) or auto "
-                "(docs/performance.md: client when the database host is remote or busy)",
+                "(server on the database host, client when it is remote)",
             )
         parse_max_rate(self.max_rate)
         if not 0 <= self.compression_level <= 19:

@@ -538,7 +538,7 @@ def render(report: dict[str, Any]) -> list[str]:
         f"encrypted: {volumes['encrypted']['path']} "
         f"({', '.join(volumes['encrypted']['encrypted_by'])})",
         f"host: {host['cpus']} CPUs, {int(host['ram_bytes']) >> 30} GiB, AES instructions: "
-        f"{host['cpu_aes']}, kernel AES: {host['crypto_drivers'].get('aes', '-')}, "
+        f"{host['cpu_aes']}, kernel xts(aes): {host['crypto_drivers'].get('xts(aes)', '-')}, "
         f"load {host['load_average_start']} -> {host['load_average_end']}",
         "",
         f"{'workload':<26}{'plain (min-max)':>26}{'encrypted (min-max)':>26}"
