@@ -380,7 +380,9 @@ class BackupConfig:
 
     @property
     def max_rate_kb(self) -> int:
-        """backup.max_rate in kB/s as BASE_BACKUP's MAX_RATE wants it; 0 = unlimited."""
+        """backup.max_rate in kB/s as BASE_BACKUP's MAX_RATE wants it; 0 = unlimited.
+
+        The server throttles the bytes it sends: compressed ones when it compresses."""
         return parse_max_rate(self.max_rate)
 
     def validate(self) -> None:

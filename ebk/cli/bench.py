@@ -10,6 +10,7 @@ import click
 from ebk.bench.volume import TARGET_RATIO, Options, render, run_volume_bench
 from ebk.cli.output import emit_json
 from ebk.errors import PostgresError
+from ebk.preflight.inspect import Inspector
 from ebk.runtime import Runtime
 
 
@@ -145,7 +146,8 @@ def volume(
         shared_buffers=shared_buffers,
         target=target,
     )
-    report = run_volume_bench(opts)
+    # The preflight's own classifier, with its configured cloud/Kubernetes detectors.
+    report = run_volume_bench(opts, Inspector.from_config(runtime.config.preflight))
     if json_output:
         emit_json(report)
     else:

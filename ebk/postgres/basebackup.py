@@ -65,7 +65,7 @@ class BaseBackup:
         self._fast = fast_checkpoint
         self._level = compression_level
         self._workers = compression_workers
-        self._max_rate_kb = max_rate_kb  # BASE_BACKUP MAX_RATE: the server throttles reads
+        self._max_rate_kb = max_rate_kb  # BASE_BACKUP MAX_RATE: the server throttles what it sends
         # True when the server compresses the archives (zstd frames arrive).
         self.server_compressed = False
         self._conn: PGconn | None = None
