@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import structlog
 
 from ebk.bench.cluster import SERVER_USER, BenchCluster, server_user_argv
 from ebk.bench.host import host_facts, load_average, ram_bytes
-from ebk.bench.stats import RatioInterval, Spread, percentile
+from ebk.bench.stats import RatioInterval, Spread
 from ebk.errors import BenchTargetError, PostgresError
 from ebk.preflight.inspect import Inspector
 from ebk.preflight.model import PathVerdict, Status, Target
@@ -224,18 +225,40 @@ def volume_facts(verdict: PathVerdict) -> dict[str, object]:
 _TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
 
 
-def _latencies(log_dir: Path, prefix: str) -> list[float]:
-    """Per-transaction latencies (ms) from pgbench -l logs: column 3 is microseconds."""
-    values: list[float] = []
+def _three_digits(us: int) -> int:
+    """Latency rounded to 3 significant digits: the histogram stays small (bounded
+    memory however many transactions ran) and percentiles keep 0.1 % precision."""
+    scale = 1
+    while us >= 1000 * scale:
+        scale *= 10
+    return us - us % scale
+
+
+def latency_histogram(log_dir: Path, prefix: str) -> Counter[int]:
+    """Per-transaction latencies (µs) from pgbench -l logs (column 3), then deleted."""
+    counts: Counter[int] = Counter()
     for path in log_dir.glob(f"{prefix}.*"):
         with path.open() as fh:
             for line in fh:
                 fields = line.split()
-                if len(fields) >= 3:
-                    values.append(int(fields[2]) / 1000.0)
+                if len(fields) >= 3 and fields[2].isdigit():
+                    counts[_three_digits(int(fields[2]))] += 1
         path.unlink()
-    values.sort()
-    return values
+    return counts
+
+
+def histogram_percentile(counts: Counter[int], q: float) -> float | None:
+    """Nearest-rank percentile in ms, or None without transactions."""
+    total = sum(counts.values())
+    if not total:
+        return None
+    rank = max(1, math.ceil(q / 100 * total))
+    seen = 0
+    for value in sorted(counts):
+        seen += counts[value]
+        if seen >= rank:
+            return value / 1000.0
+    return max(counts) / 1000.0
 
 
 def evict_page_cache(data_dir: Path) -> None:
@@ -286,7 +309,8 @@ class Runner:
                 cluster.psql("CHECKPOINT")
                 times.setdefault(name, {})[side] = round(time.monotonic() - began, 2)
             for cluster in self.clusters.values():
-                cluster.psql("CREATE EXTENSION IF NOT EXISTS pg_prewarm", db)
+                with suppress(PostgresError):  # contrib missing: runs warm up by themselves
+                    cluster.psql("CREATE EXTENSION IF NOT EXISTS pg_prewarm", db)
         for cluster in self.clusters.values():
             cluster.psql("CREATE DATABASE bench_copy")
         return times
@@ -317,11 +341,11 @@ class Runner:
         match = _TPS.search(out)
         if match is None:
             raise PostgresError(f"pgbench printed no tps line: {out.strip()[-200:]}")
-        lat = _latencies(self.log_dir, tag)
+        lat = latency_histogram(self.log_dir, tag)
         return Sample(
             float(match.group(1)),
-            percentile(lat, 50) if lat else None,
-            percentile(lat, 99) if lat else None,
+            histogram_percentile(lat, 50),
+            histogram_percentile(lat, 99),
             round(seconds, 2),
         )
 
