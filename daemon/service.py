@@ -33,7 +33,8 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from ebk.config import Config, JobConfig, load_config
+from ebk.config import Config, JobConfig, PostgresConfig, load_config
+from ebk.daemon.dbstats import DatabaseCollector
 from ebk.daemon.http import StatusServer
 from ebk.daemon.jobs import JobContext, JobResult, Registry, default_registry
 from ebk.daemon.metrics import DaemonMetrics
@@ -92,6 +93,7 @@ class Daemon:
         self.state: StateStore | None = None
         self.http: StatusServer | None = None
         self.metrics = DaemonMetrics(self._next_runs)
+        self.metrics.registry.register(DatabaseCollector(self._postgres, self._backup_running))
         self._not_ready = "starting"
         self._stop_signal: int | None = None
         self._reload_requested = False
@@ -255,6 +257,17 @@ class Daemon:
         self._triggers = triggers
 
     # -- running a job --------------------------------------------------------------------
+
+    def _postgres(self) -> PostgresConfig | None:
+        return self.runtime.config.postgres if self.runtime is not None else None
+
+    def _backup_running(self) -> bool:
+        """A physical or logical job is running (the window the database metrics label)."""
+        if self.runtime is None:
+            return False
+        kinds = {j.name or j.kind: j.kind for j in self.runtime.config.daemon.jobs}
+        with self._running_lock:
+            return any(kinds.get(n) in ("physical", "logical") for n in self._running)
 
     @contextlib.contextmanager
     def _tracked(self, name: str) -> Iterator[None]:

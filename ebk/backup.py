@@ -27,6 +27,7 @@ from ebk.keys.base import KeyProvider
 from ebk.keys.envelope import new_data_key
 from ebk.manifest import Manifest, StoredObject
 from ebk.pipeline import prefetch
+from ebk.placement import choose as choose_placement
 from ebk.postgres.basebackup import ArchiveStart, BaseBackup, ManifestStart
 from ebk.postgres.connection import ClusterInfo, cluster_info, list_databases
 from ebk.postgres.dump import READ_SIZE, dump_process
@@ -198,11 +199,16 @@ def _source_size(pg_manifest: bytes) -> int | None:
 
 def produce_physical(run: BackupRun) -> dict[str, object]:
     cfg = run.config.postgres
+    placement = choose_placement(run.config.backup, cfg)
+    run.log.info("compression placement", location=placement.location, reason=placement.reason)
     with BaseBackup(
         cfg,
         label=f"ebk {run.backup_id}",
-        compression_level=run.config.backup.compression_level,
+        compression_level=run.config.backup.compression_level
+        if placement.location == "server"
+        else 0,
         compression_workers=run.config.backup.compression_threads,
+        max_rate_kb=run.config.backup.max_rate_kb,
     ) as base:
         locations = {t.oid: t.location for t in base.tablespaces}
         sink: ObjectSink | None = None

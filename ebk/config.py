@@ -351,15 +351,54 @@ class PostgresConfig:
             raise ConfigError(f"postgres.port = {self.port} is not a TCP port", hint="use 1..65535")
 
 
+MAX_RATE_KB = (32, 1024 * 1024)  # BASE_BACKUP accepts 32 kB/s .. 1 GB/s
+
+
+def parse_max_rate(text: str) -> int:
+    """'' or '0': unlimited; '800k', '50M' (per second) or a number of kB/s, like
+    pg_basebackup --max-rate."""
+    raw = text.strip()
+    if raw in ("", "0"):
+        return 0
+    factor = {"k": 1, "K": 1, "m": 1024, "M": 1024}.get(raw[-1], 0)
+    number = raw[:-1] if factor else raw
+    try:
+        kb = int(number) * (factor or 1)
+    except ValueError:
+        kb = -1
+    if not MAX_RATE_KB[0] <= kb <= MAX_RATE_KB[1]:
+        raise ConfigError(
+            f"backup.max_rate = {text!r} is not a rate PostgreSQL accepts",
+            hint="use '' (unlimited), or 32k to 1024M per second, e.g. '50M'",
+        )
+    return kb
+
+
 @dataclass
 class BackupConfig:
     """How backups are made."""
 
     compression_level: int = 3
     compression_threads: int = 0
+    compression_location: str = "auto"
+    max_rate: str = ""
     databases: list[str] = field(default_factory=list)
 
+    @property
+    def max_rate_kb(self) -> int:
+        """backup.max_rate in kB/s as BASE_BACKUP's MAX_RATE wants it; 0 = unlimited.
+
+        The server throttles the bytes it sends: compressed ones when it compresses."""
+        return parse_max_rate(self.max_rate)
+
     def validate(self) -> None:
+        if self.compression_location not in ("server", "client", "auto"):
+            raise ConfigError(
+                f"backup.compression_location = {self.compression_location!r}",
+                hint="use server (PostgreSQL compresses), client (ebk compresses) or auto "
+                "(server on the database host, client when it is remote)",
+            )
+        parse_max_rate(self.max_rate)
         if not 0 <= self.compression_level <= 19:
             raise ConfigError(
                 f"backup.compression_level = {self.compression_level} is out of range",

@@ -222,3 +222,10 @@ class Interrupted(EbkError):
     """The operation was interrupted by a signal and cleaned up."""
 
     exit_code = 130
+
+
+class BenchTargetError(EbkError):
+    """A benchmark directory is unusable: missing, not empty, not writable, or both
+    directories are on the same kind of volume (a usage error)."""
+
+    exit_code = 2

@@ -69,6 +69,7 @@ COMMAND_MODULES = {
     "preflight": "preflight",
     "daemon": "daemon",
     "retention": "retention",
+    "bench": "bench",
 }
 
 

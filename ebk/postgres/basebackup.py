@@ -79,12 +79,14 @@ class BaseBackup:
         fast_checkpoint: bool = True,
         compression_level: int = 0,
         compression_workers: int = 0,
+        max_rate_kb: int = 0,
     ) -> None:
         self._cfg = cfg
         self._label = label
         self._fast = fast_checkpoint
         self._level = compression_level
         self._workers = compression_workers
+        self._max_rate_kb = max_rate_kb  # BASE_BACKUP MAX_RATE: the server throttles what it sends
         # True when the server compresses the archives (zstd frames arrive).
         self.server_compressed = False
         self._conn: PGconn | None = None
@@ -149,6 +151,8 @@ class BaseBackup:
             f"LABEL '{label}', PROGRESS false, CHECKPOINT '{checkpoint}', "
             "WAL true, WAIT true, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C'"
         )
+        if self._max_rate_kb > 0:
+            options += f", MAX_RATE {self._max_rate_kb}"
         if server_compression:
             detail = f"level={self._level}"
             if self._workers > 0:
