@@ -38,7 +38,13 @@ def _bin_dir(given: str) -> Path:
 
 @click.group()
 def bench() -> None:
-    """Measure what encryption costs the database on this host."""
+    """Measure what encryption costs the database on this host.
+
+    \b
+    Examples:
+      ebk bench volume --plain /srv/plain-test --encrypted /srv/pgdata-enc/test
+      ebk bench volume --plain /srv/p --encrypted /srv/e --rounds 5 --json
+    """
 
 
 @bench.command("volume")
