@@ -60,10 +60,11 @@ def _encrypt(dek: bytes, dek_id: str, backup_id: str, name: str, payload: bytes)
     return out.getvalue()
 
 
-def forge_logical_backup(
-    env: EbkEnv, recipient: str, system_identifier: str, dump: bytes, *, when: datetime
-) -> str:
-    """What finding 1 did: a complete, self-consistent backup for the public recipient."""
+def forge_key_object(
+    env: EbkEnv, recipient: str, system_identifier: str, when: datetime
+) -> tuple[str, bytes, str, Path]:
+    """A new backup's key object with a data key of the attacker's choice, wrapped for the
+    public recovery recipient: (backup id, DEK, DEK id, the backup's folder)."""
     backup_id = new_backup_id(when)
     dek, dek_id = secrets.token_bytes(32), f"dek-{secrets.token_hex(8)}"
     context = key_context(backup_id, system_identifier, dek_id)
@@ -88,6 +89,14 @@ def forge_logical_backup(
             }
         )
     )
+    return backup_id, dek, dek_id, folder
+
+
+def forge_logical_backup(
+    env: EbkEnv, recipient: str, system_identifier: str, dump: bytes, *, when: datetime
+) -> str:
+    """What finding 1 did: a complete, self-consistent backup for the public recipient."""
+    backup_id, dek, dek_id, folder = forge_key_object(env, recipient, system_identifier, when)
     objects = []
     for name, role, database, payload in (
         ("globals.sql.ebk", "globals", None, EVIL_SQL.encode()),
@@ -371,29 +380,8 @@ def test_a_forged_physical_backup_writes_nothing_anywhere(
         env.run("backup", "--type", "logical", "--database", "postgres", "--json").stdout
     )
     when = datetime.now(UTC) + timedelta(days=1)
-    backup_id = new_backup_id(when)
-    dek, dek_id = secrets.token_bytes(32), f"dek-{secrets.token_hex(8)}"
-    context = key_context(backup_id, real["system_identifier"], dek_id)
-    slot = seal_for(parse_recipient(recipient, where="attack"), dek, context)
-    folder = env.repo_dir / "backups" / backup_id
-    folder.mkdir(parents=True)
-    (folder / "key.json").write_text(
-        json.dumps(
-            {
-                "format": "ebk-key-object",
-                "version": 1,
-                "backup_id": backup_id,
-                "dek_id": dek_id,
-                "context": context,
-                "slots": [
-                    {
-                        "provider": "recovery",
-                        "kek_id": recipient,
-                        "wrapped": base64.b64encode(slot).decode(),
-                    }
-                ],
-            }
-        )
+    backup_id, dek, dek_id, folder = forge_key_object(
+        env, recipient, real["system_identifier"], when
     )
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w") as tar:
