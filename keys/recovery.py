@@ -108,13 +108,18 @@ def _raw_public(key: X25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+def decode_key32(text: str, hrp: str, what: str) -> bytes:
+    """The 32 bytes of a Bech32 key with human-readable part ``hrp``; ValueError otherwise."""
+    found, raw = bech32_decode(text.strip())
+    if found != hrp or len(raw) != 32:
+        raise ValueError(f"not an {hrp}1... {what}")
+    return raw
+
+
 def parse_recipient(text: str, *, where: str) -> X25519PublicKey:
     """A recipient line from the config; ConfigError names the key when it is not one."""
     try:
-        hrp, raw = bech32_decode(text.strip())
-        if hrp != RECIPIENT_HRP or len(raw) != 32:
-            raise ValueError(f"not an {RECIPIENT_HRP}1... recipient")
-        return X25519PublicKey.from_public_bytes(raw)
+        return X25519PublicKey.from_public_bytes(decode_key32(text, RECIPIENT_HRP, "recipient"))
     except ValueError as exc:
         raise ConfigError(
             f"{where}: {text[:24]!r}... is not a valid recovery recipient ({exc})",

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ebk.errors import ConfigError, IntegrityError, KeyProviderError, WrongKey
 from ebk.keys.base import KeyProvider, WrappedKey
-from ebk.keys.recovery import bech32_decode, bech32_encode
+from ebk.keys.recovery import bech32_encode, decode_key32
 
 WRITER_KEY_OBJECT = "keys/writer.json"
 MAX_WRITER_KEY_SIZE = 64 * 1024
@@ -52,10 +52,7 @@ def encode_public(public: Ed25519PublicKey) -> str:
 
 def parse_public(text: str, *, where: str) -> Ed25519PublicKey:
     try:
-        hrp, raw = bech32_decode(text.strip())
-        if hrp != PUBLIC_HRP or len(raw) != 32:
-            raise ValueError(f"not an {PUBLIC_HRP}1... writer key")
-        return Ed25519PublicKey.from_public_bytes(raw)
+        return Ed25519PublicKey.from_public_bytes(decode_key32(text, PUBLIC_HRP, "writer key"))
     except ValueError as exc:
         raise ConfigError(
             f"{where}: {text[:24]!r}... is not a writer public key ({exc})",

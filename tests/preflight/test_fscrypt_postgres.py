@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,12 @@ from tests.support.ebkenv import make_env
 from tests.support.encrypted_fs import add_raw_key, loop_ext4, set_v2_policy
 from tests.support.needs import need_root
 from tests.support.net import free_port
-from tests.support.postgres import PG_BIN, PgCluster, give_to_postgres, make_postgres_dir
+from tests.support.postgres import (
+    PgCluster,
+    give_to_postgres,
+    init_cluster,
+    make_postgres_dir,
+)
 
 pytestmark = pytest.mark.root
 
@@ -31,12 +35,6 @@ class EncryptedCluster:
     wal: Path
     tablespace: Path
     modes: tuple[str, str]
-
-
-def _as_postgres(*argv: str) -> None:
-    subprocess.run(
-        ["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True, text=True
-    )
 
 
 @pytest.fixture(scope="module")
@@ -53,28 +51,7 @@ def enc_cluster() -> Iterator[EncryptedCluster]:
             for d in (ts,):
                 d.mkdir()
                 give_to_postgres(d)
-            _as_postgres(
-                str(PG_BIN / "initdb"),
-                "-D",
-                str(data),
-                "--waldir",
-                str(wal),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale",
-                "C",
-            )
-            with open(data / "postgresql.conf", "a") as conf:
-                conf.write(
-                    "fsync = off\nwal_level = replica\nmax_wal_senders = 4\nshared_buffers = 16MB\n"
-                )
-            cluster = PgCluster(data, free_port(), base, base / "postgres.log")
-            cluster.start()
+            cluster = init_cluster(base, data=data, waldir=wal)
             try:
                 cluster.psql(f"CREATE TABLESPACE plain_ts LOCATION '{ts}'")
                 cluster.psql(

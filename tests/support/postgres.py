@@ -177,17 +177,27 @@ class PgCluster:
 
 
 def init_cluster(
-    base: Path | None = None, *, port: int | None = None, bin_dir: Path | None = None
+    base: Path | None = None,
+    *,
+    port: int | None = None,
+    bin_dir: Path | None = None,
+    data: Path | None = None,
+    waldir: Path | None = None,
 ) -> PgCluster:
-    """initdb (trust auth on loopback, replication allowed) and start."""
+    """initdb (trust auth on loopback, replication allowed) and start.
+
+    ``data`` / ``waldir``: the data directory (default base/data) and a separate
+    pg_wal, for tests that put them on different volumes.
+    """
     bin_dir = bin_dir or PG_BIN
     base = base or make_postgres_dir()
-    data = base / "data"
+    data = data or base / "data"
     _as_postgres(
         [
             str(bin_dir / "initdb"),
             "-D",
             str(data),
+            *(["--waldir", str(waldir)] if waldir else []),
             "-A",
             "trust",
             "-U",
