@@ -194,10 +194,44 @@ def _undo_policy(path: Path, created: bool) -> None:
         pass
 
 
+def open_users(path: Path, limit: int = 5) -> list[str]:
+    """Processes with a file, directory or cwd under ``path`` ("postgres (pid 42)")."""
+    root = os.path.realpath(path)
+    users: list[str] = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or proc.name == str(os.getpid()):
+            continue
+        try:
+            links = [os.readlink(proc / "cwd")]
+            links += [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except OSError:
+            continue  # gone, or not ours to inspect
+        if any(link == root or link.startswith(root + "/") for link in links):
+            try:
+                comm = (proc / "comm").read_text().strip()
+            except OSError:
+                comm = "?"
+            users.append(f"{comm} (pid {proc.name})")
+            if len(users) >= limit:
+                break
+    return users
+
+
 def lock(path: Path, ident: bytes) -> str:
-    """Remove the key; "locked", "already locked", or VolumeBusy when files are open."""
-    if key_state(path, ident) == STATUS_ABSENT:
+    """Remove the key; "locked", "already locked", or VolumeBusy when files are open.
+
+    Open files are refused *before* the removal: a removal with busy files leaves
+    the key half-removed, and a running PostgreSQL could then open no new file.
+    """
+    state = key_state(path, ident)
+    if state == STATUS_ABSENT:
         return "already locked"
+    users = open_users(path) if state == STATUS_PRESENT else []
+    if users:
+        raise VolumeBusy(
+            f"{path} is in use by {', '.join(users)}; nothing was changed",
+            hint="stop PostgreSQL (and the containers using it), then run `ebk volume lock` again",
+        )
     flags = remove_key(path, ident)
     if flags & REMOVAL_FILES_BUSY:
         raise VolumeBusy(
