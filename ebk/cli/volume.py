@@ -60,13 +60,13 @@ def volume() -> None:
     "--type",
     "vtype",
     type=click.Choice(["fscrypt", "luks"]),
-    required=True,
-    help="fscrypt: encrypt an empty directory (ext4 -O encrypt, f2fs); luks: format a device.",
+    help="fscrypt: encrypt an empty directory (ext4 -O encrypt, f2fs); luks: format a device. "
+    "Default: fscrypt for a directory (or a path yet to be created), luks for a block device.",
 )
 @click.option("--name", help="A label for the volume (default: the directory or device name).")
 @TARGET
 @click.pass_obj
-def init_cmd(config_path: Path | None, vtype: str, name: str | None, target: Path) -> None:
+def init_cmd(config_path: Path | None, vtype: str | None, name: str | None, target: Path) -> None:
     """Create a volume with a new random key, wrapped by the KEK; leave it unlocked.
 
     fscrypt: PATH must be an empty (or new) directory on a filesystem with
@@ -82,6 +82,8 @@ def init_cmd(config_path: Path | None, vtype: str, name: str | None, target: Pat
       mkfs.ext4 /dev/mapper/ebk-pgdata
     """
     store, provider = _setup(config_path)
+    if vtype is None:
+        vtype = "luks" if target.exists() and not target.is_dir() else "fscrypt"
     kind = "luks2" if vtype == "luks" else "fscrypt"
     result = manage.init(store, provider, kind, target.absolute(), name)
     click.echo(
