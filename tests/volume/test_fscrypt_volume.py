@@ -151,6 +151,26 @@ def test_openbao_volume_runs_postgres_and_refuses_without_kms(
     env.run("volume", "lock", str(vol))
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("aws_env")
+def test_aws_kms_volume(fs: Volume, tmp_path: Path, volume_kms: tuple[str, str]) -> None:
+    endpoint, key_arn = volume_kms
+    env = _env(
+        tmp_path / "ebk",
+        f'[keys]\nprovider = "awskms"\n\n[awskms]\nkey_id = "{key_arn}"\n'
+        f'region = "us-east-1"\nendpoint_url = "{endpoint}"\nretries = 0\n',
+    )
+    vol = fs.mount / "awskms"
+    env.run("volume", "init", "--type", "fscrypt", str(vol))
+    (vol / "f").write_text("kept")
+    env.run("volume", "lock", str(vol))
+    row = status(env, vol)
+    assert row["provider"] == "awskms" and row["kek_id"] == key_arn
+    env.run("volume", "unlock", str(vol))
+    assert (vol / "f").read_text() == "kept"
+    env.run("volume", "lock", str(vol))
+
+
 def test_a_swapped_or_edited_key_object_does_not_unlock(fs: Volume, tmp_path: Path) -> None:
     env = keyfile_env(tmp_path / "ebk")
     a, b = fs.mount / "vol-a", fs.mount / "vol-b"
