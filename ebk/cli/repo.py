@@ -116,10 +116,25 @@ def check(
                 "grace_seconds": int(grace.total_seconds()),
                 "incomplete_backups": [doc(b) for b in report.backups],
                 "orphaned_uploads": [doc(u) for u in report.uploads],
+                "shredded_backups": [
+                    {"backup_id": s.name, "removed": s.removed} for s in report.shredded
+                ],
             }
         )
         return
     click.echo(f"repository {repository.url}")
+    if report.shredded:
+        click.echo(
+            f"shredded backups (key object destroyed, deletion interrupted): "
+            f"{len(report.shredded)}; they can never be decrypted"
+        )
+        emit_table(
+            ["ID", "STATE"],
+            [
+                [s.name, "removed" if s.removed else "rest removable (--clean)"]
+                for s in report.shredded
+            ],
+        )
     if not report.backups and not report.uploads:
         click.echo("no incomplete backups, no orphaned uploads")
         return
