@@ -396,7 +396,7 @@ def rewrap_all_backups(
                 if force:
                     force = False  # later passes only see backups made after the rotation
         report.seconds = time.monotonic() - started
-        _record(
+        record_event(
             runtime,
             "rewrap",
             {
@@ -424,7 +424,7 @@ def _candidates(repo: Repository) -> set[str]:
     return ids
 
 
-def _record(runtime: Runtime, kind: str, details: dict[str, Any]) -> None:
+def record_event(runtime: Runtime, kind: str, details: dict[str, Any]) -> None:
     """Append a signed key event; a log that cannot be written is a warning, not a failure
     (the key operation itself already happened and is durable)."""
     try:
@@ -444,7 +444,7 @@ def rotate_kek(runtime: Runtime) -> tuple[str, str | None]:
     except KeyProviderError:
         before = None
     new = life.rotate_kek()
-    _record(
+    record_event(
         runtime,
         "rotate",
         {"provider": runtime.key_providers[0].name, "new": new, "previous": before and before.id},
@@ -485,5 +485,5 @@ def retire_versions(
             raise KeyProviderError(f"refusing to retire {version}: {why}")
     messages = lifecycle_of(runtime.key_providers[0]).retire_versions(wanted, apply=apply)
     if apply:
-        _record(runtime, "retire", {"versions": wanted, "actions": messages[:20]})
+        record_event(runtime, "retire", {"versions": wanted, "actions": messages[:20]})
     return messages

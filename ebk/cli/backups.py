@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ebk.app.keylife import record_event
 from ebk.app.maintenance import delete_backup
 from ebk.cli.output import emit_json, emit_table
 from ebk.progress import human_bytes
@@ -197,7 +198,8 @@ def delete(config_path: Path | None, backup_id: str, yes: bool) -> None:
             abort=True,
         )
     delete_backup(repo, manifest.backup_id)
-    click.echo(f"deleted backup {printable(manifest.backup_id)}")
+    record_event(runtime, "shred", {"backup_ids": [manifest.backup_id], "by": "ebk delete"})
+    click.echo(f"deleted backup {printable(manifest.backup_id)} (key object destroyed first)")
 
 
 COMMANDS = [list_, show, delete]

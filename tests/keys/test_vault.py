@@ -386,7 +386,7 @@ def test_vault_that_never_answers_times_out() -> None:
             vault.wrap(secrets.token_bytes(32), CTX)
 
 
-def test_cli_rotate_rewrap_after_transit_rotation(
+def test_cli_rewrap_after_transit_rotation(
     openbao: Bao, pg_cluster: PgCluster, tmp_path: Path
 ) -> None:
     openbao.bao("write", "-f", "transit/keys/clirot", "derived=true")
@@ -400,12 +400,12 @@ def test_cli_rotate_rewrap_after_transit_rotation(
         assert json.loads(key_file.read_text())["slots"][0]["kek_id"] == "transit/clirot:v1"
         openbao.bao("write", "-f", "transit/keys/clirot/rotate")
         before = len(openbao.transit_requests())
-        env.run("keys", "rotate-rewrap")
-        # The writer key (to trust the listing) is opened and re-wrapped too, then one
+        env.run("keys", "rewrap")
+        # The writer key is re-wrapped and opened (to trust the listing), then one
         # rewrap per backup.
         assert openbao.transit_requests()[before:] == [
-            "transit/decrypt/clirot",
             "transit/rewrap/clirot",
+            "transit/decrypt/clirot",
             "transit/rewrap/clirot",
         ]
         assert json.loads(key_file.read_text())["slots"][0]["kek_id"] == "transit/clirot:v2"
