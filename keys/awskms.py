@@ -164,7 +164,7 @@ class AwsKmsProvider:
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
         self._refuse_unless_allowed(wrapped)
         resp = self._call(
-            "unwrap a data key",
+            f"unwrap a data key wrapped under {wrapped.kek_id}",
             lambda k: k.decrypt(
                 CiphertextBlob=wrapped.ciphertext,
                 KeyId=wrapped.kek_id,
@@ -299,7 +299,7 @@ def map_client_error(
         )
     if code in _DISABLED:
         return KeyAccessDenied(
-            f"{where} is disabled, pending deletion or unusable ({detail})",
+            f"{where} is disabled, pending deletion or unusable: cannot {what} ({detail})",
             hint="enable the key (aws kms enable-key) or cancel its deletion; a restore can "
             "use --recovery-key meanwhile",
         )
