@@ -216,7 +216,6 @@ class AwsKmsProvider:
                 )
             )
             if current:
-                material = m.get("CreationDate")
                 try:
                     rot = self._rotations(key)
                     dates = [r["RotationDate"] for r in rot.get("Rotations", [])]

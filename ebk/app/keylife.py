@@ -152,6 +152,12 @@ class KeyStatus:
         return self.due is not None and self.now >= self.due
 
     @property
+    def material_created_after_rewrap(self) -> bool:
+        """Key material newer than the last complete rewrap (a rotation inside one KMS key)."""
+        made = self.info.material_created
+        return made is not None and (self.last_rewrap is None or self.last_rewrap < made)
+
+    @property
     def pending_rewrap(self) -> int:
         current = self.info.current.id if self.info.current else None
         return sum(1 for b in self.backups if b.versions and current not in b.versions)
