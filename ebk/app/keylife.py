@@ -31,7 +31,14 @@ from typing import Any
 import structlog
 
 from ebk.config import parse_duration
-from ebk.errors import BackupNotFound, EbkError, Interrupted, KeyProviderError
+from ebk.errors import (
+    BackupNotFound,
+    EbkError,
+    IntegrityError,
+    Interrupted,
+    KeyProviderError,
+    WrongKey,
+)
 from ebk.keys.base import KeyProvider, WrappedKey
 from ebk.keys.envelope import KeyObject
 from ebk.keys.lifecycle import KekInfo, KeyLifecycle
@@ -316,6 +323,7 @@ class RewrapReport:
     seconds: float = 0.0
     moved_from: Counter[str] = field(default_factory=Counter)
     writer_key_rewrapped: bool = False
+    failed: dict[str, str] = field(default_factory=dict)  # backup id -> why
 
 
 def rewrap_all_backups(
@@ -357,12 +365,17 @@ def rewrap_all_backups(
                 key_object = repo.read_key_object(backup_id)
             except BackupNotFound:
                 return "gone", []
+            except IntegrityError as exc:  # a damaged key object: report it, do the rest
+                return "failed", [exc.message]
             moved = []
             slots: list[WrappedKey] = []
             for slot in key_object.slots:
                 if provider.owns(slot) and (force or life.version_of(slot) != current):
                     limit.acquire()
-                    new = provider.rewrap(slot, key_object.context)
+                    try:
+                        new = provider.rewrap(slot, key_object.context)
+                    except WrongKey as exc:  # modified or foreign: never blocks the others
+                        return "failed", [exc.message]
                     moved.append(life.version_of(slot))
                     slots.append(new)
                 else:
@@ -397,6 +410,9 @@ def rewrap_all_backups(
                         report.moved_from.update(moved)
                     elif outcome == "current":
                         report.already_current += 1
+                    elif outcome == "failed":
+                        report.failed[backup_id] = moved[0]
+                        log.error("key object not re-wrapped", backup_id=backup_id, error=moved[0])
                     if progress is not None:
                         progress(len(done))
                 if force:
@@ -410,7 +426,8 @@ def rewrap_all_backups(
                 "from": dict(report.moved_from),
                 "rewrapped": report.rewrapped,
                 "already_current": report.already_current,
-                "complete": True,
+                "failed": sorted(report.failed)[:100],
+                "complete": not report.failed,
             },
         )
     log.info(

@@ -259,6 +259,15 @@ def _rewrap_and_print(runtime: Runtime, *, force: bool, workers: int | None) -> 
         f"re-wrapped {report.rewrapped} backup(s) under {report.current} ({moved}); "
         f"{report.already_current} already current; {report.seconds:.1f}s"
     )
+    for backup_id, why in sorted(report.failed.items()):
+        click.echo(f"ebk: error: backup {printable(backup_id)}: {printable(why)}", err=True)
+    if report.failed:
+        raise KeyProviderError(
+            f"{len(report.failed)} key object(s) could not be re-wrapped (modified, damaged "
+            "or not this repository's); every other backup was",
+            hint="they stay under their old version: keep it until they are restored from a "
+            "good copy or deleted; `ebk keys status` lists them",
+        )
 
 
 @keys.command()

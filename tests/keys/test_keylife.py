@@ -151,3 +151,24 @@ def test_forged_key_events_are_never_listed(tmp_path: Path) -> None:
     events = json.loads(result.stdout)
     assert len(events) == 2 and "kek-attacker" not in result.stdout
     assert result.stderr.count("unauthenticated key event") == 2
+
+
+def test_a_damaged_key_object_does_not_stop_the_rewrap(tmp_path: Path) -> None:
+    env = make_env(tmp_path / "ebk", None, extra='[preflight]\npolicy = "off"\n')
+    deks = add_backups(runtime(env), 4)
+    victim = sorted(deks)[1]
+    key_file = env.repo_dir / "backups" / victim / "key.json"
+    doc = json.loads(key_file.read_text())
+    doc["slots"][0]["wrapped"] = doc["slots"][0]["wrapped"][:-8] + "AAAAAAA="
+    key_file.write_text(json.dumps(doc))
+    old = status(env)["current_version"]
+    result = env.run("keys", "rotate", expect=3)
+    assert "re-wrapped 3 backup(s)" in result.output and f"backup {victim}" in result.output
+    after = status(env)
+    assert {v["version"]: v["backups"] for v in after["versions"]}[old] == 1
+    del deks[victim]
+    all_open(env, deks)
+    exposed = json.loads(env.run("keys", "status", "--exposed", str(old), "--json").stdout)
+    assert sorted(b["backup_id"] for b in exposed) == sorted([*deks, victim])
+    event = json.loads(env.run("keys", "log", "--json").stdout)[-1]
+    assert event["details"]["failed"] == [victim] and not event["details"]["complete"]
