@@ -339,8 +339,27 @@ class VaultTransitProvider:
         )
         return dict(resp["data"])
 
+    def _admin(self, what: str, path: str, op: Callable[[hvac.Client], Any]) -> None:
+        """A key-management call; denied, the hint names the one capability it needs."""
+        try:
+            self._call(what, op)
+        except KeyAccessDenied as exc:
+            raise KeyAccessDenied(
+                exc.message,
+                hint=f"this needs 'update' on {path} (an admin can do it instead; "
+                "docs/key-management.md, Key lifecycle)",
+            ) from None
+
     def kek_info(self) -> KekInfo:
-        data = self._key_metadata()
+        try:
+            data = self._key_metadata()
+        except KeyAccessDenied as exc:
+            raise KeyAccessDenied(
+                exc.message,
+                hint=f"key status needs 'read' on {self.cfg.mount}/keys/{self.cfg.transit_key} "
+                f"(rotation: 'update' on {self.cfg.mount}/keys/{self.cfg.transit_key}/rotate; "
+                "docs/key-management.md, Key lifecycle)",
+            ) from None
         latest = int(data["latest_version"])
         min_dec = int(data.get("min_decryption_version") or 1)
         created = {str(k): _transit_time(v) for k, v in dict(data.get("keys") or {}).items()}
@@ -362,8 +381,9 @@ class VaultTransitProvider:
         return KekInfo(self.name, self.key_path, versions, notes=notes)
 
     def rotate_kek(self) -> str:
-        self._call(
+        self._admin(
             "rotate the Transit key",
+            f"{self.cfg.mount}/keys/{self.cfg.transit_key}/rotate",
             lambda c: c.secrets.transit.rotate_key(  # type: ignore[no-untyped-call]
                 name=self.cfg.transit_key, mount_point=self.cfg.mount
             ),
@@ -386,8 +406,9 @@ class VaultTransitProvider:
         what = f"set min_decryption_version = {new_min} on Transit key {self.key_path}"
         if not apply:
             return [f"would {what}"]
-        self._call(
+        self._admin(
             "retire old key versions",
+            f"{self.cfg.mount}/keys/{self.cfg.transit_key}/config",
             lambda c: c.secrets.transit.update_key_configuration(  # type: ignore[no-untyped-call]
                 name=self.cfg.transit_key,
                 min_decryption_version=new_min,

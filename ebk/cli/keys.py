@@ -227,10 +227,14 @@ def status(config_path: Path | None, json_output: bool, exposed: str | None) -> 
             + [(k, "?", "MISSING", n, "-") for k, n in doc["unknown_versions"].items()],
         )
         for b in st.stranded:
+            how = (
+                f"it restores only with --recovery-key ({b.recovery_slots} recovery slot(s))"
+                if b.recovery_slots
+                else "it cannot be restored until that version is back"
+            )
             click.echo(
                 f"ebk: error: backup {b.backup_id} is wrapped only under retired or missing "
-                f"version(s) {', '.join(b.versions) or '(none)'}: it restores only with "
-                "--recovery-key",
+                f"version(s) {', '.join(b.versions) or '(none)'}: {how}",
                 err=True,
             )
     if not st.ok:

@@ -20,7 +20,7 @@ from tests.keys.synthetic import add_backups
 from tests.keys.test_awskms import awskms_toml
 from tests.keys.test_keylife import all_open, runtime, status
 from tests.support.ebkenv import EbkEnv, kms_env
-from tests.support.openbao import Bao, vault_toml
+from tests.support.openbao import EBK_POLICY, Bao, vault_toml
 from tests.support.postgres import PgCluster
 
 pytestmark = pytest.mark.slow
@@ -142,3 +142,23 @@ def test_kms_rotate_on_demand_then_move_to_a_new_key(
     finally:
         pg_cluster.psql("DROP DATABASE IF EXISTS kmslife_src")
         pg_cluster.psql("DROP DATABASE IF EXISTS kmslife_src_copy")
+
+
+def test_transit_least_privilege_rewraps_but_cannot_read_status(
+    openbao: Bao, tmp_path: Path
+) -> None:
+    openbao.bao("write", "-f", "transit/keys/lp", "derived=true")
+    policy = tmp_path / "lp.hcl"
+    policy.write_text(EBK_POLICY.replace('/ebk"', '/lp"'))
+    openbao.bao("policy", "write", "lp", str(policy))
+    token = openbao.bao("token", "create", "-policy=lp", "-field=token").strip()
+    toml = vault_toml(openbao, key="lp", token_file=openbao.token_file(token))
+    env = kms_env(tmp_path / "ebk", None, toml)
+    deks = add_backups(runtime(env), 3)
+    denied = env.run("keys", "status", expect=3)
+    assert "'read' on transit/keys/lp" in denied.output
+    assert "'update' on transit/keys/lp/rotate" in env.run("keys", "rotate", expect=3).output
+    openbao.bao("write", "-f", "transit/keys/lp/rotate")  # an admin, or auto_rotate_period
+    out = env.run("keys", "rewrap").output
+    assert "re-wrapped 3 backup(s) under transit/lp:v2" in out
+    all_open(env, deks)
