@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ebk.app.keylife import record_event
 from ebk.app.maintenance import Leftover, check_leftovers, clean_leftovers, migrate_repository
 from ebk.cli.output import emit_json, emit_table
 from ebk.config import parse_duration
@@ -92,6 +93,9 @@ def check(
     report = check_leftovers(repository, grace=grace, now=datetime.now(UTC))
     if clean:
         clean_leftovers(repository, report)
+        finished = [s.name for s in report.shredded if s.removed]
+        if finished:
+            record_event(runtime, "shred", {"backup_ids": finished[:200], "by": "repo check"})
     now = report.now
 
     def doc(entry: Leftover) -> dict[str, object]:
