@@ -140,6 +140,7 @@ class KeyFileProvider:
                 f"key file {self.path} is not a valid ebk key file ({exc})",
                 hint="restore it from your key backup; `ebk init` creates new ones",
             ) from None
+        self._stamp = _stamp(self.real_path)
         return primary, keys
 
     @property
@@ -147,6 +148,9 @@ class KeyFileProvider:
         return self._primary
 
     def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
+        # A long-running process (the daemon) picks up a rotation made by another one.
+        if _stamp(self.real_path) != self._stamp:
+            self._primary, self._keys = self._load()
         return self._wrap_with(self._primary, dek, context)
 
     def _wrap_with(self, kek_id: str, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
@@ -260,6 +264,14 @@ class KeyFileProvider:
 
         self._rewrite(drop)
         return [f"removed KEK {k} from {self.real_path}" for k in kek_ids]
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _parse_time(text: str) -> datetime | None:

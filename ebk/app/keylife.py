@@ -97,9 +97,11 @@ def _scan_one(
         key_object = repo.read_key_object(manifest_id)
     except BackupNotFound:
         return None  # shredded or deleted meanwhile
+    except IntegrityError:
+        return BackupKeys(manifest_id, start, (), 0)  # damaged: under no usable version
     own = tuple(life.version_of(s) for s in key_object.slots if provider.owns(s))
-    others = sum(1 for s in key_object.slots if not provider.owns(s))
-    return BackupKeys(manifest_id, start, own, others)
+    recovery = sum(1 for s in key_object.slots if s.provider == "recovery")
+    return BackupKeys(manifest_id, start, own, recovery)
 
 
 def scan_backups(

@@ -172,3 +172,12 @@ def test_a_damaged_key_object_does_not_stop_the_rewrap(tmp_path: Path) -> None:
     assert sorted(b["backup_id"] for b in exposed) == sorted([*deks, victim])
     event = json.loads(env.run("keys", "log", "--json").stdout)[-1]
     assert event["details"]["failed"] == [victim] and not event["details"]["complete"]
+
+
+def test_a_loaded_key_file_wraps_under_a_rotation_made_elsewhere(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "kek.json"
+    create_key_file(path)
+    daemon_view = KeyFileProvider(path)  # e.g. the daemon, loaded before the rotation
+    new = KeyFileProvider(path).rotate()  # `ebk keys rotate` in another process
+    ctx = {"backup_id": "b", "cluster": "c", "dek_id": "d"}
+    assert daemon_view.wrap(b"k" * 32, ctx).kek_id == new
