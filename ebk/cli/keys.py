@@ -26,7 +26,7 @@ from ebk.text import printable
 
 @click.group()
 def keys() -> None:
-    """Key providers (keyfile, Vault/OpenBao Transit, AWS KMS) and the offline recovery key.
+    """Key providers (keyfile, Vault/OpenBao Transit, AWS KMS), the recovery key, the KEK lifecycle.
 
     \b
     Examples:
@@ -212,7 +212,7 @@ def status(config_path: Path | None, json_output: bool, exposed: str | None) -> 
         for note in st.info.notes:
             click.echo(f"note       {printable(note)}")
         emit_table(
-            ["VERSION", "CREATED", "STATE", "BACKUPS", "RETIRE"],
+            ["VERSION", "CREATED", "STATE", "BACKUPS", "RETIRABLE"],
             [
                 (
                     v["version"],
@@ -366,20 +366,22 @@ def retire(
     """
     runtime = Runtime.load(config_path)
     provider = runtime.key_providers[0]
-    apply = not dry_run
-    if apply and isinstance(provider, KeyFileProvider):
-        if not force:
-            apply = False
-            click.echo("key file: removing KEKs needs --force; what it would do:", err=True)
-        elif not yes:
+    keyfile = isinstance(provider, KeyFileProvider)
+    wanted = list(versions) or None
+    messages = retire_versions(runtime, wanted, apply=False)  # refuses what is still needed
+    if not messages:
+        click.echo("nothing to retire (`ebk keys status` shows why)")
+        return
+    if not dry_run and keyfile and not force:
+        click.echo("key file: removing KEKs needs --force; it would:", err=True)
+    elif not dry_run:
+        if keyfile and not yes:
             click.confirm(
                 f"remove old KEKs from {provider.path}? Only answer yes once a backup of the "
                 f"file as it is now (primary {provider.primary_kek_id}) is stored safely",
                 abort=True,
             )
-    messages = retire_versions(runtime, list(versions) or None, apply=apply)
-    if not messages:
-        click.echo("nothing to retire (`ebk keys status` shows why)")
+        messages = retire_versions(runtime, wanted, apply=True)
     for message in messages:
         click.echo(printable(message))
 
