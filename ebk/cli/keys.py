@@ -375,7 +375,7 @@ def retire(
     if not dry_run and keyfile and not force:
         click.echo("key file: removing KEKs needs --force; it would:", err=True)
     elif not dry_run:
-        if keyfile and not yes:
+        if isinstance(provider, KeyFileProvider) and not yes:
             click.confirm(
                 f"remove old KEKs from {provider.path}? Only answer yes once a backup of the "
                 f"file as it is now (primary {provider.primary_kek_id}) is stored safely",
