@@ -49,6 +49,25 @@ def test_keyfile_rotation_rewraps_key_objects_only(pg_cluster: PgCluster, tmp_pa
             "restore", backup_id, "--to-db", "kms_rot_copy", "--database", "kms_rot", "--create"
         )
         assert pg_cluster.psql(CONTENT, db="kms_rot_copy") == expected
+        # a break-glass restore is recorded in the signed key log (the KEK is up here)
+        pg_cluster.psql("DROP DATABASE IF EXISTS kms_rot_copy")
+        writer = env.run("keys", "writer-key").stdout.strip()
+        with (tmp_path / "recovery.txt").open("a") as identity:
+            identity.write(f"# writer-key: {writer}\n")
+        env.run(
+            "restore",
+            backup_id,
+            "--to-db",
+            "kms_rot_copy",
+            "--database",
+            "kms_rot",
+            "--create",
+            "--recovery-key",
+            str(tmp_path / "recovery.txt"),
+        )
+        events = json.loads(env.run("keys", "log", "--json").stdout)
+        assert events[-1]["kind"] == "restore-with-recovery-key"
+        assert events[-1]["details"] == {"backup_id": backup_id, "kind": "logical"}
     finally:
         pg_cluster.psql("DROP DATABASE IF EXISTS kms_rot")
         pg_cluster.psql("DROP DATABASE IF EXISTS kms_rot_copy")
