@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ebk.app.backup import run_backup as take_backup_now
+from ebk.app.keylife import record_event
 from ebk.app.retention import RetentionPolicy, apply_retention
 from ebk.config import Config, JobConfig
 from ebk.errors import ConfigError
@@ -69,6 +70,8 @@ def run_retention(ctx: JobContext) -> JobResult:
     result = apply_retention(
         ctx.runtime.repository, policy, cancel=ctx.cancel, purpose=f"daemon job {ctx.job.name}"
     )
+    if result.deleted:
+        record_event(ctx.runtime, "shred", {"backup_ids": result.deleted[:200], "by": ctx.job.name})
     kept = sum(1 for d in result.decisions if d.keep)
     return JobResult(
         result.freed_bytes,

@@ -37,6 +37,7 @@ from ebk.config import Config, JobConfig, PostgresConfig, load_config
 from ebk.daemon.dbstats import DatabaseCollector
 from ebk.daemon.http import StatusServer
 from ebk.daemon.jobs import JobContext, JobResult, Registry, default_registry
+from ebk.daemon.keyjob import KeyPolicyState, key_job_kind
 from ebk.daemon.metrics import DaemonMetrics
 from ebk.daemon.schedule import (
     StateStore,
@@ -94,6 +95,9 @@ class Daemon:
         self.http: StatusServer | None = None
         self.metrics = DaemonMetrics(self._next_runs)
         self.metrics.registry.register(DatabaseCollector(self._postgres, self._backup_running))
+        self.key_policy = KeyPolicyState()  # the `keys` job's last status (daemon/keyjob.py)
+        self.metrics.registry.register(self.key_policy)
+        self.registry.setdefault("keys", key_job_kind(self.key_policy))
         self._not_ready = "starting"
         self._stop_signal: int | None = None
         self._reload_requested = False
@@ -350,6 +354,9 @@ class Daemon:
         scheduler = self.scheduler
         if scheduler is None or not scheduler.running:
             return False, "the scheduler is not running"
+        key_reason = self.key_policy.not_ready_reason()
+        if key_reason:
+            return False, key_reason
         return True, ""
 
     def _set_not_ready(self, reason: str) -> None:

@@ -112,8 +112,25 @@ class KeysConfig:
     # Offline recovery keys: X25519 public recipients ("ebkrecovery1..."), each
     # gets a slot in every new backup; `ebk keys recovery-keygen` makes one.
     recovery_recipients: list[str] = field(default_factory=list)
+    # The key policy (docs/key-management.md): `ebk keys status` and the daemon's `keys`
+    # job say a rotation is due this long after the current KEK version was made ...
+    rotation_period: str = "180d"
+    # ... and an old version may be retired this long after every backup was re-wrapped.
+    retire_after: str = "30d"
+    rewrap_workers: int = 8  # concurrent KMS requests of `ebk keys rewrap`
+    rewrap_rate: float = 200.0  # at most this many KMS requests per second (0: no limit)
 
     def validate(self) -> None:
+        if parse_duration(self.rotation_period, "keys.rotation_period") < 86400:
+            raise ConfigError(
+                f"keys.rotation_period = {self.rotation_period!r} is shorter than a day",
+                hint='the policy is 6 months: "180d"',
+            )
+        parse_duration(self.retire_after, "keys.retire_after")
+        if not 1 <= self.rewrap_workers <= 64:
+            raise ConfigError(f"keys.rewrap_workers = {self.rewrap_workers}", hint="use 1..64")
+        if self.rewrap_rate < 0:
+            raise ConfigError(f"keys.rewrap_rate = {self.rewrap_rate}", hint="use >= 0 (0: off)")
         if self.provider not in ("keyfile", "vault", "awskms"):
             raise ConfigError(
                 f"keys.provider = {self.provider!r} is not a known provider",

@@ -13,6 +13,7 @@ another key still opens old backups.  Credentials come from the AWS chain
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
@@ -28,6 +29,7 @@ from ebk.errors import (
     WrongKey,
 )
 from ebk.keys.base import WrappedKey
+from ebk.keys.lifecycle import KekInfo, KekVersion
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
@@ -162,7 +164,7 @@ class AwsKmsProvider:
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
         self._refuse_unless_allowed(wrapped)
         resp = self._call(
-            "unwrap a data key",
+            f"unwrap a data key wrapped under {wrapped.kek_id}",
             lambda k: k.decrypt(
                 CiphertextBlob=wrapped.ciphertext,
                 KeyId=wrapped.kek_id,
@@ -188,6 +190,82 @@ class AwsKmsProvider:
 
     def owns(self, wrapped: WrappedKey) -> bool:
         return wrapped.provider == self.name
+
+    # --- lifecycle (ebk/keys/lifecycle.py) ---------------------------------
+    # Versions are KMS keys (awskms.previous_key_ids, then awskms.key_id).  A rotation
+    # inside one key (automatic, RotateKeyOnDemand) keeps its ARN, which is all a slot
+    # records: after one, a rewrap re-encrypts every slot (rewrap_needs_force).
+
+    rewrap_needs_force = True
+
+    def kek_info(self) -> KekInfo:
+        versions = []
+        material: datetime | None = None
+        notes: list[str] = []
+        keys = [*self.cfg.previous_key_ids, self.cfg.key_id]
+        for i, key in enumerate(keys):
+            meta = self._describe(key)
+            m = meta["KeyMetadata"]
+            current = i == len(keys) - 1
+            versions.append(
+                KekVersion(
+                    str(m["Arn"]),
+                    m.get("CreationDate"),
+                    usable=m.get("KeyState") == "Enabled",
+                    current=current,
+                )
+            )
+            if current:
+                try:
+                    rot = self._rotations(key)
+                    dates = [r["RotationDate"] for r in rot.get("Rotations", [])]
+                    if dates:
+                        material = max(dates)
+                except KeyProviderError as exc:
+                    notes.append(f"rotation history unavailable ({exc.message})")
+                try:
+                    status = self._rotation_status(key)
+                    days = status.get("RotationPeriodInDays")
+                    notes.append(
+                        f"automatic rotation {'on' if status.get('KeyRotationEnabled') else 'off'}"
+                        + (f" every {days} days" if days else "")
+                    )
+                except KeyProviderError as exc:
+                    notes.append(f"rotation status unavailable ({exc.message})")
+        return KekInfo(self.name, self.cfg.key_id, versions, material, notes)
+
+    def _describe(self, key: str) -> Any:
+        return self._call("describe a key", lambda k: k.describe_key(KeyId=key))
+
+    def _rotations(self, key: str) -> Any:
+        return self._call("list key rotations", lambda k: k.list_key_rotations(KeyId=key))
+
+    def _rotation_status(self, key: str) -> Any:
+        return self._call(
+            "read the rotation status", lambda k: k.get_key_rotation_status(KeyId=key)
+        )
+
+    def rotate_kek(self) -> str:
+        """RotateKeyOnDemand: new key material behind the same ARN (old material stays)."""
+        self._call(
+            "rotate the key on demand",
+            lambda k: k.rotate_key_on_demand(KeyId=self.cfg.key_id),
+        )
+        return self._arn_of(self.cfg.key_id)
+
+    def version_of(self, slot: WrappedKey) -> str:
+        return slot.kek_id
+
+    def retire_versions(self, kek_ids: list[str], *, apply: bool) -> list[str]:
+        """Never deletes a KMS key: it says what to schedule, and how to undo it."""
+        del apply
+        return [
+            f"no backup depends on KMS key {k}: remove it from awskms.previous_key_ids, then "
+            f"schedule its deletion yourself (`aws kms schedule-key-deletion --key-id {k} "
+            "--pending-window-in-days 30`; cancel-key-deletion undoes it within the window); "
+            "ebk does not delete keys"
+            for k in kek_ids
+        ]
 
     def describe(self) -> dict[str, str]:
         out = {"provider": self.name, "key": self.cfg.key_id}
@@ -220,7 +298,7 @@ def map_client_error(
         )
     if code in _DISABLED:
         return KeyAccessDenied(
-            f"{where} is disabled, pending deletion or unusable ({detail})",
+            f"{where} is disabled, pending deletion or unusable: cannot {what} ({detail})",
             hint="enable the key (aws kms enable-key) or cancel its deletion; a restore can "
             "use --recovery-key meanwhile",
         )

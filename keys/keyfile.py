@@ -12,10 +12,12 @@ aad = "ebk/keyfile/v1" | canonical context.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ebk.errors import KeyProviderError, WrongKey
 from ebk.keys.base import WrappedKey, canonical_context
+from ebk.keys.lifecycle import KekInfo, KekVersion
 from ebk.privatefile import read_private_file
 
 FILE_TYPE = "ebk-kek-file"
@@ -43,15 +46,36 @@ def _entry(kek_id: str) -> dict[str, str]:
     }
 
 
-def _write_private(path: Path, document: dict[str, Any]) -> None:
+def _write_private(
+    path: Path, document: dict[str, Any], *, like: os.stat_result | None = None
+) -> None:
+    """Write atomically and durably: temp file, fsync, rename, fsync of the directory.
+
+    ``like``: the file being replaced; its mode and owner carry over (a key
+    file made 0400 and owned by the service user stays so after a rotation).
+    """
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(document, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            if like is not None:
+                if (like.st_uid, like.st_gid) != (os.geteuid(), os.getegid()):
+                    os.fchown(f.fileno(), like.st_uid, like.st_gid)
+                os.fchmod(f.fileno(), stat.S_IMODE(like.st_mode))
+            json.dump(document, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
 
 
 def create_key_file(path: Path) -> str:
@@ -107,6 +131,7 @@ class KeyFileProvider:
             if doc.get("type") != FILE_TYPE or doc.get("version") != 1:
                 raise ValueError("not an ebk key file")
             keys = {k["id"]: base64.b64decode(k["key"], validate=True) for k in doc["keys"]}
+            self._created = {str(k["id"]): str(k.get("created", "")) for k in doc["keys"]}
             primary = doc["primary"]
             if primary not in keys or any(len(v) != 32 for v in keys.values()):
                 raise ValueError("inconsistent key file")
@@ -115,6 +140,7 @@ class KeyFileProvider:
                 f"key file {self.path} is not a valid ebk key file ({exc})",
                 hint="restore it from your key backup; `ebk init` creates new ones",
             ) from None
+        self._stamp = _stamp(self.real_path)
         return primary, keys
 
     @property
@@ -122,6 +148,9 @@ class KeyFileProvider:
         return self._primary
 
     def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
+        # A long-running process (the daemon) picks up a rotation made by another one.
+        if _stamp(self.real_path) != self._stamp:
+            self._primary, self._keys = self._load()
         return self._wrap_with(self._primary, dek, context)
 
     def _wrap_with(self, kek_id: str, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
@@ -135,8 +164,9 @@ class KeyFileProvider:
         kek = self._keys.get(wrapped.kek_id)
         if kek is None:
             raise WrongKey(
-                f"the data key is wrapped by KEK {wrapped.kek_id}, which is not in {self.path}",
-                hint="use the key file (or its backup) that was in use when the backup was taken",
+                f"the data key is wrapped by KEK {wrapped.kek_id}, which is not in {self.path} "
+                f"(it holds {', '.join(self._keys)})",
+                hint=self._missing_hint(wrapped.kek_id),
             )
         try:
             return AESGCM(kek).decrypt(
@@ -151,7 +181,27 @@ class KeyFileProvider:
                 hint="the key object must come from the same backup as its data",
             ) from None
 
+    def _missing_hint(self, kek_id: str) -> str:
+        """Rotation adds KEKs and `ebk keys rewrap` moves every backup to the newest one,
+        so an old copy of the key file does not open backups re-wrapped after it was made."""
+        claimed = kek_id.split("-")[1] if kek_id.count("-") >= 2 else ""
+        newest = max((self._created.get(k, "") for k in self._keys), default="")
+        if claimed.isdigit() and newest and claimed > newest[:10].replace("-", ""):
+            return (
+                f"this key file is older than KEK {kek_id}: after a rotation, `ebk keys "
+                "rewrap` re-wraps every backup under the new KEK, so use the current key file "
+                f"(or a backup of it made after {claimed[:4]}-{claimed[4:6]}-{claimed[6:]}); "
+                "or restore with --recovery-key"
+            )
+        return (
+            f"use the current key file, or a backup of it that holds {kek_id} (a key file "
+            "keeps every KEK until `ebk keys retire --force` removes it); or restore with "
+            "--recovery-key"
+        )
+
     def rewrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> WrappedKey:
+        if wrapped.kek_id == self._primary:
+            return wrapped
         return self.wrap(self.unwrap(wrapped, context), context)
 
     def owns(self, wrapped: WrappedKey) -> bool:
@@ -160,16 +210,73 @@ class KeyFileProvider:
     def describe(self) -> dict[str, str]:
         return {"provider": self.name, "path": str(self.path), "kek_id": self._primary}
 
-    def rotate(self) -> str:
-        """Add a new KEK and make it primary; old KEKs stay for unwrapping."""
+    def _rewrite(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Re-read, change and atomically replace the key file (the symlink's target, with
+        its mode and owner), then load what was written."""
         self.real_path, raw = read_private_file(
             self.path, "key file", KeyProviderError, missing_hint="restore it from your key backup"
         )
         doc = json.loads(raw)
-        kek_id = _new_kek_id()
-        doc["keys"].append(_entry(kek_id))
-        doc["primary"] = kek_id
+        change(doc)
         # Replace the checked file itself: a symlinked key file stays a symlink.
-        _write_private(self.real_path, doc)
+        _write_private(self.real_path, doc, like=os.stat(self.real_path))
         self._primary, self._keys = self._load()
+
+    def rotate(self) -> str:
+        """Add a new KEK version beside the old ones and make it primary."""
+        kek_id = _new_kek_id()
+
+        def add(doc: dict[str, Any]) -> None:
+            doc["keys"].append(_entry(kek_id))
+            doc["primary"] = kek_id
+
+        self._rewrite(add)
         return kek_id
+
+    # --- lifecycle (ebk/keys/lifecycle.py) -----------------------------------
+
+    rewrap_needs_force = False
+
+    def kek_info(self) -> KekInfo:
+        versions = [
+            KekVersion(
+                k, _parse_time(self._created.get(k, "")), usable=True, current=k == self._primary
+            )
+            for k in self._keys
+        ]
+        return KekInfo(self.name, str(self.path), versions)
+
+    def rotate_kek(self) -> str:
+        return self.rotate()
+
+    def version_of(self, slot: WrappedKey) -> str:
+        return slot.kek_id
+
+    def retire_versions(self, kek_ids: list[str], *, apply: bool) -> list[str]:
+        """Remove old KEKs from the file (only with apply: the CLI's --force)."""
+        if self._primary in kek_ids:
+            raise KeyProviderError(f"refusing to remove the primary KEK {self._primary}")
+        if not apply:
+            return [f"would remove KEK {k} from {self.real_path}" for k in kek_ids]
+
+        def drop(doc: dict[str, Any]) -> None:
+            doc["keys"] = [k for k in doc["keys"] if k["id"] not in kek_ids]
+
+        self._rewrite(drop)
+        return [f"removed KEK {k} from {self.real_path}" for k in kek_ids]
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

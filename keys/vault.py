@@ -22,6 +22,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -38,6 +39,7 @@ from ebk.errors import (
     WrongKey,
 )
 from ebk.keys.base import WrappedKey, canonical_context
+from ebk.keys.lifecycle import KekInfo, KekVersion
 from ebk.privatefile import read_private_file
 
 T = TypeVar("T")
@@ -247,8 +249,11 @@ class VaultTransitProvider:
             )
         if "too old" in low or "disallowed" in low or "min_decryption_version" in low:
             return KeyAccessDenied(
-                f"Transit key {self.key_path} no longer allows this key version ({detail})",
-                hint="lower min_decryption_version, or restore with --recovery-key",
+                f"Transit key {self.key_path} cannot {what}: that key version is retired "
+                f"(below min_decryption_version) ({detail})",
+                hint="lower min_decryption_version to that version (`vault write "
+                f"{self.cfg.mount}/keys/{self.cfg.transit_key}/config min_decryption_version=N`), "
+                "or restore with --recovery-key; `ebk keys status` lists what depends on it",
             )
         if "context" in low and "derived" in low:
             return KeyAccessDenied(
@@ -290,7 +295,7 @@ class VaultTransitProvider:
         ciphertext = self._ciphertext(wrapped)
         ctx = base64.b64encode(canonical_context(context)).decode()
         resp = self._call(
-            "unwrap a data key",
+            f"unwrap a data key wrapped under {wrapped.kek_id}",
             lambda c: c.secrets.transit.decrypt_data(
                 name=self.cfg.transit_key,
                 ciphertext=ciphertext,
@@ -305,7 +310,7 @@ class VaultTransitProvider:
         ciphertext = self._ciphertext(wrapped)
         ctx = base64.b64encode(canonical_context(context)).decode()
         resp = self._call(
-            "rewrap a data key",
+            f"rewrap a data key wrapped under {wrapped.kek_id}",
             lambda c: c.secrets.transit.rewrap_data(  # type: ignore[no-untyped-call]
                 name=self.cfg.transit_key,
                 ciphertext=ciphertext,
@@ -319,6 +324,99 @@ class VaultTransitProvider:
     def owns(self, wrapped: WrappedKey) -> bool:
         return wrapped.provider == self.name and wrapped.kek_id.startswith(f"{self.key_path}:v")
 
+    # --- lifecycle (ebk/keys/lifecycle.py) ---------------------------------
+    # Needs, beyond encrypt/decrypt/rewrap: "read" on MOUNT/keys/NAME (status),
+    # "update" on MOUNT/keys/NAME/rotate (rotate) and MOUNT/keys/NAME/config (retire).
+
+    rewrap_needs_force = False
+
+    def _key_metadata(self) -> dict[str, Any]:
+        resp = self._call(
+            "read the Transit key's metadata",
+            lambda c: c.secrets.transit.read_key(  # type: ignore[no-untyped-call]
+                name=self.cfg.transit_key, mount_point=self.cfg.mount
+            ),
+        )
+        return dict(resp["data"])
+
+    def _admin(self, what: str, path: str, op: Callable[[hvac.Client], Any]) -> None:
+        """A key-management call; denied, the hint names the one capability it needs."""
+        try:
+            self._call(what, op)
+        except KeyAccessDenied as exc:
+            raise KeyAccessDenied(
+                exc.message,
+                hint=f"this needs 'update' on {path} (an admin can do it instead; "
+                "docs/key-management.md, Key lifecycle)",
+            ) from None
+
+    def kek_info(self) -> KekInfo:
+        try:
+            data = self._key_metadata()
+        except KeyAccessDenied as exc:
+            raise KeyAccessDenied(
+                exc.message,
+                hint=f"key status needs 'read' on {self.cfg.mount}/keys/{self.cfg.transit_key} "
+                f"(rotation: 'update' on {self.cfg.mount}/keys/{self.cfg.transit_key}/rotate; "
+                "docs/key-management.md, Key lifecycle)",
+            ) from None
+        latest = int(data["latest_version"])
+        min_dec = int(data.get("min_decryption_version") or 1)
+        created = {str(k): _transit_time(v) for k, v in dict(data.get("keys") or {}).items()}
+        versions = [
+            KekVersion(
+                f"{self.key_path}:v{n}",
+                created.get(str(n)),
+                usable=n >= min_dec and str(n) in created,
+                current=n == latest,
+            )
+            for n in range(1, latest + 1)
+        ]
+        period = data.get("auto_rotate_period") or 0
+        notes = [
+            f"auto_rotate_period = {int(period) // 3600}h"
+            if period
+            else "auto_rotate_period is off (docs/key-management.md: 4320h = 180 days)"
+        ]
+        return KekInfo(self.name, self.key_path, versions, notes=notes)
+
+    def rotate_kek(self) -> str:
+        self._admin(
+            "rotate the Transit key",
+            f"{self.cfg.mount}/keys/{self.cfg.transit_key}/rotate",
+            lambda c: c.secrets.transit.rotate_key(  # type: ignore[no-untyped-call]
+                name=self.cfg.transit_key, mount_point=self.cfg.mount
+            ),
+        )
+        info = self.kek_info()
+        return info.current.id if info.current else self.key_path
+
+    def version_of(self, slot: WrappedKey) -> str:
+        return slot.kek_id
+
+    def retire_versions(self, kek_ids: list[str], *, apply: bool) -> list[str]:
+        """Raise min_decryption_version above the newest retired version."""
+        numbers = []
+        for kek_id in kek_ids:
+            prefix = f"{self.key_path}:v"
+            if not kek_id.startswith(prefix) or not kek_id[len(prefix) :].isdigit():
+                raise KeyProviderError(f"{kek_id} is not a version of {self.key_path}")
+            numbers.append(int(kek_id[len(prefix) :]))
+        new_min = max(numbers) + 1
+        what = f"set min_decryption_version = {new_min} on Transit key {self.key_path}"
+        if not apply:
+            return [f"would {what}"]
+        self._admin(
+            "retire old key versions",
+            f"{self.cfg.mount}/keys/{self.cfg.transit_key}/config",
+            lambda c: c.secrets.transit.update_key_configuration(  # type: ignore[no-untyped-call]
+                name=self.cfg.transit_key,
+                min_decryption_version=new_min,
+                mount_point=self.cfg.mount,
+            ),
+        )
+        return [what]
+
     def describe(self) -> dict[str, str]:
         out = {
             "provider": self.name,
@@ -329,6 +427,18 @@ class VaultTransitProvider:
         if self.cfg.namespace:
             out["namespace"] = self.cfg.namespace
         return out
+
+
+def _transit_time(value: object) -> datetime | None:
+    """Transit reports a version's creation as Unix seconds (or RFC 3339 for some keys)."""
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return None
 
 
 def _vault_errors(exc: hvac.exceptions.VaultError) -> str:

@@ -1,4 +1,6 @@
-"""Repository maintenance: delete one backup, find and clean leftovers, rewrap, migrate.
+"""Repository maintenance: delete one backup, find and clean leftovers, migrate.
+
+KEK rotation and rewrap live in ebk/app/keylife.py.
 
 Every mutation runs under the repository lease (exit 8 while another ebk
 holds it) and re-checks it before each step.
@@ -11,13 +13,11 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from ebk.errors import BackupNotFound, EbkError, RepositoryNotInitialized
-from ebk.keys.base import KeyProvider
-from ebk.keys.envelope import rewrap_key_object
+from ebk.errors import EbkError, RepositoryNotInitialized
 from ebk.manifest import Manifest
 from ebk.repository import IncompleteBackup, Repository
 from ebk.repository.layout import BACKUPS, LAYOUT_VERSION, backup_id_time
-from ebk.repository.writer import WriterKey, new_writer_key, rewrap_writer_key
+from ebk.repository.writer import WriterKey, new_writer_key
 from ebk.restore.session import open_backup
 from ebk.runtime import Runtime
 from ebk.storage.base import IncompleteUpload
@@ -59,6 +59,8 @@ class RepoCheckReport:
     now: datetime
     backups: list[Leftover]
     uploads: list[Leftover]
+    # Deleted backups whose key object is already destroyed (an interrupted delete).
+    shredded: list[Leftover] = field(default_factory=list)
 
 
 def _latest(*times: datetime | None) -> datetime | None:
@@ -103,14 +105,20 @@ def check_leftovers(repo: Repository, *, grace: timedelta, now: datetime) -> Rep
                 upload=upload,
             )
         )
-    return RepoCheckReport(grace, now, backups, uploads)
+    shredded = [
+        Leftover(b, "shredded_backup", backup_id_time(b), True) for b in repo.shredded_backups()
+    ]
+    return RepoCheckReport(grace, now, backups, uploads, shredded)
 
 
 def clean_leftovers(repo: Repository, report: RepoCheckReport) -> None:
     """Remove the removable leftovers under the lease; a backup that completed meanwhile stays."""
-    if not any(e.old_enough for e in report.backups + report.uploads):
+    if not any(e.old_enough for e in report.backups + report.uploads + report.shredded):
         return
     with repo.lease("ebk repo check --clean") as lease:
+        for entry in report.shredded:  # the key is gone: finishing loses nothing
+            repo.delete_backup(entry.name, lease)
+            entry.removed = True
         for entry in report.uploads:
             if entry.old_enough and entry.upload is not None:
                 repo.remove_upload(entry.upload, lease)
@@ -124,61 +132,6 @@ def clean_leftovers(repo: Repository, report: RepoCheckReport) -> None:
                 entry.note = exc.message
                 continue
             entry.removed = True
-
-
-# -- rewrap --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RewrapRow:
-    backup_id: str
-    before: list[str]
-    after: list[str]
-    changed: bool
-
-
-def rewrap_all(repo: Repository, primary: KeyProvider, *, dry_run: bool) -> list[RewrapRow]:
-    """Rewrap every complete backup's data key under the primary provider's current KEK."""
-    catalog = repo.list_backups()
-    rows = []
-    if dry_run:
-        for manifest in catalog.backups:
-            try:
-                key_object = repo.read_key_object(manifest.backup_id)
-            except BackupNotFound:
-                continue
-            slots = [f"{s.provider}/{s.kek_id}" for s in key_object.slots]
-            rows.append(RewrapRow(manifest.backup_id, slots, slots, False))
-        return rows
-    with repo.lease("ebk keys rotate-rewrap") as lease:
-        marker = repo.require_initialized()
-        if marker.repository_id is not None:
-            updated_writer = rewrap_writer_key(
-                repo.read_writer_key_object(), primary, repository_id=marker.repository_id
-            )
-            if updated_writer is not None:
-                repo.replace_writer_key_object(updated_writer, lease)
-        for manifest in catalog.backups:
-            try:
-                key_object = repo.read_key_object(manifest.backup_id)
-            except BackupNotFound:
-                continue
-            updated = rewrap_key_object(key_object, {primary.name: primary})
-            changed = any(
-                (a.kek_id, a.ciphertext) != (b.kek_id, b.ciphertext)
-                for a, b in zip(updated.slots, key_object.slots, strict=True)
-            )
-            if changed:
-                repo.replace_key_object(updated, lease)
-            rows.append(
-                RewrapRow(
-                    manifest.backup_id,
-                    [f"{s.provider}/{s.kek_id}" for s in key_object.slots],
-                    [f"{s.provider}/{s.kek_id}" for s in updated.slots],
-                    changed,
-                )
-            )
-    return rows
 
 
 def ensure_writer_key(runtime: Runtime) -> WriterKey:

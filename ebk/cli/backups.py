@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ebk.app.keylife import record_event
 from ebk.app.maintenance import delete_backup
 from ebk.cli.output import emit_json, emit_table
 from ebk.progress import human_bytes
@@ -90,6 +91,13 @@ def report_skipped(catalog: Catalog) -> None:
             "is refused until `ebk repo check --accept-missing-newest`",
             err=True,
         )
+    if catalog.shredded:
+        click.echo(
+            f"ebk: note: {len(catalog.shredded)} deleted backup(s) are shredded (key object "
+            f"destroyed, deletion interrupted): {', '.join(catalog.shredded[:5])}; "
+            "`ebk repo check --clean` removes the rest",
+            err=True,
+        )
     if catalog.legacy:
         click.echo(
             f"ebk: note: {len(catalog.legacy)} backup(s) written by ebk 0.1 carry no writer "
@@ -114,6 +122,8 @@ def show(config_path: Path | None, backup_id: str, json_output: bool) -> None:
     runtime = Runtime.load(config_path)
     manifest = runtime.repository.resolve(backup_id)
     doc = manifest.to_public()
+    shredded = not runtime.repository.key_object_exists(manifest.backup_id)
+    doc["state"] = "shredded" if shredded else "complete"
     if json_output:
         emit_json(doc)
         return
@@ -132,6 +142,7 @@ def show(config_path: Path | None, backup_id: str, json_output: bool) -> None:
         "databases",
         "ebk_version",
         "format_version",
+        "state",
     ):
         value = doc.get(key)
         if value not in (None, []):
@@ -161,11 +172,15 @@ def show(config_path: Path | None, backup_id: str, json_output: bool) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def delete(config_path: Path | None, backup_id: str, yes: bool) -> None:
-    """Delete one backup (manifest first, so it is never half-listed).
+    """Delete one backup, crypto-shredded: its key object first, then data, manifest last.
 
-    Takes the repository lease (exit 8 while retention, repo check --clean or a
-    rewrap runs). The id must be given in full: `latest` is refused. Asks for
-    confirmation unless --yes; answering no exits 1 and deletes nothing.
+    Once the key object (every slot, recovery slots included) is gone, no copy
+    of the data - bucket versions, replicas - can be decrypted. An interrupted
+    delete leaves a *shredded* backup: not listed, finished by running the
+    delete again or `ebk repo check --clean`. Takes the repository lease
+    (exit 8 while retention, repo check --clean or a rewrap runs). The id
+    must be given in full: `latest` is refused. Asks for confirmation unless
+    --yes; answering no exits 1 and deletes nothing.
 
     \b
     Examples:
@@ -183,7 +198,8 @@ def delete(config_path: Path | None, backup_id: str, yes: bool) -> None:
             abort=True,
         )
     delete_backup(repo, manifest.backup_id)
-    click.echo(f"deleted backup {printable(manifest.backup_id)}")
+    record_event(runtime, "shred", {"backup_ids": [manifest.backup_id], "by": "ebk delete"})
+    click.echo(f"deleted backup {printable(manifest.backup_id)} (key object destroyed first)")
 
 
 COMMANDS = [list_, show, delete]

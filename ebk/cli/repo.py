@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ebk.app.keylife import record_event
 from ebk.app.maintenance import Leftover, check_leftovers, clean_leftovers, migrate_repository
 from ebk.cli.output import emit_json, emit_table
 from ebk.config import parse_duration
@@ -92,6 +93,9 @@ def check(
     report = check_leftovers(repository, grace=grace, now=datetime.now(UTC))
     if clean:
         clean_leftovers(repository, report)
+        finished = [s.name for s in report.shredded if s.removed]
+        if finished:
+            record_event(runtime, "shred", {"backup_ids": finished[:200], "by": "repo check"})
     now = report.now
 
     def doc(entry: Leftover) -> dict[str, object]:
@@ -116,10 +120,25 @@ def check(
                 "grace_seconds": int(grace.total_seconds()),
                 "incomplete_backups": [doc(b) for b in report.backups],
                 "orphaned_uploads": [doc(u) for u in report.uploads],
+                "shredded_backups": [
+                    {"backup_id": s.name, "removed": s.removed} for s in report.shredded
+                ],
             }
         )
         return
     click.echo(f"repository {repository.url}")
+    if report.shredded:
+        click.echo(
+            f"shredded backups (key object destroyed, deletion interrupted): "
+            f"{len(report.shredded)}; they can never be decrypted"
+        )
+        emit_table(
+            ["ID", "STATE"],
+            [
+                [s.name, "removed" if s.removed else "rest removable (--clean)"]
+                for s in report.shredded
+            ],
+        )
     if not report.backups and not report.uploads:
         click.echo("no incomplete backups, no orphaned uploads")
         return

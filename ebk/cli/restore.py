@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ebk.app.keylife import record_event
 from ebk.app.restore import LogicalTarget, PhysicalTarget
 from ebk.app.restore import restore as run_restore
 from ebk.runtime import Runtime
@@ -143,6 +144,13 @@ def restore(
         )
         click.echo(
             f"restored backup {printable(manifest.backup_id)} into database {printable(target_db)}"
+        )
+    if recovery_key is not None:
+        # Signed only where this host can also open the writer key (the KEK is up).
+        record_event(
+            runtime,
+            "restore-with-recovery-key",
+            {"backup_id": manifest.backup_id, "kind": manifest.kind},
         )
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ebk.app.keylife import record_event
 from ebk.app.retention import RetentionPolicy, apply_retention
 from ebk.cli.output import emit_json, emit_table
 from ebk.progress import human_bytes
@@ -34,6 +35,8 @@ def retention(config_path: Path | None, dry_run: bool, json_output: bool) -> Non
     runtime = Runtime.load(config_path)
     policy = RetentionPolicy.from_config(runtime.config.retention)
     result = apply_retention(runtime.repository, policy, dry_run=dry_run, purpose="ebk retention")
+    if result.deleted:
+        record_event(runtime, "shred", {"backup_ids": result.deleted[:200], "by": "retention"})
     doomed = [d for d in result.decisions if not d.keep]
     freed = sum(d.size for d in doomed)
     if json_output:

@@ -30,6 +30,7 @@ from ebk.errors import (
 from ebk.keys.envelope import MAX_KEY_OBJECT_SIZE, KeyObject
 from ebk.manifest import MAX_MANIFEST_SIZE, Manifest
 from ebk.repository.cache import HighWaterMark, ManifestCache, VerifiedDigests
+from ebk.repository.keyevents import KeyEventLog
 from ebk.repository.layout import (
     BACKUPS,
     KEY_OBJECT,
@@ -46,6 +47,7 @@ from ebk.repository.layout import (
     stream_context,
 )
 from ebk.repository.lease import RepositoryLease
+from ebk.repository.shred import shred_backup, tombstoned, without_key_object
 from ebk.repository.writer import MAX_WRITER_KEY_SIZE, WRITER_KEY_OBJECT, TrustedWriters
 from ebk.storage.base import IncompleteUpload, ObjectInfo, ObjectWriter, Storage
 
@@ -94,6 +96,9 @@ class Catalog:
     legacy: set[str] = field(default_factory=set)
     # The newest backup this host saw before, now gone with nothing newer (rollback?).
     missing_newest: str | None = None
+    # Signed manifests whose key object was destroyed by a delete (crypto-shredded):
+    # never listed or restorable; `ebk repo check --clean` finishes their deletion.
+    shredded: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -293,7 +298,11 @@ class Repository:
             raw = self._read_capped(name, MAX_KEY_OBJECT_SIZE)
         except ObjectNotFound:
             raise BackupNotFound(
-                f"backup {backup_id} has no key object ({name}); it cannot be decrypted"
+                f"backup {backup_id} is shredded: its key object ({name}) was destroyed, so "
+                "its data can never be decrypted",
+                hint="it was deleted (`ebk delete`, retention) and its deletion was "
+                "interrupted, or its key object was removed; `ebk repo check --clean` removes "
+                "the rest; restore another backup (`ebk list`)",
             ) from None
         return KeyObject.from_json(raw, where=name)
 
@@ -393,10 +402,33 @@ class Repository:
                 seen.add(backup_id)
                 catalog.backups.append(manifest)
         catalog.backups.sort(key=_sort_key)
+        self._set_aside_shredded(catalog)
         if self._verified is not None:
             self._verified.save()
         self._check_high_water(catalog)
         return catalog
+
+    def _set_aside_shredded(self, catalog: Catalog) -> None:
+        """Backups with a tombstone and no key object any more: shredded, not listed."""
+        tombs = tombstoned(self._storage) & {m.backup_id for m in catalog.backups}
+        gone = without_key_object(self._storage, sorted(tombs)) if tombs else set()
+        if gone:
+            catalog.shredded = sorted(gone)
+            catalog.backups = [m for m in catalog.backups if m.backup_id not in gone]
+
+    def key_object_exists(self, backup_id: str) -> bool:
+        return not without_key_object(self._storage, [backup_id])
+
+    def shredded_backups(self) -> list[str]:
+        """Backups whose manifest is still there but whose key object is gone (full listing)."""
+        catalog = Catalog()
+        complete = {backup_id for _, backup_id in self._manifest_objects(catalog)}
+        keyed = set()
+        for info in self._storage.list(BACKUPS):
+            backup_id, _, rest = info.name[len(BACKUPS) :].partition("/")
+            if rest == KEY_OBJECT:
+                keyed.add(backup_id)
+        return sorted(complete - keyed)
 
     def _check_high_water(self, catalog: Catalog) -> None:
         """The newest backup seen here before must still be there (or something newer)."""
@@ -470,28 +502,15 @@ class Repository:
     def lease(self, purpose: str, **kwargs: float) -> RepositoryLease:
         return RepositoryLease(self._storage, purpose=purpose, **kwargs)  # type: ignore[arg-type]
 
-    def delete_backup(self, backup_id: str, lease: RepositoryLease) -> None:
-        """Manifest first (the backup stops being listed), then data, key object last."""
-        lease.check()
-        names = [i.name for i in self._storage.list(f"{BACKUPS}{backup_id}/")]
-        manifests = [
-            n
-            for n in (manifest_name(backup_id), legacy_manifest_name(backup_id))
-            if n in names or self._storage.exists(n)
-        ]
-        if not names and not manifests:
-            raise BackupNotFound(f"no backup {backup_id} in {self.url}")
-        for name in manifests:
-            self._storage.delete(name)
-        key = object_name(backup_id, KEY_OBJECT)
-        for name in names:
-            if name not in manifests and name != key:
-                self._storage.delete(name)
-        if key in names:
-            self._storage.delete(key)
+    def delete_backup(self, backup_id: str, lease: RepositoryLease) -> bool:
+        """Crypto-shred: key object first, then data, manifest last (ebk/repository/shred.py).
+
+        True when the key object was destroyed by this call.
+        """
         mark = self._highwater.read() if self._highwater is not None else None
         if self._highwater is not None and mark is not None and mark[1] == backup_id:
             self._highwater.forget()  # deleted here, on purpose: not a rollback
+        return shred_backup(self._storage, backup_id, lease)
 
     def replace_manifest(self, manifest: Manifest, lease: RepositoryLease) -> None:
         """Re-signing (migration): the new manifest replaces any copy at layout 2's place."""
@@ -564,6 +583,10 @@ class Repository:
     def unsigned_backups(self) -> list[str]:
         """Backups whose manifest was written by ebk 0.1 (either layout): to re-sign."""
         return sorted(self.list_backups().legacy)
+
+    def key_events(self) -> KeyEventLog:
+        """The signed, append-only key-event log (ebk/repository/keyevents.py)."""
+        return KeyEventLog(self._storage)
 
     def close(self) -> None:
         self._storage.close()

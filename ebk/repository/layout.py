@@ -5,6 +5,8 @@
     backups/<id>/key.json         the wrapped data key (rewritten by KEK rotation)
     backups/<id>/<name>.ebk       encrypted payload objects
     locks/delete.json             the deletion lease
+    keyevents/<event>.json        signed key events (ebk/repository/keyevents.py)
+    shredded/<id>                 tombstone of a delete in progress (ebk/repository/shred.py)
 
 Listing the complete backups reads one flat prefix (``manifests/``), and
 everything one backup owns sits under its own prefix, so resolving, listing

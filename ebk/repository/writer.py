@@ -192,6 +192,18 @@ def trusted_from(pinned: Mapping[str, str]) -> TrustedWriters:
     return TrustedWriters(parse_public(text, where=where) for where, text in pinned.items())
 
 
+def writer_key_slots(raw: bytes) -> list[WrappedKey]:
+    """The stored writer key's slots (which KEK versions it depends on)."""
+    try:
+        doc = json.loads(raw)
+        return [
+            WrappedKey(s["provider"], s["kek_id"], base64.b64decode(s["wrapped"], validate=True))
+            for s in doc["slots"]
+        ]
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise IntegrityError(f"{WRITER_KEY_OBJECT} is malformed ({exc})") from None
+
+
 def rewrap_writer_key(raw: bytes, provider: KeyProvider, *, repository_id: str) -> bytes | None:
     """The stored writer key with its slots re-wrapped under the provider's current KEK.
 

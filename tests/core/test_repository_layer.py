@@ -50,7 +50,7 @@ def test_every_mutation_waits_for_the_lease(ebk_env: EbkEnv) -> None:
         for args in (
             ("delete", first, "--yes"),
             ("repo", "check", "--clean"),
-            ("keys", "rotate-rewrap"),
+            ("keys", "rewrap"),
             ("retention",),
         ):
             assert_refused(ebk_env.run(*args, expect=None), 8, "another ebk, in a test")

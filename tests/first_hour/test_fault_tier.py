@@ -106,7 +106,7 @@ def test_kill9_at_seeded_moments(cluster: PgCluster, tmp_path: Path) -> None:
                 proc = ebk(env, "restore", rng.choice(listed(env)), "--to", str(target))
             elif op == "rewrap":
                 delay = rng.uniform(0, 1.0)
-                proc = ebk(env, "keys", "rotate-rewrap", "--rotate-keyfile")
+                proc = ebk(env, "keys", "rotate")
             else:
                 delay = rng.uniform(0, 0.5)
                 proc = ebk(env, "delete", rng.choice(listed(env)[1:]), "--yes")

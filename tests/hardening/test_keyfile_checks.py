@@ -93,7 +93,7 @@ def test_symlink_in_a_private_directory_is_followed_and_rotation_keeps_it(
     env = _env(tmp_path / "ebk", link)
     env.run("keys", "check")
     before = json.loads(target.read_text())["primary"]
-    new_primary = KeyFileProvider(link).rotate()  # what `keys rotate-rewrap --rotate-keyfile` runs
+    new_primary = KeyFileProvider(link).rotate()  # what `ebk keys rotate` runs
     assert link.is_symlink() and link.resolve() == target
     doc = json.loads(target.read_text())
     assert doc["primary"] == new_primary != before and len(doc["keys"]) == 2

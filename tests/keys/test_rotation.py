@@ -1,4 +1,4 @@
-"""`ebk keys rotate-rewrap` with the key file: a new KEK, key objects rewritten, data untouched."""
+"""`ebk keys rotate` with the key file: a new KEK, key objects rewritten, data untouched."""
 
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ def test_keyfile_rotation_rewraps_key_objects_only(pg_cluster: PgCluster, tmp_pa
         data_before = {p.name: p.read_bytes() for p in backup_dir.iterdir() if p.name != "key.json"}
         slots_before = json.loads((backup_dir / "key.json").read_text())["slots"]
         old_kek = slots_before[0]["kek_id"]
-        out = env.run("keys", "rotate-rewrap", "--rotate-keyfile").output
+        out = env.run("keys", "rotate").output
         new_kek = json.loads(env.keyfile.read_text())["primary"]
-        assert new_kek != old_kek and f"new primary KEK {new_kek}" in out
+        assert new_kek != old_kek and f"{old_kek} -> {new_kek}" in out
         slots_after = json.loads((backup_dir / "key.json").read_text())["slots"]
         assert slots_after[0]["kek_id"] == new_kek
         assert slots_after[0]["wrapped"] != slots_before[0]["wrapped"]
@@ -49,6 +49,25 @@ def test_keyfile_rotation_rewraps_key_objects_only(pg_cluster: PgCluster, tmp_pa
             "restore", backup_id, "--to-db", "kms_rot_copy", "--database", "kms_rot", "--create"
         )
         assert pg_cluster.psql(CONTENT, db="kms_rot_copy") == expected
+        # a break-glass restore is recorded in the signed key log (the KEK is up here)
+        pg_cluster.psql("DROP DATABASE IF EXISTS kms_rot_copy")
+        writer = env.run("keys", "writer-key").stdout.strip()
+        with (tmp_path / "recovery.txt").open("a") as identity:
+            identity.write(f"# writer-key: {writer}\n")
+        env.run(
+            "restore",
+            backup_id,
+            "--to-db",
+            "kms_rot_copy",
+            "--database",
+            "kms_rot",
+            "--create",
+            "--recovery-key",
+            str(tmp_path / "recovery.txt"),
+        )
+        events = json.loads(env.run("keys", "log", "--json").stdout)
+        assert events[-1]["kind"] == "restore-with-recovery-key"
+        assert events[-1]["details"] == {"backup_id": backup_id, "kind": "logical"}
     finally:
         pg_cluster.psql("DROP DATABASE IF EXISTS kms_rot")
         pg_cluster.psql("DROP DATABASE IF EXISTS kms_rot_copy")
