@@ -136,7 +136,7 @@ def test_the_chain_is_recorded_in_the_signed_manifests(chain: Chain) -> None:
     )  # fmt: skip
     assert int(str(second["stored_size"])) < int(str(full["stored_size"]))
     listing = chain.env.run("list").stdout
-    assert f"incremental  " in listing and str(first["backup_id"]) in listing
+    assert "incremental  " in listing and str(first["backup_id"]) in listing
     shown = chain.env.run("show", str(second["backup_id"])).stdout
     assert f"parent             {first['backup_id']}" in shown
 
@@ -163,7 +163,7 @@ def test_deleting_a_backup_the_chain_needs_is_refused(chain: Chain) -> None:
         out = assert_refused(
             chain.env.run("delete", str(needed["backup_id"]), "--yes", expect=None), 2
         )
-        assert f"needed by" in out and str(chain.second["backup_id"]) in out
+        assert "needed by" in out and str(chain.second["backup_id"]) in out
     ids = [m["backup_id"] for m in json.loads(chain.env.run("list", "--json").stdout)]
     assert {chain.full["backup_id"], chain.first["backup_id"]} <= set(ids)
 
