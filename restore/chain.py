@@ -58,6 +58,21 @@ def staging_parent(target: Path) -> Path:
     return target.absolute().parent
 
 
+def staging_preflight_paths(target: Path) -> list[Path]:
+    """The staging area's directory, when the target's own check does not cover it.
+
+    A target that does not exist yet is checked at its nearest existing ancestor
+    (the staging directory itself); one that exists may be a mount point, whose
+    parent is another volume and needs its own check.
+    """
+    parent = staging_parent(target)
+    try:
+        same = target.exists() and target.stat().st_dev == parent.stat().st_dev
+    except OSError:
+        same = False
+    return [] if same or not target.exists() else [parent]
+
+
 def _decrypt_member(member: OpenedBackup, into: Path, meter: Progress, position: str) -> None:
     """One member as a directory pg_combinebackup reads (tablespaces beside it)."""
     manifest = member.manifest

@@ -19,7 +19,7 @@ from ebk.keys.recovery import RecoveryIdentity
 from ebk.manifest import Manifest
 from ebk.preflight.gate import enforce
 from ebk.repository.writer import trusted_from
-from ebk.restore.chain import open_chain, restore_chain, staging_parent
+from ebk.restore.chain import open_chain, restore_chain, staging_preflight_paths
 from ebk.restore.logical import restore_logical
 from ebk.restore.physical import restore_physical, tablespace_targets
 from ebk.restore.session import open_backup
@@ -92,7 +92,7 @@ def restore(
             runtime.config,
             purpose="restore",
             restore_target=target.directory,
-            tablespace_targets=[*spaces.values(), staging_parent(target.directory)],
+            tablespace_targets=[*spaces.values(), *staging_preflight_paths(target.directory)],
         )
         chain = open_chain(runtime.repository, manifest, providers)  # all before any write
         restore_chain(
