@@ -168,8 +168,9 @@ def _combine(
         f"--tablespace-mapping={last.parent / f'{last.name}-ts-{oid}'}={location}"
         for oid, location in spaces.items()
     ]
+    transfer = _transfer_option(tool, last.parent, [target, *spaces.values()])
     proc = subprocess.run(
-        [tool, "--output", str(target), *relocate, *map(str, members)],
+        [tool, "--output", str(target), *transfer, *relocate, *map(str, members)],
         capture_output=True,
         text=True,
         check=False,
@@ -181,3 +182,26 @@ def _combine(
             hint="every member authenticated, so the chain itself is inconsistent; restore "
             "another backup (`ebk list`)",
         )
+
+
+def _transfer_option(tool: str, staging: Path, outputs: Sequence[Path]) -> list[str]:
+    """How pg_combinebackup moves unchanged files from the staging area to the target.
+
+    The staging area is removed afterwards, so on one file system its files can
+    become the target's: hard links (18's --link) write nothing, copy_file_range
+    (17) copies in the kernel.  Across file systems (a target that is a mount
+    point) both fail, so pg_combinebackup copies as usual.
+    """
+    try:
+        device = staging.stat().st_dev
+        if any(p.stat().st_dev != device for p in outputs):
+            return []
+    except OSError:
+        return []
+    usage = subprocess.run(
+        [tool, "--help"], capture_output=True, text=True, check=False, env=child_env()
+    ).stdout
+    for option in ("--link", "--copy-file-range"):
+        if f"{option} " in usage:
+            return [option]
+    return []

@@ -90,7 +90,10 @@ def chain(
         cluster.psql("CREATE DATABASE app")
         cluster.psql(SETUP_SQL + "CREATE TABLE later (id int PRIMARY KEY, v text);", db="app")
         env = make_env(tmp_path_factory.mktemp(f"incr{build.major}") / "ebk", cluster)
-        full = json.loads(env.run("backup", "--type", "physical", "--json").stdout)
+        # Nothing to build on yet: the first incremental is a full backup, and says why.
+        taken = env.run("backup", "--type", "incremental", "--json")
+        assert "no parent to build on; taking a full backup" in taken.stderr
+        full = json.loads(taken.stdout)
         cluster.psql(
             "UPDATE accounts SET balance = balance + 1 WHERE id % 50 = 0;"
             "INSERT INTO later SELECT g, 'first ' || g FROM generate_series(1, 1000) g;",
