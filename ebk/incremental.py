@@ -60,10 +60,17 @@ class IncrementalPlan:
         """The parent's backup_manifest, decrypted; its SHA-256 is checked at the end."""
         assert self.parent is not None
         stored = next(o for o in self.parent.manifest.objects if o.role == "backup_manifest")
-        with open_object(self.parent, stored) as reader:
-            while data := reader.read(READ_SIZE):
-                yield data
-            reader.finish()
+        try:
+            with open_object(self.parent, stored) as reader:
+                while data := reader.read(READ_SIZE):
+                    yield data
+                reader.finish()
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"the parent backup {self.parent.backup_id} is damaged: {exc.message}",
+                hint="take a full backup (`ebk backup --type physical`); keep the damaged "
+                "backup for investigation",
+            ) from None
 
     def require_parent_still_listed(self, repo: Repository) -> None:
         """Just before the new manifest is written: the parent was not deleted meanwhile."""

@@ -228,3 +228,16 @@ def test_an_incremental_before_17_is_refused(pg_cluster: PgCluster, tmp_path: Pa
     out = assert_refused(env.run("backup", "--type", "incremental", expect=None), 7)
     assert "PostgreSQL 15" in out and "need PostgreSQL 17 or newer" in out
     assert json.loads(env.run("list", "--json").stdout) == []
+
+
+def test_a_damaged_parent_manifest_fails_naming_the_parent(chain: Chain, tmp_path: Path) -> None:
+    env = _copy_env(chain, tmp_path)
+    parent = str(chain.second["backup_id"])  # the newest physical backup
+    damaged = env.repo_dir / "backups" / parent / "backup_manifest.ebk"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    before = json.loads(env.run("list", "--json").stdout)
+    out = assert_refused(env.run("backup", "--type", "incremental", expect=None), 5)
+    assert f"the parent backup {parent} is damaged" in out
+    assert json.loads(env.run("list", "--json").stdout) == before
