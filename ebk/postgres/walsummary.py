@@ -93,8 +93,8 @@ def summaries_cover(
         ).fetchone()
     except psycopg.errors.InsufficientPrivilege:
         log.info(
-            "cannot read the WAL summaries (needs EXECUTE on pg_available_wal_summaries and "
-            "pg_get_wal_summarizer_state); the server checks them itself"
+            "cannot read the WAL summaries (EXECUTE on pg_available_wal_summaries and "
+            "pg_get_wal_summarizer_state was revoked); the server checks them itself"
         )
         return Coverage(None)
     except psycopg.Error as exc:
