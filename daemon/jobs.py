@@ -103,6 +103,13 @@ def default_registry() -> Registry:
             uses_cluster=True,
             summary="physical base backup (as `ebk backup --type physical`)",
         ),
+        "incremental": JobKind(
+            run_backup,
+            _validate_physical,
+            uses_cluster=True,
+            summary="incremental physical backup, PostgreSQL 17+ (as `ebk backup --type "
+            "incremental`; a full one when there is nothing to build on)",
+        ),
         "logical": JobKind(
             run_backup,
             None,

@@ -23,6 +23,7 @@ from ebk.config import Config
 from ebk.errors import Interrupted
 from ebk.format.payload import HashingWriter, PayloadWriter
 from ebk.format.stream import VERSION as STREAM_VERSION
+from ebk.incremental import IncrementalPlan, plan_incremental
 from ebk.keys.base import KeyProvider
 from ebk.keys.envelope import new_data_key
 from ebk.manifest import Manifest, StoredObject
@@ -197,8 +198,11 @@ def _source_size(pg_manifest: bytes) -> int | None:
         return None
 
 
-def produce_physical(run: BackupRun) -> dict[str, object]:
+def produce_physical(
+    run: BackupRun, incremental: IncrementalPlan | None = None
+) -> dict[str, object]:
     cfg = run.config.postgres
+    building_on = incremental is not None and incremental.parent is not None
     placement = choose_placement(run.config.backup, cfg)
     run.log.info("compression placement", location=placement.location, reason=placement.reason)
     with BaseBackup(
@@ -209,6 +213,7 @@ def produce_physical(run: BackupRun) -> dict[str, object]:
         else 0,
         compression_workers=run.config.backup.compression_threads,
         max_rate_kb=run.config.backup.max_rate_kb,
+        parent_manifest=incremental.manifest_chunks if building_on and incremental else None,
     ) as base:
         locations = {t.oid: t.location for t in base.tablespaces}
         sink: ObjectSink | None = None
@@ -242,12 +247,16 @@ def produce_physical(run: BackupRun) -> dict[str, object]:
                     sink = run.open_object("backup_manifest.ebk", "backup_manifest")
                     pg_manifest = bytearray()
         run.close_object()
-        return {
+        facts: dict[str, object] = {
             "start_lsn": base.start_lsn,
             "stop_lsn": base.stop_lsn,
             "timeline": base.timeline,
             "source_size": _source_size(bytes(pg_manifest)) if pg_manifest else None,
         }
+    if incremental is not None:
+        incremental.require_parent_still_listed(run.repo)
+        facts.update(incremental.facts())
+    return facts
 
 
 def _dump_into(
@@ -292,8 +301,15 @@ def take_backup(
     cancel: threading.Event | None = None,
     conn: psycopg.Connection | None = None,
 ) -> Manifest:
+    """``kind``: physical, logical, or incremental (a physical backup built on a parent)."""
+    plan: IncrementalPlan | None = None
+    if kind == "incremental":
+        plan = plan_incremental(config, repo, providers, conn)
+        if plan.parent is None:
+            log.warning("no parent to build on; taking a full backup", reason=plan.reason)
+        kind = "physical"
     run = BackupRun(config, repo, providers, writer, kind=kind, cancel=cancel, conn=conn)
     run.progress = Progress(f"backup {run.backup_id}", enabled=progress)
     if kind == "physical":
-        return run.run(produce_physical)
+        return run.run(lambda r: produce_physical(r, plan))
     return run.run(lambda r: produce_logical(r, databases))

@@ -76,10 +76,19 @@ class Manifest:
     server_version_num: int | None = None
     stream_version: int = 1  # the version of docs/format.md's stream every object uses
     parent: str | None = None  # the backup an incremental backup builds on
+    # Incremental only: the full backup the chain starts from, and this backup's
+    # distance from it (1 for the first incremental); see ebk/chain.py.
+    chain_root: str | None = None
+    chain_depth: int | None = None
     manifest_version: int = VERSION
     # Members this ebk does not know: kept, authenticated, written back unchanged.
     extensions: dict[str, Any] = field(default_factory=dict)
     auth: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def incremental(self) -> bool:
+        """A physical backup that holds only what changed since ``parent``."""
+        return self.parent is not None
 
     @property
     def stored_size(self) -> int:
@@ -132,6 +141,9 @@ class Manifest:
                 doc[name] = value
         if self.parent is not None:
             doc["parent"] = self.parent
+        for name in ("chain_root", "chain_depth"):
+            if getattr(self, name) is not None:
+                doc[name] = getattr(self, name)
         return doc
 
     def authenticated_bytes(self) -> bytes:
@@ -206,6 +218,8 @@ class Manifest:
         doc["stored_size"] = self.stored_size
         doc["plain_size"] = self.plain_size
         doc["size"] = self.size
+        if self.kind == "physical":
+            doc["backup_type"] = "incremental" if self.incremental else "full"
         return doc
 
     @classmethod
@@ -371,6 +385,8 @@ def _parse_v2(doc: dict[str, Any]) -> Manifest:
         source_size=_optional(doc, "source_size", _is_int, "a size"),
         server_version_num=_optional(doc, "server_version_num", _is_int, "an integer"),
         parent=_optional(doc, "parent", _is_str, "a backup id"),
+        chain_root=_optional(doc, "chain_root", _is_str, "a backup id"),
+        chain_depth=_optional(doc, "chain_depth", _is_int, "an integer"),
         stream_version=stream_version,
         manifest_version=version,
         extensions=doc,

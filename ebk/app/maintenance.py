@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from ebk.chain import refuse_if_needed
 from ebk.errors import EbkError, RepositoryNotInitialized
 from ebk.manifest import Manifest
 from ebk.repository import IncompleteBackup, Repository
@@ -29,6 +30,7 @@ def delete_backup(repo: Repository, backup_id: str, *, purpose: str = "ebk delet
     """Delete one complete backup by its id (never `latest`: deletion names what it deletes)."""
     manifest = repo.read_manifest(backup_id)
     with repo.lease(purpose) as lease:
+        refuse_if_needed(repo, manifest)  # under the lease: no deletion races the check
         repo.delete_backup(manifest.backup_id, lease)
     log.info("backup deleted", backup_id=manifest.backup_id, kind=manifest.kind)
     return manifest

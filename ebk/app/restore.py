@@ -19,6 +19,7 @@ from ebk.keys.recovery import RecoveryIdentity
 from ebk.manifest import Manifest
 from ebk.preflight.gate import enforce
 from ebk.repository.writer import trusted_from
+from ebk.restore.chain import open_chain, restore_chain, staging_preflight_paths
 from ebk.restore.logical import restore_logical
 from ebk.restore.physical import restore_physical, tablespace_targets
 from ebk.restore.session import open_backup
@@ -85,7 +86,25 @@ def restore(
     kind = "physical" if isinstance(target, PhysicalTarget) else "logical"
     providers = _providers(runtime, recovery_key)
     manifest = runtime.repository.resolve(ref, kind=kind)
-    if isinstance(target, PhysicalTarget):
+    if isinstance(target, PhysicalTarget) and manifest.incremental:
+        spaces = tablespace_targets(manifest, target.tablespace_map)
+        enforce(  # the staging area beside the target holds plaintext too
+            runtime.config,
+            purpose="restore",
+            restore_target=target.directory,
+            tablespace_targets=[*spaces.values(), *staging_preflight_paths(target.directory)],
+        )
+        chain = open_chain(runtime.repository, manifest, providers)  # all before any write
+        restore_chain(
+            chain,
+            target.directory,
+            tablespace_map=target.tablespace_map,
+            owner=target.owner,
+            verify=target.verify,
+            bin_dir=runtime.config.postgres.bin_dir,
+            progress=progress,
+        )
+    elif isinstance(target, PhysicalTarget):
         spaces = tablespace_targets(manifest, target.tablespace_map)
         enforce(
             runtime.config,

@@ -9,7 +9,9 @@ rule keeps it; each kept backup carries every rule that keeps it):
 - keep_daily / keep_weekly / keep_monthly N: the newest backup of each of the N
   most recent UTC days / ISO weeks / months that have a backup (gaps do not
   consume the window, so old backups survive when backups stop);
-- min_age: a backup younger than this is never deleted.
+- min_age: a backup younger than this is never deleted;
+- chain: a kept incremental backup keeps every backup it builds on (its parent,
+  the parent's parent, ... the full backup), so no kept backup loses its chain.
 
 Physical and logical backups (and backups of different clusters sharing a
 repository) are counted separately.  ``apply_retention`` deletes under the
@@ -177,6 +179,7 @@ def plan_retention(
                 reasons[b.backup_id].append(
                     f"min_age: {human_age(age)} old, younger than {human_age(policy.min_age)}"
                 )
+    _keep_chains(backups, reasons)
     decisions = []
     for b in backups:
         kept = reasons[b.backup_id]
@@ -193,6 +196,20 @@ def plan_retention(
         )
     epoch = datetime.min.replace(tzinfo=UTC)
     return sorted(decisions, key=lambda d: (d.time or epoch, d.backup_id))
+
+
+def _keep_chains(backups: Sequence[BackupLike], reasons: dict[str, list[str]]) -> None:
+    """Every ancestor of a kept incremental backup is kept too (ebk.chain)."""
+    parent_of = {b.backup_id: getattr(b, "parent", None) for b in backups}
+    done: set[str] = set()
+    for b in backups:
+        if not reasons[b.backup_id]:
+            continue
+        child, parent = b.backup_id, parent_of[b.backup_id]
+        while parent is not None and parent in reasons and parent not in done:
+            done.add(parent)
+            reasons[parent].append(f"chain: backup {child} builds on it")
+            child, parent = parent, parent_of[parent]
 
 
 @dataclass
@@ -228,7 +245,8 @@ def apply_retention(
         # Plan under the lease: nobody else deletes between listing and deleting.
         decisions = plan_retention(_usable(repo), policy, now or datetime.now(UTC))
         result = RetentionResult(decisions)
-        for decision in decisions:
+        # Newest first: an interrupted run never leaves an incremental without its parent.
+        for decision in reversed(decisions):
             if decision.keep:
                 continue
             if cancel is not None and cancel.is_set():

@@ -16,11 +16,14 @@ from ebk.runtime import Runtime
 @click.option(
     "--type",
     "kind",
-    type=click.Choice(["physical", "logical"]),
+    type=click.Choice(["physical", "incremental", "logical"]),
     default="physical",
     show_default=True,
     help="physical: the whole cluster (base backup with its WAL, every tablespace), "
-    "restored with `ebk restore --to DIR`. logical: pg_dump of databases, restored "
+    "restored with `ebk restore --to DIR`. incremental (PostgreSQL 17+, summarize_wal = "
+    "on): a physical backup of only the blocks changed since the newest physical backup "
+    "(its parent; a full backup when there is none to build on), restored like a physical "
+    "one. logical: pg_dump of databases, restored "
     "with `ebk restore --to-db NAME`.",
 )
 @click.option(
@@ -45,6 +48,7 @@ def backup(
     \b
     Examples:
       ebk backup                                  # physical: the whole cluster
+      ebk backup --type incremental               # changes since the last physical (17+)
       ebk backup --type logical --database app    # pg_dump of one database
       ebk backup --json | jq -r .backup_id
     """
@@ -55,8 +59,13 @@ def backup(
     if json_output:
         emit_json(manifest.to_public())
     else:
+        shown = manifest.kind
+        if manifest.parent is not None:
+            shown = f"incremental on {manifest.parent} (chain depth {manifest.chain_depth})"
+        elif kind == "incremental":
+            shown = "physical (full: nothing to build on, see the warning above)"
         click.echo(
-            f"backup {manifest.backup_id} complete: {kind}, "
+            f"backup {manifest.backup_id} complete: {shown}, "
             f"{human_bytes(manifest.size)} read, {human_bytes(manifest.stored_size)} stored"
         )
 

@@ -22,6 +22,9 @@ from ebk.text import printable
 def list_(config_path: Path | None, json_output: bool) -> None:
     """List complete backups, oldest first.
 
+    KIND is physical, incremental (a physical backup holding only what changed
+    since PARENT; restoring it needs its whole chain) or logical.
+
     Only backups whose manifest was written, parses and carries this
     repository's writer signature are listed: an interrupted backup never is
     (see `ebk repo check`), and anything else found under manifests/ is
@@ -43,17 +46,18 @@ def list_(config_path: Path | None, json_output: bool) -> None:
         click.echo(f"no complete backups in {runtime.repository.url}")
         return
     emit_table(
-        ["ID", "KIND", "STARTED", "DURATION", "SIZE", "STORED", "PG", "DATABASES"],
+        ["ID", "KIND", "STARTED", "DURATION", "SIZE", "STORED", "PG", "DATABASES", "PARENT"],
         [
             [
                 m.backup_id,
-                m.kind,
+                "incremental" if m.incremental else m.kind,
                 _started(m.start_time),
                 _duration(m.start_time, m.stop_time),
                 human_bytes(m.size),
                 human_bytes(m.stored_size),
                 m.server_version,
                 ",".join(m.databases) if m.databases else "-",
+                m.parent or "-",
             ]
             for m in backups
         ],
@@ -130,6 +134,10 @@ def show(config_path: Path | None, backup_id: str, json_output: bool) -> None:
     for key in (
         "backup_id",
         "kind",
+        "backup_type",
+        "parent",
+        "chain_root",
+        "chain_depth",
         "system_identifier",
         "server_version",
         "start_time",
@@ -178,9 +186,11 @@ def delete(config_path: Path | None, backup_id: str, yes: bool) -> None:
     of the data - bucket versions, replicas - can be decrypted. An interrupted
     delete leaves a *shredded* backup: not listed, finished by running the
     delete again or `ebk repo check --clean`. Takes the repository lease
-    (exit 8 while retention, repo check --clean or a rewrap runs). The id
-    must be given in full: `latest` is refused. Asks for confirmation unless
-    --yes; answering no exits 1 and deletes nothing.
+    (exit 8 while retention, repo check --clean or a rewrap runs). A backup
+    that incremental backups build on is not deleted while they exist (exit 2):
+    delete them first, newest first. The id must be given in full: `latest` is
+    refused. Asks for confirmation unless --yes; answering no exits 1 and
+    deletes nothing.
 
     \b
     Examples:

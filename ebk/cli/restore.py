@@ -108,7 +108,10 @@ def restore(
     from is left behind. A logical restore runs in one transaction.
 
     `latest` is the newest complete backup of the kind the target needs:
-    physical for --to, logical for --to-db.
+    physical for --to, logical for --to-db. An incremental backup is restored
+    with every backup it builds on: all are authenticated first, decrypted into
+    a staging directory beside --to (removed afterwards) and combined by
+    pg_combinebackup of the backup's PostgreSQL major.
 
     \b
     Examples:
@@ -131,6 +134,11 @@ def restore(
             recovery_key=recovery_key,
         )
         click.echo(f"restored backup {printable(manifest.backup_id)} into {target}")
+        if manifest.incremental:
+            click.echo(
+                f"  incremental: combined with the {manifest.chain_depth} backup(s) it builds "
+                f"on, from full backup {printable(str(manifest.chain_root))}"
+            )
         click.echo(f"  start it with: pg_ctl -D {target} start")
         if os.geteuid() == 0 and owner is None:
             click.echo("  note: files are owned by root; PostgreSQL needs --owner postgres")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 import select
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 
 import psycopg
@@ -80,8 +80,13 @@ class BaseBackup:
         compression_level: int = 0,
         compression_workers: int = 0,
         max_rate_kb: int = 0,
+        parent_manifest: Callable[[], Iterable[bytes]] | None = None,
     ) -> None:
         self._cfg = cfg
+        # Incremental (PostgreSQL 17+): the parent's backup_manifest, streamed by
+        # UPLOAD_MANIFEST before BASE_BACKUP ... INCREMENTAL (a callable: the zstd
+        # fallback re-sends BASE_BACKUP and uploads it again).
+        self._parent_manifest = parent_manifest
         self._label = label
         self._fast = fast_checkpoint
         self._level = compression_level
@@ -151,6 +156,9 @@ class BaseBackup:
             f"LABEL '{label}', PROGRESS false, CHECKPOINT '{checkpoint}', "
             "WAL true, WAIT true, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C'"
         )
+        if self._parent_manifest is not None:
+            self._upload_manifest(self._parent_manifest())
+            options += ", INCREMENTAL"
         if self._max_rate_kb > 0:
             options += f", MAX_RATE {self._max_rate_kb}"
         if server_compression:
@@ -172,7 +180,44 @@ class BaseBackup:
                 pass
             log.info("server cannot compress with zstd; ebk compresses in its own process")
             return self._send_base_backup(server_compression=False)
+        if self._parent_manifest is not None:
+            raise PostgresError(
+                f"PostgreSQL refused the incremental backup: {_error_text(first)}",
+                hint="incremental backups need WAL summaries covering everything since the "
+                "parent began (summarize_wal = on before the parent, and summaries younger "
+                "than wal_summary_keep_time); take a full backup (`ebk backup --type "
+                "physical`) and build on it",
+            )
         raise self._fail("starting the backup", _error_text(first))
+
+    def _upload_manifest(self, chunks: Iterable[bytes]) -> None:
+        """UPLOAD_MANIFEST: the parent's backup_manifest, streamed as COPY data."""
+        conn = self._conn
+        assert conn is not None
+        res = conn.exec_(b"UPLOAD_MANIFEST")
+        if res.status != pq.ExecStatus.COPY_IN:
+            raise self._fail("uploading the parent's backup_manifest", _error_text(res))
+        try:
+            for chunk in chunks:
+                if chunk and conn.put_copy_data(chunk) != 1:
+                    raise self._fail("uploading the parent's backup_manifest")
+        except BaseException:
+            conn.put_copy_end(b"ebk: upload aborted")
+            while conn.get_result() is not None:
+                pass
+            raise
+        if conn.put_copy_end(None) != 1:
+            raise self._fail("uploading the parent's backup_manifest")
+        failed = ""
+        while (done := conn.get_result()) is not None:
+            if done.status != pq.ExecStatus.COMMAND_OK:
+                failed = failed or _error_text(done)
+        if failed:
+            raise PostgresError(
+                f"PostgreSQL refused the parent backup's backup_manifest: {failed}",
+                hint="the parent backup is not usable for an incremental backup of this "
+                "server; take a full backup (`ebk backup --type physical`)",
+            )
 
     def _result(self, what: str, expect: pq.ExecStatus = pq.ExecStatus.TUPLES_OK) -> PGresult:
         assert self._conn is not None

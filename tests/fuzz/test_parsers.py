@@ -22,7 +22,7 @@ MANIFEST_KEYS = [
     "format", "manifest_version", "stream_version", "backup_id", "kind", "ebk_version",
     "system_identifier", "server_version", "start_time", "stop_time", "dek_id", "key_slots",
     "objects", "databases", "auth", "timeline", "source_size", "parent", "format_version",
-    "mac",
+    "mac", "chain_root", "chain_depth",
 ]  # fmt: skip
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
