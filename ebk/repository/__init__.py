@@ -46,6 +46,7 @@ from ebk.repository.layout import (
     stream_context,
 )
 from ebk.repository.lease import RepositoryLease
+from ebk.repository.verifications import VerificationStore
 from ebk.repository.writer import MAX_WRITER_KEY_SIZE, WRITER_KEY_OBJECT, TrustedWriters
 from ebk.storage.base import IncompleteUpload, ObjectInfo, ObjectWriter, Storage
 
@@ -564,6 +565,10 @@ class Repository:
     def unsigned_backups(self) -> list[str]:
         """Backups whose manifest was written by ebk 0.1 (either layout): to re-sign."""
         return sorted(self.list_backups().legacy)
+
+    def verifications(self) -> VerificationStore:
+        """Signed verification records of this repository's backups (`ebk verify`)."""
+        return VerificationStore(self._storage, self.trusted_writers, self.url)
 
     def close(self) -> None:
         self._storage.close()

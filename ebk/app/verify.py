@@ -1,0 +1,619 @@
+"""Verifying backups: every chunk authenticated, and a real restore into a real PostgreSQL.
+
+Levels:
+
+- ``integrity``: fetch every object of the backup, authenticate every chunk,
+  compare sizes and SHA-256 with the signed manifest; writes nothing but the
+  verification record.
+- ``restore``: restore into a scratch directory under ``verify.scratch_dir``
+  (plaintext: the preflight applies to it), start a throwaway PostgreSQL of the
+  backup's major on a private socket (ebk.postgres.scratch), and check
+  ``pg_verifybackup`` (physical), ``pg_amcheck`` (heap and B-tree, within a
+  time budget) and the data fingerprints recorded at backup time.
+
+The scratch directory carries an ownership marker (pid, boot id); it is removed
+with the server stopped on success, failure and SIGTERM, and the next run sweeps
+what a killed verifier left: only directories named ``ebk-verify-*`` that hold
+a marker written by this user and whose writer is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import structlog
+
+import ebk
+from ebk.app.maintenance import ensure_writer_key
+from ebk.childenv import child_env
+from ebk.config import parse_duration
+from ebk.errors import (
+    ConfigError,
+    EbkError,
+    IntegrityError,
+    Interrupted,
+    PostgresError,
+    RestoreTargetError,
+)
+from ebk.manifest import Manifest
+from ebk.postgres.fingerprint import (
+    EXTENSION as FINGERPRINTS,
+)
+from ebk.postgres.fingerprint import (
+    Fingerprints,
+    capture_databases,
+    compare,
+)
+from ebk.postgres.scratch import ScratchServer, server_bin_dir, server_owner, stop_data_dir
+from ebk.postgres.tools import find_tool
+from ebk.preflight.gate import enforce
+from ebk.repository import Repository
+from ebk.repository.verifications import CheckResult, VerificationRecord
+from ebk.restore.reader import open_object
+from ebk.restore.session import OpenedBackup, open_backup
+from ebk.runtime import Runtime
+
+log = structlog.get_logger("ebk.verify")
+
+SCRATCH_PREFIX = "ebk-verify-"
+OWNER_MARKER = ".ebk-verify-owner"
+MAX_MARKER = 4096
+SELECTORS = ("latest", "unverified", "all")
+MAX_TOOL_OUTPUT = 64 * 1024
+
+
+# -- choosing backups ------------------------------------------------------------------
+
+
+def _passing(repo: Repository, backup_id: str, level: str) -> bool:
+    wanted = ("restore",) if level == "restore" else ("integrity", "restore")
+    return any(r.passed and r.level in wanted for r in repo.verifications().records(backup_id))
+
+
+def select_backups(repo: Repository, ref: str, level: str) -> list[Manifest]:
+    """ID | latest | unverified (no passing record at this level) | all; oldest first."""
+    if ref not in SELECTORS:
+        return [repo.resolve(ref)]
+    if ref == "latest":
+        return [repo.resolve("latest")]
+    backups = repo.list_backups().backups
+    if ref == "unverified":
+        backups = [m for m in backups if not _passing(repo, m.backup_id, level)]
+    return backups
+
+
+def newest_unverified_per_kind(repo: Repository, level: str) -> list[Manifest]:
+    """The daemon's default: per kind, the newest backup, unless it already passed."""
+    newest: dict[str, Manifest] = {}
+    for m in repo.list_backups().backups:
+        newest[m.kind] = m
+    return [m for m in newest.values() if not _passing(repo, m.backup_id, level)]
+
+
+# -- the scratch directory -------------------------------------------------------------
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"ebk" in cmdline or b"pytest" in cmdline
+
+
+def _read_marker(entry: Path) -> dict[str, object] | None:
+    """The marker of a directory we own, or None (then it is never touched)."""
+    marker = entry / OWNER_MARKER
+    try:
+        st = os.lstat(marker)
+        dir_st = os.lstat(entry)
+    except OSError:
+        return None
+    import stat
+
+    if not stat.S_ISREG(st.st_mode) or not stat.S_ISDIR(dir_st.st_mode):
+        return None
+    if st.st_uid != os.geteuid() or dir_st.st_uid != os.geteuid() or st.st_size > MAX_MARKER:
+        return None
+    try:
+        doc = json.loads(marker.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != "ebk-verify-scratch":
+        return None
+    return doc
+
+
+def sweep_stale(root: Path) -> list[Path]:
+    """Remove scratch directories whose verifier is gone (kill -9, power loss)."""
+    removed: list[Path] = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(SCRATCH_PREFIX) or entry.is_symlink():
+            continue
+        doc = _read_marker(entry)
+        if doc is None:
+            continue
+        pid = doc.get("pid")
+        mine = pid == os.getpid()
+        if doc.get("boot_id") == boot_id() and isinstance(pid, int) and _alive(pid) and not mine:
+            continue  # another verifier is using it
+        bin_dir = doc.get("bin_dir")
+        if isinstance(bin_dir, str) and bin_dir:
+            stop_data_dir(Path(bin_dir), entry / "pgdata")
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            log.warning("removed a stale verification scratch directory", path=str(entry))
+            removed.append(entry)
+    return removed
+
+
+@dataclass
+class Scratch:
+    """One verification's directory: marker, pgdata, socket dir, log."""
+
+    path: Path
+
+    @classmethod
+    def create(cls, root: Path, backup_id: str) -> Scratch:
+        root.mkdir(parents=True, exist_ok=True, mode=0o711 if os.geteuid() == 0 else 0o700)
+        path = root / f"{SCRATCH_PREFIX}{backup_id}-{secrets.token_hex(4)}"
+        # As root the server (user postgres) must traverse it; nothing in it is readable.
+        path.mkdir(mode=0o711 if server_owner() else 0o700)
+        os.chmod(path, 0o711 if server_owner() else 0o700)
+        scratch = cls(path)
+        scratch.write_marker("")
+        return scratch
+
+    def write_marker(self, bin_dir: str) -> None:
+        doc = {
+            "format": "ebk-verify-scratch",
+            "pid": os.getpid(),
+            "boot_id": boot_id(),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "bin_dir": bin_dir,
+        }
+        tmp = self.path / f"{OWNER_MARKER}.tmp"
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(self.path / OWNER_MARKER)
+
+    @property
+    def pgdata(self) -> Path:
+        return self.path / "pgdata"
+
+    def server(self, bin_dir: Path) -> ScratchServer:
+        return ScratchServer(
+            self.pgdata, self.path / "sock", self.path / "postgres.log", bin_dir=bin_dir
+        )
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def space_needed(manifest: Manifest) -> int:
+    """An estimate: physical = its files (+10%, WAL replay); logical = 3x the dumps."""
+    if manifest.kind == "physical":
+        return int(manifest.size * 1.1) + 64 * 1024 * 1024
+    return manifest.plain_size * 3 + 256 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def _no_sigterm() -> Iterator[None]:
+    """Cleanup must finish: a second SIGTERM waits until the scratch server is stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+# -- the checks ------------------------------------------------------------------------
+
+
+@dataclass
+class Budget:
+    deadline: float
+    cancel: threading.Event | None = None
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def check(self, what: str) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Interrupted(f"verification stopped before {what} (shutdown)")
+        if self.left() <= 0:
+            raise Interrupted(f"verification ran out of time (verify.max_duration) before {what}")
+
+
+def _timed(name: str, run: Callable[[], tuple[str, str]]) -> CheckResult:
+    start = time.monotonic()
+    outcome, details = run()
+    return CheckResult(name, outcome, details, time.monotonic() - start)
+
+
+def check_chunks(backup: OpenedBackup) -> CheckResult:
+    """Every object: every chunk authenticated, size and SHA-256 as the manifest says."""
+
+    def run() -> tuple[str, str]:
+        total = 0
+        for stored in backup.manifest.objects:
+            try:
+                with open_object(backup, stored) as reader:
+                    reader.finish()
+                    total += reader.plain_bytes
+            except IntegrityError as exc:
+                return "fail", f"object {stored.name}: {exc.message}"
+        return "pass", f"{len(backup.manifest.objects)} objects, {total} bytes authenticated"
+
+    return _timed("chunks", run)
+
+
+def _tool_output(proc: subprocess.CompletedProcess[str]) -> str:
+    text = (proc.stderr + "\n" + proc.stdout).strip()
+    return text[:MAX_TOOL_OUTPUT]
+
+
+def check_verifybackup(pgdata: Path, manifest: Manifest, bin_dir: str) -> CheckResult:
+    def run() -> tuple[str, str]:
+        if not (pgdata / "backup_manifest").exists():
+            return "skipped", "the backup holds no PostgreSQL backup_manifest"
+        tool = find_tool("pg_verifybackup", manifest.major, bin_dir)
+        proc = subprocess.run(
+            [tool, "--quiet", str(pgdata)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+        )
+        if proc.returncode != 0:
+            return "fail", _tool_output(proc) or f"exit code {proc.returncode}"
+        return "pass", "every file matches PostgreSQL's backup_manifest; WAL parses"
+
+    return _timed("pg_verifybackup", run)
+
+
+def check_amcheck(server: ScratchServer, budget_seconds: float) -> CheckResult:
+    """pg_amcheck over every database: heap and B-tree indexes."""
+
+    def run() -> tuple[str, str]:
+        argv = [
+            server.tool("pg_amcheck"),
+            "-h",
+            str(server.socket_dir),
+            "-p",
+            str(server.port),
+            "-U",
+            server.superuser,
+            "--all",
+            "--install-missing",
+            "--no-password",
+        ]
+        try:
+            proc = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                check=False,
+                env=child_env(),
+                stdin=subprocess.DEVNULL,
+                timeout=max(budget_seconds, 1),
+            )
+        except subprocess.TimeoutExpired:
+            return "incomplete", (
+                f"pg_amcheck did not finish within its budget ({int(budget_seconds)} s); "
+                "raise verify.amcheck_budget / verify.max_duration"
+            )
+        if proc.returncode == 0:
+            return "pass", "heap and B-tree indexes of every database checked, no corruption"
+        return "fail", _tool_output(proc) or f"exit code {proc.returncode}"
+
+    return _timed("pg_amcheck", run)
+
+
+def check_fingerprints(manifest: Manifest, server: ScratchServer) -> CheckResult:
+    def run() -> tuple[str, str]:
+        raw = manifest.extensions.get(FINGERPRINTS)
+        if raw is None:
+            return "skipped", "the backup records no fingerprints (written by an older ebk)"
+        try:
+            expected = Fingerprints.from_json(raw)
+        except ValueError as exc:
+            return "fail", f"the recorded fingerprints are malformed ({exc})"
+        present = set(server.databases())
+        found = capture_databases(server.config(), [d for d in expected.databases if d in present])
+        findings = compare(expected, found)
+        failures = [f for f in findings if f.severity == "fail"]
+        text = "; ".join(f.describe() for f in findings)
+        tables = sum(len(d.tables) for d in expected.databases.values())
+        if failures:
+            return "fail", text
+        if findings:
+            return "warn", text
+        return "pass", (
+            f"{len(expected.databases)} databases, {tables} tables match "
+            f"({expected.consistency} fingerprints)"
+        )
+
+    return _timed("fingerprints", run)
+
+
+# -- one backup ------------------------------------------------------------------------
+
+
+@dataclass
+class Verification:
+    manifest: Manifest
+    record: VerificationRecord
+    stored_as: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _restore_physical_into(
+    runtime: Runtime, backup: OpenedBackup, scratch: Scratch, progress: bool | None
+) -> None:
+    from ebk.restore.physical import restore_physical
+
+    spaces = {
+        o.tablespace_oid: str(scratch.path / f"tablespace-{o.tablespace_oid}")
+        for o in backup.manifest.objects
+        if o.role == "tablespace" and o.tablespace_oid
+    }
+    restore_physical(
+        backup,
+        scratch.pgdata,
+        tablespace_map=spaces,
+        owner=server_owner(),
+        verify=False,  # pg_verifybackup runs as its own, recorded check
+        bin_dir=runtime.config.postgres.bin_dir,
+        progress=progress,
+    )
+
+
+def _restore_logical_into(backup: OpenedBackup, server: ScratchServer) -> CheckResult:
+    """Globals (when the backup has them), then every dump, with pg_restore --exit-on-error."""
+    from ebk.restore.logical import _pipe, _restore_globals
+
+    def run() -> tuple[str, str]:
+        manifest = backup.manifest
+        cfg = server.config()
+        has_globals = any(o.role == "globals" for o in manifest.objects)
+        if has_globals:
+            _restore_globals(backup, cfg, manifest.major)
+        existing = set(server.databases())
+        dumps = [o for o in manifest.objects if o.role == "dump"]
+        for stored in dumps:
+            name = stored.database or "postgres"
+            if name not in existing:
+                with server.connect() as conn:
+                    conn.execute(
+                        psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name))
+                    )
+            argv = [
+                server.tool("pg_restore"),
+                "--exit-on-error",
+                "--single-transaction",
+                "--no-password",
+                "-d",
+                name,
+            ]
+            if not has_globals:  # the roles are not in the backup
+                argv[1:1] = ["--no-owner", "--no-privileges"]
+            _pipe(backup, stored, argv, cfg, name, f"pg_restore of database {name!r}")
+        return "pass", f"{len(dumps)} databases restored with pg_restore"
+
+    return _timed("pg_restore", run)
+
+
+def verify_one(
+    runtime: Runtime,
+    manifest: Manifest,
+    *,
+    level: str,
+    budget: Budget,
+    progress: bool | None = None,
+) -> Verification:
+    """Verify one backup; the checks' outcomes go into the record (failures are outcomes)."""
+    started = time.monotonic()
+    verified_at = datetime.now(UTC)
+    providers = runtime.checked_key_providers()
+    backup = open_backup(runtime.repository, manifest, providers, kind=manifest.kind)
+    checks: list[CheckResult] = []
+    timings: dict[str, float] = {}
+    server_version: str | None = None
+    if level == "integrity":
+        checks.append(check_chunks(backup))
+        timings["fetch_decrypt"] = checks[-1].duration_seconds
+    else:
+        server_version = _verify_restore(runtime, backup, checks, timings, budget, progress)
+    record = VerificationRecord(
+        backup_id=manifest.backup_id,
+        level=level,
+        verified_at=verified_at.isoformat(timespec="microseconds"),
+        duration_seconds=time.monotonic() - started,
+        ebk_version=ebk.__version__,
+        server_version=server_version,
+        checks=checks,
+    )
+    return Verification(manifest, record, timings=timings)
+
+
+def _verify_restore(
+    runtime: Runtime,
+    backup: OpenedBackup,
+    checks: list[CheckResult],
+    timings: dict[str, float],
+    budget: Budget,
+    progress: bool | None,
+) -> str | None:
+    cfg = runtime.config
+    manifest = backup.manifest
+    root = Path(cfg.verify.scratch_dir)
+    enforce(cfg, purpose="restore", restore_target=root)
+    root.mkdir(parents=True, exist_ok=True, mode=0o711 if os.geteuid() == 0 else 0o700)
+    sweep_stale(root)
+    need, free = space_needed(manifest), _free_bytes(root)
+    if free < need:
+        raise RestoreTargetError(
+            f"verify.scratch_dir {root} has {free // 2**20} MiB free; verifying backup "
+            f"{manifest.backup_id} needs about {need // 2**20} MiB",
+            hint="free space there, or point verify.scratch_dir at a larger encrypted volume",
+        )
+    bin_dir = server_bin_dir(manifest.major, cfg.postgres.bin_dir)
+    scratch = Scratch.create(root, manifest.backup_id)
+    scratch.write_marker(str(bin_dir))
+    server = scratch.server(bin_dir)
+    start_timeout = parse_duration(cfg.verify.start_timeout, "verify.start_timeout")
+    amcheck_budget = parse_duration(cfg.verify.amcheck_budget, "verify.amcheck_budget")
+    try:
+        t0 = time.monotonic()
+        if manifest.kind == "physical":
+            budget.check("the restore")
+            _restore_physical_into(runtime, backup, scratch, progress)
+            timings["fetch_decrypt"] = time.monotonic() - t0
+            checks.append(
+                CheckResult(
+                    "restore",
+                    "pass",
+                    "every chunk authenticated and written",
+                    timings["fetch_decrypt"],
+                )
+            )
+            budget.check("pg_verifybackup")
+            checks.append(check_verifybackup(scratch.pgdata, manifest, cfg.postgres.bin_dir))
+            budget.check("starting PostgreSQL")
+            t1 = time.monotonic()
+            server.start(timeout=min(start_timeout, max(budget.left(), 1)))
+            server.find_superuser(cfg.postgres.user)
+            timings["postgres_start"] = time.monotonic() - t1
+        else:
+            t1 = time.monotonic()
+            server.initdb()
+            server.start(timeout=min(start_timeout, max(budget.left(), 1)))
+            timings["postgres_start"] = time.monotonic() - t1
+            budget.check("pg_restore")
+            try:
+                checks.append(_restore_logical_into(backup, server))
+            except PostgresError as exc:
+                checks.append(CheckResult("pg_restore", "fail", exc.message))
+            timings["fetch_decrypt"] = checks[-1].duration_seconds
+        version = server.version()
+        t2 = time.monotonic()
+        if checks[-1].outcome != "fail":
+            budget.check("the checks")
+            if manifest.kind == "physical":
+                checks.append(check_amcheck(server, min(amcheck_budget, max(budget.left(), 1))))
+            else:
+                checks.append(
+                    CheckResult("pg_amcheck", "skipped", "pg_restore built every index afresh")
+                )
+            checks.append(check_fingerprints(manifest, server))
+        timings["checks"] = time.monotonic() - t2
+        return version
+    finally:
+        with _no_sigterm():
+            server.stop()
+            scratch.remove()
+
+
+# -- a run over several backups --------------------------------------------------------
+
+
+def verify_backups(
+    runtime: Runtime,
+    ref: str,
+    *,
+    level: str,
+    progress: bool | None = None,
+    cancel: threading.Event | None = None,
+    select: Callable[[Repository], Sequence[Manifest]] | None = None,
+) -> list[Verification]:
+    """Verify the selected backups, record each result (signed), return them all."""
+    if level not in ("integrity", "restore"):
+        raise ConfigError(f"unknown verification level {level!r}", hint="integrity or restore")
+    repo = runtime.repository
+    writer = ensure_writer_key(runtime)
+    chosen = list(select(repo)) if select else select_backups(repo, ref, level)
+    max_duration = parse_duration(runtime.config.verify.max_duration, "verify.max_duration")
+    budget = Budget(time.monotonic() + max_duration, cancel)
+    results: list[Verification] = []
+    for manifest in chosen:
+        budget.check(f"backup {manifest.backup_id}")
+        bound = log.bind(backup_id=manifest.backup_id, level=level)
+        bound.info("verification started", kind=manifest.kind)
+        try:
+            result = verify_one(runtime, manifest, level=level, budget=budget, progress=progress)
+        except IntegrityError as exc:  # the manifest or key object did not authenticate
+            result = Verification(
+                manifest,
+                VerificationRecord(
+                    manifest.backup_id,
+                    level,
+                    datetime.now(UTC).isoformat(timespec="microseconds"),
+                    0.0,
+                    ebk.__version__,
+                    None,
+                    [CheckResult("authentication", "fail", exc.message)],
+                ),
+            )
+        result.stored_as = repo.verifications().write(result.record, writer)
+        for check in result.record.checks:
+            if check.outcome in ("fail", "incomplete", "warn"):
+                bound.warning(
+                    "verification check " + check.outcome, check=check.name, details=check.details
+                )
+        bound.info(
+            "verification finished",
+            passed=result.record.passed,
+            seconds=round(result.record.duration_seconds, 1),
+        )
+        results.append(result)
+    return results
+
+
+def failure_error(results: Sequence[Verification]) -> EbkError | None:
+    """The error the command exits with: integrity (5) when any check failed."""
+    failed = [r for r in results if not r.record.passed]
+    if not failed:
+        return None
+    lines = []
+    for r in failed:
+        for c in r.record.checks:
+            if c.outcome not in ("pass", "warn", "skipped"):
+                lines.append(f"backup {r.manifest.backup_id}: {c.name} {c.outcome}: {c.details}")
+    return IntegrityError(
+        f"{len(failed)} of {len(results)} backup(s) failed verification:\n  " + "\n  ".join(lines),
+        hint="do not rely on these backups: take a new backup now, keep the failed one for "
+        'investigation, and see docs/operations.md ("Verification failures")',
+    )

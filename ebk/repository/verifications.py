@@ -1,0 +1,214 @@
+"""Verification records: what `ebk verify` proved about a backup, signed like manifests.
+
+    backups/<id>/verifications/<verified_at>-<rand>.json
+
+A record sits under its backup's prefix, so deleting the backup deletes its
+records.  It is a JSON document signed by the repository's writer key over
+``b"ebk-verification-v1\\0" || JCS(record without auth)`` (the domain string
+keeps a record from ever verifying as a manifest, whose covered bytes start
+with ``{``).  Readers cap the size before parsing and use a record only after
+its signature verifies and it names the backup it is stored under; anything
+else is skipped and reported, never shown as VERIFIED.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ebk.errors import IntegrityError, ObjectNotFound
+from ebk.manifest import canonical
+from ebk.repository.layout import object_name
+from ebk.repository.writer import TrustedWriters, WriterKey
+from ebk.storage.base import Storage
+
+FORMAT = "ebk-verification"
+VERSION = 1
+DOMAIN = b"ebk-verification-v1\x00"
+PREFIX = "verifications/"
+MAX_RECORD_SIZE = 256 * 1024
+MAX_DETAIL = 4000  # characters per check's details
+MAX_CHECKS = 64
+MAX_RECORDS_READ = 20  # per backup: the newest ones (names sort by time)
+LEVELS = ("integrity", "restore")
+OUTCOMES = ("pass", "fail", "warn", "skipped", "incomplete")
+
+
+@dataclass
+class CheckResult:
+    name: str  # e.g. "chunks", "pg_verifybackup", "pg_amcheck", "fingerprints"
+    outcome: str  # pass | fail | warn | skipped | incomplete
+    details: str = ""
+    duration_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "outcome": self.outcome,
+            "details": self.details[:MAX_DETAIL],
+            "duration_seconds": round(self.duration_seconds, 3),
+        }
+
+
+@dataclass
+class VerificationRecord:
+    backup_id: str
+    level: str
+    verified_at: str
+    duration_seconds: float
+    ebk_version: str
+    server_version: str | None
+    checks: list[CheckResult] = field(default_factory=list)
+    signer: str = ""  # key id of the writer key that signed it (set when read)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(
+            c.outcome in ("pass", "warn", "skipped") for c in self.checks
+        )
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "backup_id": self.backup_id,
+            "level": self.level,
+            "passed": self.passed,
+            "verified_at": self.verified_at,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "ebk_version": self.ebk_version,
+            "server_version": self.server_version,
+            "checks": [c.to_json() for c in self.checks[:MAX_CHECKS]],
+        }
+
+    def to_public(self) -> dict[str, Any]:
+        return {**self.body(), "signed_by": self.signer}
+
+
+def _covered(body: dict[str, Any]) -> bytes:
+    return DOMAIN + canonical(body)
+
+
+def _parse(raw: bytes, where: str) -> tuple[VerificationRecord, dict[str, Any], str]:
+    """Parse (not authenticate): the record, the covered body and the signature."""
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError("not a verification record")
+        if doc.get("version") != VERSION:
+            raise ValueError("unknown version")
+        auth = doc.pop("auth")
+        sig = auth["sig"] if isinstance(auth, dict) else None
+        if not isinstance(sig, str):
+            raise ValueError("no signature")
+        checks_raw = doc["checks"]
+        if not isinstance(checks_raw, list) or len(checks_raw) > MAX_CHECKS:
+            raise ValueError("checks must be a short list")
+        checks = []
+        for c in checks_raw:
+            if not isinstance(c, dict) or c.get("outcome") not in OUTCOMES:
+                raise ValueError("malformed check")
+            checks.append(
+                CheckResult(
+                    str(c["name"])[:64],
+                    str(c["outcome"]),
+                    str(c.get("details", ""))[:MAX_DETAIL],
+                    float(c.get("duration_seconds", 0.0)),
+                )
+            )
+        level = doc["level"]
+        if level not in LEVELS:
+            raise ValueError("unknown level")
+        record = VerificationRecord(
+            backup_id=str(doc["backup_id"]),
+            level=str(level),
+            verified_at=str(doc["verified_at"]),
+            duration_seconds=float(doc["duration_seconds"]),
+            ebk_version=str(doc["ebk_version"]),
+            server_version=None
+            if doc.get("server_version") is None
+            else str(doc["server_version"]),
+            checks=checks,
+        )
+        datetime.fromisoformat(record.verified_at)
+        if doc.get("passed") is not record.passed:
+            raise ValueError("passed does not match the checks")
+        canonical(doc)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise IntegrityError(f"verification record {where} is malformed ({exc})") from None
+    return record, doc, sig
+
+
+class VerificationStore:
+    """Reads and writes the records of one repository (created by Repository.verifications)."""
+
+    def __init__(self, storage: Storage, trusted: Callable[[], TrustedWriters], url: str) -> None:
+        self._storage = storage
+        self._trusted = trusted
+        self._url = url
+
+    def _prefix(self, backup_id: str) -> str:
+        return object_name(backup_id, PREFIX)
+
+    def write(self, record: VerificationRecord, writer: WriterKey) -> str:
+        body = record.body()
+        raw = _covered(body)
+        doc = {**body, "auth": {"sig": writer.sign(raw)}}
+        data = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+        if len(data) > MAX_RECORD_SIZE:
+            raise IntegrityError("verification record too large; details were not truncated")
+        stamp = datetime.fromisoformat(record.verified_at).astimezone(UTC)
+        name = f"{self._prefix(record.backup_id)}{stamp:%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(3)}"
+        name += ".json"
+        self._storage.put_if_absent(name, data)
+        return name
+
+    def _read_capped(self, name: str) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        with self._storage.open_read(name) as stream:
+            while size <= MAX_RECORD_SIZE and (part := stream.read(64 * 1024)):
+                parts.append(part)
+                size += len(part)
+        raw = b"".join(parts)
+        if len(raw) > MAX_RECORD_SIZE:
+            raise IntegrityError(f"{name} is larger than any verification record")
+        return raw
+
+    def records(
+        self, backup_id: str, problems: list[str] | None = None
+    ) -> list[VerificationRecord]:
+        """The authentic records of a backup, oldest first; the rest go to ``problems``."""
+        prefix = self._prefix(backup_id)
+        infos = [
+            i
+            for i in self._storage.list(prefix)
+            if i.name.endswith(".json") and "/" not in i.name[len(prefix) :]
+        ]
+        infos.sort(key=lambda i: i.name)
+        out: list[VerificationRecord] = []
+        for info in infos[-MAX_RECORDS_READ:]:
+            if info.size > MAX_RECORD_SIZE:
+                if problems is not None:
+                    problems.append(f"{info.name}: implausibly large ({info.size} B)")
+                continue
+            try:
+                record, body, sig = _parse(self._read_capped(info.name), info.name)
+                self._trusted().verify(_covered(body), sig, what=f"verification record {info.name}")
+                if record.backup_id != backup_id:
+                    raise IntegrityError(
+                        f"verification record {info.name} describes backup {record.backup_id}"
+                    )
+            except ObjectNotFound:
+                continue
+            except IntegrityError as exc:
+                if problems is not None:
+                    problems.append(exc.message)
+                continue
+            record.signer = sig.split(":")[1] if sig.count(":") >= 2 else ""
+            out.append(record)
+        return out
