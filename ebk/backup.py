@@ -29,20 +29,12 @@ from ebk.keys.envelope import new_data_key
 from ebk.manifest import Manifest, StoredObject
 from ebk.pipeline import prefetch
 from ebk.placement import choose as choose_placement
+from ebk.postgres import fingerprint
 from ebk.postgres.basebackup import ArchiveStart, BaseBackup, ManifestStart
 from ebk.postgres.connection import ClusterInfo, cluster_info, list_databases
 from ebk.postgres.dump import READ_SIZE, dump_process
-from ebk.postgres.fingerprint import (
-    EXTENSION as FINGERPRINTS,
-)
-from ebk.postgres.fingerprint import (
-    DatabasePrint,
-    Fingerprints,
-    capture_database,
-    exported_snapshot,
-    physical_fingerprints,
-    recorded,
-)
+from ebk.postgres.fingerprint import EXTENSION as FINGERPRINTS
+from ebk.postgres.fingerprint import DatabasePrint, Fingerprints
 from ebk.progress import Progress
 from ebk.repository import Repository
 from ebk.repository.layout import new_backup_id, stream_context
@@ -264,7 +256,7 @@ def produce_physical(run: BackupRun) -> dict[str, object]:
 
 def _physical_with_fingerprints(run: BackupRun) -> dict[str, object]:
     """The base backup between two fingerprints (ebk.postgres.fingerprint: consistency)."""
-    facts, prints = physical_fingerprints(
+    facts, prints = fingerprint.physical_fingerprints(
         run.config.postgres, run.conn, lambda: produce_physical(run)
     )
     return {**facts, "extensions": {FINGERPRINTS: prints}}
@@ -283,7 +275,7 @@ def _dump_into(
     printed: DatabasePrint | None = None
     with contextlib.ExitStack() as stack:
         snapshot, conn = (
-            stack.enter_context(exported_snapshot(run.config.postgres, database))
+            stack.enter_context(fingerprint.exported_snapshot(run.config.postgres, database))
             if database is not None
             else (None, None)
         )
@@ -298,7 +290,7 @@ def _dump_into(
                 sink.write(chunk)
                 run.progress.advance(len(chunk))
         if conn is not None:
-            printed = capture_database(conn)
+            printed = fingerprint.capture_database(conn)
     run.close_object()
     return printed
 
@@ -317,7 +309,7 @@ def produce_logical(run: BackupRun, databases: Sequence[str] = ()) -> dict[str, 
         )
         if printed is not None:
             prints.databases[database] = printed
-    return {"databases": selected, "extensions": {FINGERPRINTS: recorded(prints)}}
+    return {"databases": selected, "extensions": {FINGERPRINTS: fingerprint.recorded(prints)}}
 
 
 def take_backup(

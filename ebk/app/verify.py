@@ -273,7 +273,8 @@ def check_chunks(backup: OpenedBackup) -> CheckResult:
                     reader.finish()
                     total += reader.plain_bytes
             except IntegrityError as exc:
-                return "fail", f"object {stored.name}: {exc.message}"
+                text = exc.message
+                return "fail", text if stored.name in text else f"object {stored.name}: {text}"
         return "pass", f"{len(backup.manifest.objects)} objects, {total} bytes authenticated"
 
     return _timed("chunks", run)
@@ -565,6 +566,9 @@ def verify_backups(
     repo = runtime.repository
     writer = ensure_writer_key(runtime)
     chosen = list(select(repo)) if select else select_backups(repo, ref, level)
+    root = Path(runtime.config.verify.scratch_dir)
+    if root.is_dir():
+        sweep_stale(root)  # what a killed verifier left, before anything else
     max_duration = parse_duration(runtime.config.verify.max_duration, "verify.max_duration")
     budget = Budget(time.monotonic() + max_duration, cancel)
     results: list[Verification] = []
@@ -617,3 +621,66 @@ def failure_error(results: Sequence[Verification]) -> EbkError | None:
         hint="do not rely on these backups: take a new backup now, keep the failed one for "
         'investigation, and see docs/operations.md ("Verification failures")',
     )
+
+
+# -- what listings show ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Status:
+    """A backup's verification state from its authentic records only."""
+
+    newest: VerificationRecord | None  # the newest record, passed or not
+    passed: VerificationRecord | None  # the newest passing one
+
+    def label(self) -> str:
+        if self.newest is not None and not self.newest.passed:
+            return f"FAILED ({self.newest.level})"
+        if self.passed is None:
+            return "-"
+        return f"{self.passed.level} {age_text(self.passed.verified_at)} ago"
+
+
+def age_seconds(iso: str, now: datetime | None = None) -> float | None:
+    try:
+        when = datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(((now or datetime.now(UTC)) - when).total_seconds(), 0.0)
+
+
+def age_text(iso: str) -> str:
+    seconds = age_seconds(iso)
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def statuses(
+    repo: Repository, backups: Sequence[Manifest], problems: list[str] | None = None
+) -> dict[str, Status]:
+    store = repo.verifications()
+    out: dict[str, Status] = {}
+    for m in backups:
+        records = store.records(m.backup_id, problems)
+        passing = [r for r in records if r.passed]
+        out[m.backup_id] = Status(
+            records[-1] if records else None, passing[-1] if passing else None
+        )
+    return out
+
+
+def newest_verified(
+    backups: Sequence[Manifest], status: dict[str, Status], *, level: str | None = None
+) -> Manifest | None:
+    """The newest backup with a passing record (at ``level`` when given)."""
+    for m in reversed(backups):
+        passed = status[m.backup_id].passed if m.backup_id in status else None
+        if passed is not None and (level is None or passed.level == level):
+            return m
+    return None

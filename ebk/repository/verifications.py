@@ -165,6 +165,7 @@ class VerificationStore:
         name = f"{self._prefix(record.backup_id)}{stamp:%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(3)}"
         name += ".json"
         self._storage.put_if_absent(name, data)
+        record.signer = writer.key_id
         return name
 
     def _read_capped(self, name: str) -> bytes:

@@ -19,8 +19,9 @@ def test_good_backup_verifies_at_both_levels(source: VerifySource, kind: str) ->
     assert "sample" in prints["tables"]["public.items"]
     assert "sample" not in prints["tables"]["public.notes"]  # no primary key
 
-    integrity = json.loads(env.run("verify", backup["backup_id"], "--level", "integrity",
-                                   "--json").stdout)
+    integrity = json.loads(
+        env.run("verify", backup["backup_id"], "--level", "integrity", "--json").stdout
+    )
     assert [r["passed"] for r in integrity] == [True]
     assert [c["name"] for c in integrity[0]["checks"]] == ["chunks"]
 
@@ -29,8 +30,12 @@ def test_good_backup_verifies_at_both_levels(source: VerifySource, kind: str) ->
     assert record["passed"], record
     outcomes = {c["name"]: c["outcome"] for c in record["checks"]}
     if kind == "physical":
-        assert outcomes == {"restore": "pass", "pg_verifybackup": "pass", "pg_amcheck": "pass",
-                            "fingerprints": "pass"}
+        assert outcomes == {
+            "restore": "pass",
+            "pg_verifybackup": "pass",
+            "pg_amcheck": "pass",
+            "fingerprints": "pass",
+        }
     else:
         assert outcomes == {"pg_restore": "pass", "pg_amcheck": "skipped", "fingerprints": "pass"}
     assert record["server_version"].startswith("15")
