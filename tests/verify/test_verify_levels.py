@@ -40,3 +40,23 @@ def test_good_backup_verifies_at_both_levels(source: VerifySource, kind: str) ->
         assert outcomes == {"pg_restore": "pass", "pg_amcheck": "skipped", "fingerprints": "pass"}
     assert record["server_version"].startswith("15")
     assert list(source.scratch.iterdir()) == []
+
+
+def test_retention_keeps_the_newest_restore_verified_backup(
+    source: VerifySource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = source.env
+    verified = json.loads(env.run("backup", "--type", "logical", "--json").stdout)["backup_id"]
+    env.run("verify", verified)
+    newer = json.loads(env.run("backup", "--type", "logical", "--json").stdout)["backup_id"]
+    env.run("verify", newer, "--level", "integrity")  # integrity alone does not protect
+    monkeypatch.setenv("EBK_RETENTION__KEEP_LAST", "1")
+    monkeypatch.setenv("EBK_RETENTION__KEEP_DAILY", "0")
+    monkeypatch.setenv("EBK_RETENTION__KEEP_WEEKLY", "0")
+    monkeypatch.setenv("EBK_RETENTION__KEEP_MONTHLY", "0")
+    monkeypatch.setenv("EBK_RETENTION__MIN_AGE", "0")
+    plan = json.loads(env.run("retention", "--dry-run", "--json").stdout)
+    decisions = {d["backup_id"]: d for d in plan["decisions"]}
+    assert decisions[verified]["action"] == "keep"
+    assert decisions[verified]["reasons"] == ["newest backup that passed a restore verification"]
+    assert decisions[newer]["action"] == "keep"
