@@ -46,6 +46,7 @@ from ebk.daemon.schedule import (
     utcnow,
 )
 from ebk.daemon.sdnotify import Notifier
+from ebk.daemon.verify_job import VerifyMonitor
 from ebk.errors import ConfigError, EbkError, Interrupted, LockBusy
 from ebk.logsetup import configure_logging
 from ebk.preflight.gate import enforce
@@ -94,6 +95,8 @@ class Daemon:
         self.http: StatusServer | None = None
         self.metrics = DaemonMetrics(self._next_runs)
         self.metrics.registry.register(DatabaseCollector(self._postgres, self._backup_running))
+        self.verify = VerifyMonitor(self.metrics.registry)  # the `verify` kind (issue 11)
+        self.registry.setdefault("verify", self.verify.job_kind())
         self._not_ready = "starting"
         self._stop_signal: int | None = None
         self._reload_requested = False
@@ -350,6 +353,9 @@ class Daemon:
         scheduler = self.scheduler
         if scheduler is None or not scheduler.running:
             return False, "the scheduler is not running"
+        stale = self.verify.not_ready_reason()
+        if stale:
+            return False, stale
         return True, ""
 
     def _set_not_ready(self, reason: str) -> None:
