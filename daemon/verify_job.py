@@ -37,7 +37,16 @@ from ebk.daemon.jobs import JobContext, JobKind, JobResult
 from ebk.errors import ConfigError, IntegrityError
 from ebk.runtime import Runtime
 
-CHECKS = ("chunks", "restore", "pg_restore", "pg_verifybackup", "pg_amcheck", "fingerprints")
+CHECKS = (
+    "authentication",
+    "chunks",
+    "restore",
+    "pg_restore",
+    "pg_verifybackup",
+    "postgres_start",
+    "pg_amcheck",
+    "fingerprints",
+)
 
 
 class _AgeCollector(Collector):

@@ -501,7 +501,11 @@ def _verify_restore(
         t0 = time.monotonic()
         if manifest.kind == "physical":
             budget.check("the restore")
-            _restore_physical_into(runtime, backup, scratch, progress)
+            try:
+                _restore_physical_into(runtime, backup, scratch, progress)
+            except IntegrityError as exc:
+                checks.append(CheckResult("restore", "fail", exc.message, time.monotonic() - t0))
+                return None
             timings["fetch_decrypt"] = time.monotonic() - t0
             checks.append(
                 CheckResult(
@@ -515,7 +519,8 @@ def _verify_restore(
             checks.append(check_verifybackup(scratch.pgdata, manifest, cfg.postgres.bin_dir))
             budget.check("starting PostgreSQL")
             t1 = time.monotonic()
-            server.start(timeout=min(start_timeout, max(budget.left(), 1)))
+            if not _started(server, checks, min(start_timeout, max(budget.left(), 1))):
+                return None
             server.find_superuser(cfg.postgres.user)
             timings["postgres_start"] = time.monotonic() - t1
         else:
@@ -524,14 +529,15 @@ def _verify_restore(
             server.start(timeout=min(start_timeout, max(budget.left(), 1)))
             timings["postgres_start"] = time.monotonic() - t1
             budget.check("pg_restore")
+            t0 = time.monotonic()
             try:
                 checks.append(_restore_logical_into(backup, server))
-            except PostgresError as exc:
-                checks.append(CheckResult("pg_restore", "fail", exc.message))
+            except (PostgresError, IntegrityError) as exc:
+                checks.append(CheckResult("pg_restore", "fail", exc.message, time.monotonic() - t0))
             timings["fetch_decrypt"] = checks[-1].duration_seconds
         version = server.version()
         t2 = time.monotonic()
-        if checks[-1].outcome != "fail":
+        if all(c.outcome != "fail" for c in checks):
             budget.check("the checks")
             if manifest.kind == "physical":
                 checks.append(check_amcheck(server, min(amcheck_budget, max(budget.left(), 1))))
@@ -546,6 +552,31 @@ def _verify_restore(
         with _no_sigterm():
             server.stop()
             scratch.remove()
+
+
+def _started(server: ScratchServer, checks: list[CheckResult], timeout: float) -> bool:
+    """Start the restored cluster; a failure (WAL replay, missing WAL) is the backup's."""
+    t0 = time.monotonic()
+    try:
+        server.start(timeout=timeout)
+    except PostgresError as exc:
+        try:
+            tail = server.log_file.read_text(errors="replace").splitlines()[-15:]
+        except OSError:
+            tail = []
+        checks.append(
+            CheckResult(
+                "postgres_start",
+                "fail",
+                f"{exc.message}\nserver log:\n" + "\n".join(tail),
+                time.monotonic() - t0,
+            )
+        )
+        return False
+    checks.append(
+        CheckResult("postgres_start", "pass", "recovery reached consistency", time.monotonic() - t0)
+    )
+    return True
 
 
 # -- a run over several backups --------------------------------------------------------

@@ -33,6 +33,7 @@ def test_good_backup_verifies_at_both_levels(source: VerifySource, kind: str) ->
         assert outcomes == {
             "restore": "pass",
             "pg_verifybackup": "pass",
+            "postgres_start": "pass",
             "pg_amcheck": "pass",
             "fingerprints": "pass",
         }
