@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import psycopg
+import structlog
 from psycopg import sql
 
 from ebk.config import PostgresConfig
@@ -37,6 +38,7 @@ from ebk.errors import PostgresError
 from ebk.postgres.connection import connect, list_databases
 
 T = TypeVar("T")
+log = structlog.get_logger("ebk.fingerprint")
 
 EXTENSION = "fingerprints"
 VERSION = 1
@@ -202,7 +204,8 @@ def capture_database(conn: psycopg.Connection) -> DatabasePrint:
             rows = int(row[0]) if row else None
             sample = _sample(conn, oid, schema, name)
             conn.execute("RELEASE SAVEPOINT ebk_fp")
-        except psycopg.errors.QueryCanceled:
+        except (psycopg.errors.QueryCanceled, psycopg.errors.InsufficientPrivilege):
+            # Too slow, or not readable by this role: recorded without rows, never compared.
             conn.execute("ROLLBACK TO SAVEPOINT ebk_fp")
             rows, sample = None, None
         db.tables[qualified] = TablePrint(rows, rows, sample, changes)
@@ -234,11 +237,24 @@ def exported_snapshot(
         yield str(row[0]), conn
 
 
-def capture_databases(cfg: PostgresConfig, databases: Iterable[str]) -> dict[str, DatabasePrint]:
+def capture_databases(
+    cfg: PostgresConfig, databases: Iterable[str], *, tolerant: bool = False
+) -> dict[str, DatabasePrint]:
+    """Fingerprint each database in its own transaction.
+
+    ``tolerant`` (physical backups, whose role may hold only REPLICATION): a
+    database that cannot be fingerprinted is logged and left out instead of
+    failing the backup; verification then has nothing to compare for it.
+    """
     out: dict[str, DatabasePrint] = {}
     for database in list(databases)[:MAX_DATABASES]:
-        with _transaction(cfg, database) as conn:
-            out[database] = capture_database(conn)
+        try:
+            with _transaction(cfg, database) as conn:
+                out[database] = capture_database(conn)
+        except PostgresError as exc:
+            if not tolerant:
+                raise
+            log.warning("database not fingerprinted", database=database, error=exc.message)
     return out
 
 
@@ -286,9 +302,9 @@ def physical_fingerprints(
 ) -> tuple[T, dict[str, Any]]:
     """Run ``backup`` between two counts of every database (module docstring)."""
     databases = list_databases(cfg, conn)
-    before = capture_databases(cfg, databases)
+    before = capture_databases(cfg, databases, tolerant=True)
     result = backup()
-    after = capture_databases(cfg, databases)
+    after = capture_databases(cfg, databases, tolerant=True)
     return result, recorded(bracket(before, after))
 
 
