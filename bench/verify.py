@@ -91,8 +91,8 @@ def main() -> None:
             f"ebk verify : median {v:.1f} s {[round(s.seconds, 1) for s in verifies]}  "
             f"ratio {v / base:.2f}  peak RSS {max(s.peak_rss_mib for s in verifies):.0f} MiB"
         )
-        for key in ("fetch_decrypt", "postgres_start", "checks"):
-            print(f"  {key:15}: median {median([s.get(key, 0.0) for s in splits]):.1f} s")
+        for key in ("fetch_decrypt", "pg_verifybackup", "postgres_start", "checks"):
+            print(f"  {key:15}: median {median([s.get(key, 0.0) for s in splits]):.2f} s")
     finally:
         cluster.destroy()
         shutil.rmtree(work, ignore_errors=True)

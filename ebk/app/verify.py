@@ -517,6 +517,7 @@ def _verify_restore(
             )
             budget.check("pg_verifybackup")
             checks.append(check_verifybackup(scratch.pgdata, manifest, cfg.postgres.bin_dir))
+            timings["pg_verifybackup"] = checks[-1].duration_seconds
             budget.check("starting PostgreSQL")
             t1 = time.monotonic()
             if not _started(server, checks, min(start_timeout, max(budget.left(), 1))):

@@ -164,6 +164,7 @@ class ScratchServer:
             "logging_collector": "off",
             "synchronous_standby_names": "''",
             "fsync": "off",  # scratch: thrown away after the checks
+            "jit": "off",  # also under systemd's MemoryDenyWriteExecute=yes
         }
         options = " ".join(f"-c {k}={v}" for k, v in settings.items())
         self.started = True  # from here on stop() must try, even if start fails half-way
