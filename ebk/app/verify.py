@@ -83,6 +83,14 @@ def _passing(repo: Repository, backup_id: str, level: str) -> bool:
     return any(r.passed and r.level in wanted for r in repo.verifications().records(backup_id))
 
 
+def _unverified(repo: Repository, backups: Sequence[Manifest], level: str) -> list[Manifest]:
+    """Backups without a passing record at ``level`` (restore also counts for integrity)."""
+    if level == "integrity":  # the newest passing record of any level will do: one listing
+        status = statuses(repo, backups)
+        return [m for m in backups if status[m.backup_id].passed is None]
+    return [m for m in backups if not _passing(repo, m.backup_id, level)]
+
+
 def select_backups(repo: Repository, ref: str, level: str) -> list[Manifest]:
     """ID | latest | unverified (no passing record at this level) | all; oldest first."""
     if ref not in SELECTORS:
@@ -91,7 +99,7 @@ def select_backups(repo: Repository, ref: str, level: str) -> list[Manifest]:
         return [repo.resolve("latest")]
     backups = repo.list_backups().backups
     if ref == "unverified":
-        backups = [m for m in backups if not _passing(repo, m.backup_id, level)]
+        backups = _unverified(repo, backups, level)
     return backups
 
 
@@ -696,15 +704,8 @@ def age_text(iso: str) -> str:
 def statuses(
     repo: Repository, backups: Sequence[Manifest], problems: list[str] | None = None
 ) -> dict[str, Status]:
-    store = repo.verifications()
-    out: dict[str, Status] = {}
-    for m in backups:
-        records = store.records(m.backup_id, problems)
-        passing = [r for r in records if r.passed]
-        out[m.backup_id] = Status(
-            records[-1] if records else None, passing[-1] if passing else None
-        )
-    return out
+    found = repo.verifications().latest([m.backup_id for m in backups], problems)
+    return {backup_id: Status(*pair) for backup_id, pair in found.items()}
 
 
 def newest_verified(

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from ebk.errors import IntegrityError, ObjectNotFound
 from ebk.manifest import canonical
-from ebk.repository.layout import object_name
+from ebk.repository.layout import BACKUPS, object_name
 from ebk.repository.writer import TrustedWriters, WriterKey
-from ebk.storage.base import Storage
+from ebk.storage.base import ObjectInfo, Storage
 
 FORMAT = "ebk-verification"
 VERSION = 1
@@ -150,6 +151,7 @@ class VerificationStore:
         self._storage = storage
         self._trusted = trusted
         self._url = url
+        self._parallel = not url.startswith("file:")
 
     def _prefix(self, backup_id: str) -> str:
         return object_name(backup_id, PREFIX)
@@ -180,36 +182,87 @@ class VerificationStore:
             raise IntegrityError(f"{name} is larger than any verification record")
         return raw
 
+    def _read(
+        self, info: ObjectInfo, backup_id: str, problems: list[str] | None
+    ) -> VerificationRecord | None:
+        """One record, authenticated; None (and a problem) when it is not authentic."""
+        if info.size > MAX_RECORD_SIZE:
+            if problems is not None:
+                problems.append(f"{info.name}: implausibly large ({info.size} B)")
+            return None
+        try:
+            record, body, sig = _parse(self._read_capped(info.name), info.name)
+            self._trusted().verify(_covered(body), sig, what=f"verification record {info.name}")
+            if record.backup_id != backup_id:
+                raise IntegrityError(
+                    f"verification record {info.name} describes backup {record.backup_id}"
+                )
+        except ObjectNotFound:
+            return None
+        except IntegrityError as exc:
+            if problems is not None:
+                problems.append(exc.message)
+            return None
+        record.signer = sig.split(":")[1] if sig.count(":") >= 2 else ""
+        return record
+
+    def _names(self, prefix: str) -> dict[str, list[ObjectInfo]]:
+        """Record objects under ``prefix`` by backup id, oldest first (names sort by time)."""
+        out: dict[str, list[ObjectInfo]] = {}
+        for info in self._storage.list(prefix):
+            rest = info.name[len(BACKUPS) :]
+            backup_id, _, tail = rest.partition("/")
+            folder, _, leaf = tail.partition("/")
+            if folder + "/" == PREFIX and leaf.endswith(".json") and "/" not in leaf:
+                out.setdefault(backup_id, []).append(info)
+        for infos in out.values():
+            infos.sort(key=lambda i: i.name)
+        return out
+
     def records(
         self, backup_id: str, problems: list[str] | None = None
     ) -> list[VerificationRecord]:
         """The authentic records of a backup, oldest first; the rest go to ``problems``."""
-        prefix = self._prefix(backup_id)
-        infos = [
-            i
-            for i in self._storage.list(prefix)
-            if i.name.endswith(".json") and "/" not in i.name[len(prefix) :]
-        ]
-        infos.sort(key=lambda i: i.name)
-        out: list[VerificationRecord] = []
-        for info in infos[-MAX_RECORDS_READ:]:
-            if info.size > MAX_RECORD_SIZE:
-                if problems is not None:
-                    problems.append(f"{info.name}: implausibly large ({info.size} B)")
-                continue
-            try:
-                record, body, sig = _parse(self._read_capped(info.name), info.name)
-                self._trusted().verify(_covered(body), sig, what=f"verification record {info.name}")
-                if record.backup_id != backup_id:
-                    raise IntegrityError(
-                        f"verification record {info.name} describes backup {record.backup_id}"
-                    )
-            except ObjectNotFound:
-                continue
-            except IntegrityError as exc:
-                if problems is not None:
-                    problems.append(exc.message)
-                continue
-            record.signer = sig.split(":")[1] if sig.count(":") >= 2 else ""
-            out.append(record)
+        infos = self._names(self._prefix(backup_id)).get(backup_id, [])
+        out = [self._read(i, backup_id, problems) for i in infos[-MAX_RECORDS_READ:]]
+        return [r for r in out if r is not None]
+
+    def latest(
+        self, backup_ids: Iterable[str], problems: list[str] | None = None
+    ) -> dict[str, tuple[VerificationRecord | None, VerificationRecord | None]]:
+        """(newest record, newest passing record) per backup, from one listing.
+
+        Reads newest first and stops at the first passing record, so a backup
+        verified by its latest run costs one read; concurrent on object stores.
+        """
+        wanted = set(backup_ids)
+        names = {k: v for k, v in self._names(BACKUPS).items() if k in wanted}
+
+        def scan(
+            item: tuple[str, list[ObjectInfo]],
+        ) -> tuple[str, VerificationRecord | None, VerificationRecord | None, list[str]]:
+            backup_id, infos = item
+            found: list[str] = []
+            newest: VerificationRecord | None = None
+            for info in reversed(infos[-MAX_RECORDS_READ:]):
+                record = self._read(info, backup_id, found)
+                if record is None:
+                    continue
+                newest = newest or record
+                if record.passed:
+                    return backup_id, newest, record, found
+            return backup_id, newest, None, found
+
+        if self._parallel:
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                scanned = list(pool.map(scan, names.items()))
+        else:
+            scanned = [scan(item) for item in names.items()]
+        out: dict[str, tuple[VerificationRecord | None, VerificationRecord | None]] = {
+            b: (None, None) for b in wanted
+        }
+        for backup_id, newest, passing, found in scanned:
+            out[backup_id] = (newest, passing)
+            if problems is not None:
+                problems.extend(found)
         return out

@@ -8,6 +8,8 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support.daemon_process import DaemonProcess, daemon_section, job
 from tests.support.ebkenv import make_env
 from tests.support.net import free_port
@@ -15,6 +17,7 @@ from tests.support.postgres import make_postgres_dir
 from tests.verify.conftest import VerifySource
 
 
+@pytest.mark.slow
 def test_scheduled_verify_records_and_metrics(source: VerifySource, tmp_path: Path) -> None:
     source.env.run("backup", "--type", "physical")
     source.env.run("backup", "--type", "logical")

@@ -68,6 +68,7 @@ def _postmaster(scratch: Path) -> int:
     return pid
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_signal_leaves_no_server_and_no_scratch(
     source: VerifySource, tmp_path: Path, how: str, request: pytest.FixtureRequest
