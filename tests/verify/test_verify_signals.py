@@ -103,6 +103,7 @@ def test_sweep_touches_only_its_own_directories(source: VerifySource) -> None:
     linked.mkdir()
     (linked / ".ebk-verify-owner").symlink_to(plain / "data")
     try:
+        source.env.run("backup", "--type", "logical")
         source.env.run("verify", "latest", "--level", "integrity")
         assert (plain / "data").read_text() == "keep me"
         assert linked.exists()
