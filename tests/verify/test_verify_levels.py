@@ -40,6 +40,8 @@ def test_good_backup_verifies_at_both_levels(source: VerifySource, kind: str) ->
     else:
         assert outcomes == {"pg_restore": "pass", "pg_amcheck": "skipped", "fingerprints": "pass"}
     assert record["server_version"].startswith("15")
+    shown = env.run("show", backup["backup_id"]).stdout
+    assert "verified           restore" in shown and "fingerprints" in shown
     assert list(source.scratch.iterdir()) == []
 
 
@@ -61,3 +63,17 @@ def test_retention_keeps_the_newest_restore_verified_backup(
     assert decisions[verified]["action"] == "keep"
     assert decisions[verified]["reasons"] == ["newest backup that passed a restore verification"]
     assert decisions[newer]["action"] == "keep"
+
+
+def test_scratch_dir_not_proven_encrypted_is_refused_under_require(
+    source: VerifySource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plaintext goes into verify.scratch_dir: under `require` an unproven volume is exit 6."""
+    env = source.env
+    env.run("backup", "--type", "logical")
+    monkeypatch.setenv("EBK_PREFLIGHT__POLICY", "require")
+    monkeypatch.setenv("EBK_PREFLIGHT__CLOUD", "false")
+    monkeypatch.setenv("EBK_PREFLIGHT__KUBERNETES", "false")
+    result = env.run("verify", "latest", expect=6)
+    assert str(source.scratch) in result.stderr
+    assert list(source.scratch.iterdir()) == []
