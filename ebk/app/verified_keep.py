@@ -25,14 +25,12 @@ def keep_newest_verified(
     repo: Repository, backups: Sequence[Manifest], decisions: list[Decision]
 ) -> list[Decision]:
     """``decisions`` with the newest restore-verified backup of each group kept."""
-    store = repo.verifications()
+    verified = repo.verifications().latest([m.backup_id for m in backups])
     protected: set[str] = set()
     seen: set[tuple[str, str]] = set()
     for m in reversed(backups):  # newest first (the catalog is oldest first)
         group = (m.system_identifier, m.kind)
-        if group in seen:
-            continue
-        if any(r.passed and r.level == "restore" for r in store.records(m.backup_id)):
+        if group not in seen and verified[m.backup_id].restore is not None:
             seen.add(group)
             protected.add(m.backup_id)
     out = []

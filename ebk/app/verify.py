@@ -78,17 +78,12 @@ MAX_TOOL_OUTPUT = 64 * 1024
 # -- choosing backups ------------------------------------------------------------------
 
 
-def _passing(repo: Repository, backup_id: str, level: str) -> bool:
-    wanted = ("restore",) if level == "restore" else ("integrity", "restore")
-    return any(r.passed and r.level in wanted for r in repo.verifications().records(backup_id))
-
-
 def _unverified(repo: Repository, backups: Sequence[Manifest], level: str) -> list[Manifest]:
     """Backups without a passing record at ``level`` (restore also counts for integrity)."""
-    if level == "integrity":  # the newest passing record of any level will do: one listing
-        status = statuses(repo, backups)
-        return [m for m in backups if status[m.backup_id].passed is None]
-    return [m for m in backups if not _passing(repo, m.backup_id, level)]
+    status = statuses(repo, backups)
+    if level == "restore":
+        return [m for m in backups if status[m.backup_id].restore is None]
+    return [m for m in backups if status[m.backup_id].passed is None]
 
 
 def select_backups(repo: Repository, ref: str, level: str) -> list[Manifest]:
@@ -108,7 +103,7 @@ def newest_unverified_per_kind(repo: Repository, level: str) -> list[Manifest]:
     newest: dict[str, Manifest] = {}
     for m in repo.list_backups().backups:
         newest[m.kind] = m
-    return [m for m in newest.values() if not _passing(repo, m.backup_id, level)]
+    return _unverified(repo, list(newest.values()), level)
 
 
 # -- the scratch directory -------------------------------------------------------------
@@ -697,6 +692,7 @@ class Status:
 
     newest: VerificationRecord | None  # the newest record, passed or not
     passed: VerificationRecord | None  # the newest passing one
+    restore: VerificationRecord | None = None  # the newest passing restore verification
 
     def label(self) -> str:
         if self.newest is not None and not self.newest.passed:
@@ -730,7 +726,7 @@ def statuses(
     repo: Repository, backups: Sequence[Manifest], problems: list[str] | None = None
 ) -> dict[str, Status]:
     found = repo.verifications().latest([m.backup_id for m in backups], problems)
-    return {backup_id: Status(*pair) for backup_id, pair in found.items()}
+    return {b: Status(v.newest, v.passed, v.restore) for b, v in found.items()}
 
 
 def newest_verified(
@@ -738,7 +734,9 @@ def newest_verified(
 ) -> Manifest | None:
     """The newest backup with a passing record (at ``level`` when given)."""
     for m in reversed(backups):
-        passed = status[m.backup_id].passed if m.backup_id in status else None
-        if passed is not None and (level is None or passed.level == level):
+        state = status.get(m.backup_id)
+        if state is None:
+            continue
+        if (state.restore if level == "restore" else state.passed) is not None:
             return m
     return None

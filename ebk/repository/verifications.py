@@ -90,6 +90,15 @@ class VerificationRecord:
         return {**self.body(), "signed_by": self.signer}
 
 
+@dataclass
+class Latest:
+    """What listings need of a backup's records (all authenticated)."""
+
+    newest: VerificationRecord | None = None  # passed or not
+    passed: VerificationRecord | None = None  # the newest passing, any level
+    restore: VerificationRecord | None = None  # the newest passing restore verification
+
+
 def _covered(body: dict[str, Any]) -> bytes:
     return DOMAIN + canonical(body)
 
@@ -229,40 +238,40 @@ class VerificationStore:
 
     def latest(
         self, backup_ids: Iterable[str], problems: list[str] | None = None
-    ) -> dict[str, tuple[VerificationRecord | None, VerificationRecord | None]]:
-        """(newest record, newest passing record) per backup, from one listing.
+    ) -> dict[str, Latest]:
+        """The newest record, newest passing one and newest passing restore per backup.
 
-        Reads newest first and stops at the first passing record, so a backup
-        verified by its latest run costs one read; concurrent on object stores.
+        One listing for all backups; reads newest first and stops once a passing
+        restore record is found (a backup verified by its latest run costs one
+        read); concurrent reads on object stores.
         """
         wanted = set(backup_ids)
         names = {k: v for k, v in self._names(BACKUPS).items() if k in wanted}
 
-        def scan(
-            item: tuple[str, list[ObjectInfo]],
-        ) -> tuple[str, VerificationRecord | None, VerificationRecord | None, list[str]]:
+        def scan(item: tuple[str, list[ObjectInfo]]) -> tuple[str, Latest, list[str]]:
             backup_id, infos = item
             found: list[str] = []
-            newest: VerificationRecord | None = None
+            state = Latest()
             for info in reversed(infos[-MAX_RECORDS_READ:]):
                 record = self._read(info, backup_id, found)
                 if record is None:
                     continue
-                newest = newest or record
+                state.newest = state.newest or record
                 if record.passed:
-                    return backup_id, newest, record, found
-            return backup_id, newest, None, found
+                    state.passed = state.passed or record
+                    if record.level == "restore":
+                        state.restore = record
+                        break
+            return backup_id, state, found
 
         if self._parallel:
             with ThreadPoolExecutor(max_workers=16) as pool:
                 scanned = list(pool.map(scan, names.items()))
         else:
             scanned = [scan(item) for item in names.items()]
-        out: dict[str, tuple[VerificationRecord | None, VerificationRecord | None]] = {
-            b: (None, None) for b in wanted
-        }
-        for backup_id, newest, passing, found in scanned:
-            out[backup_id] = (newest, passing)
+        out = {b: Latest() for b in wanted}
+        for backup_id, state, found in scanned:
+            out[backup_id] = state
             if problems is not None:
                 problems.extend(found)
         return out
