@@ -4,13 +4,17 @@ a B-tree index damaged in the source before the backup, a forged verification re
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from ebk.cli import main
 from ebk.postgres import fingerprint
 from tests.support.refusal import assert_refused
 from tests.verify.conftest import VerifySource, make_source
@@ -124,3 +128,28 @@ def test_forged_record_is_refused_and_never_shown_verified(source: VerifySource)
 def test_unknown_backup_is_refused(source: VerifySource) -> None:
     result = source.env.run("verify", "20990101T000000000000Z-abcdef", expect=9)
     assert_refused(result, 9, mentions="20990101T000000000000Z-abcdef")
+
+
+@pytest.mark.root
+def test_too_little_scratch_space_is_refused_before_anything_is_written(
+    source: VerifySource, tmp_path: Path
+) -> None:
+    """A 1 MiB tmpfs as verify.scratch_dir: exit 10 before the restore, nothing left in it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(small)], check=True
+    )
+    try:
+        source.env.run("backup", "--type", "logical")
+        config = tmp_path / "small.toml"
+        config.write_text(
+            source.env.config_path.read_text().replace(str(source.scratch), str(small))
+        )
+        result = CliRunner().invoke(main, ["--config", str(config), "verify", "latest"])
+        assert_refused(result, 10, mentions=[str(small), "MiB free"])
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
