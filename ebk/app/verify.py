@@ -332,7 +332,8 @@ def check_amcheck(
         ]
         out_path = server.socket_dir.parent / "pg_amcheck.out"
         deadline = time.monotonic() + max(budget_seconds, 1)
-        with out_path.open("w+") as out:
+        fd = os.open(out_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w+") as out:
             proc = subprocess.Popen(
                 argv,
                 stdout=out,

@@ -134,13 +134,14 @@ class ScratchServer:
         give_to_server(self.socket_dir)
         hba = self.socket_dir.parent / "ebk_verify_hba.conf"
         hba.write_text("local all all trust\n")
-        os.chmod(hba, 0o644)
+        os.chmod(hba, 0o600)
         give_to_server(hba)
         if not (self.data_dir / "postgresql.conf").exists():  # Debian keeps it in /etc
             conf = self.data_dir / "postgresql.conf"
             conf.write_text("# written by ebk verify: the backup held no postgresql.conf\n")
             give_to_server(conf)
-        self.log_file.touch()
+        self.log_file.touch(mode=0o600)  # a server log can quote data
+        os.chmod(self.log_file, 0o600)
         give_to_server(self.log_file)
         return hba
 
