@@ -519,12 +519,12 @@ def _verify_restore(
             hint="free space there, or point verify.scratch_dir at a larger encrypted volume",
         )
     bin_dir = server_bin_dir(manifest.major, cfg.postgres.bin_dir)
-    scratch = Scratch.create(root, manifest.backup_id)
-    scratch.write_marker(str(bin_dir))
-    server = scratch.server(bin_dir)
     start_timeout = parse_duration(cfg.verify.start_timeout, "verify.start_timeout")
     amcheck_budget = parse_duration(cfg.verify.amcheck_budget, "verify.amcheck_budget")
+    scratch = Scratch.create(root, manifest.backup_id)
+    server = scratch.server(bin_dir)
     try:
+        scratch.write_marker(str(bin_dir))  # the sweep needs it to stop a leftover server
         t0 = time.monotonic()
         if manifest.kind == "physical":
             budget.check("the restore")
