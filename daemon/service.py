@@ -47,6 +47,7 @@ from ebk.daemon.schedule import (
     utcnow,
 )
 from ebk.daemon.sdnotify import Notifier
+from ebk.daemon.verify_job import VerifyMonitor
 from ebk.errors import ConfigError, EbkError, Interrupted, LockBusy
 from ebk.logsetup import configure_logging
 from ebk.preflight.gate import enforce
@@ -98,6 +99,8 @@ class Daemon:
         self.key_policy = KeyPolicyState()  # the `keys` job's last status (daemon/keyjob.py)
         self.metrics.registry.register(self.key_policy)
         self.registry.setdefault("keys", key_job_kind(self.key_policy))
+        self.verify = VerifyMonitor(self.metrics.registry)  # the `verify` kind (issue 11)
+        self.registry.setdefault("verify", self.verify.job_kind())
         self._not_ready = "starting"
         self._stop_signal: int | None = None
         self._reload_requested = False
@@ -357,6 +360,9 @@ class Daemon:
         key_reason = self.key_policy.not_ready_reason()
         if key_reason:
             return False, key_reason
+        stale = self.verify.not_ready_reason()
+        if stale:
+            return False, stale
         return True, ""
 
     def _set_not_ready(self, reason: str) -> None:

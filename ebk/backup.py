@@ -8,6 +8,7 @@ is listed and nothing is left for the next backup to trip on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -29,9 +30,12 @@ from ebk.keys.envelope import new_data_key
 from ebk.manifest import Manifest, StoredObject
 from ebk.pipeline import prefetch
 from ebk.placement import choose as choose_placement
+from ebk.postgres import fingerprint
 from ebk.postgres.basebackup import ArchiveStart, BaseBackup, ManifestStart
 from ebk.postgres.connection import ClusterInfo, cluster_info, list_databases
 from ebk.postgres.dump import READ_SIZE, dump_process
+from ebk.postgres.fingerprint import EXTENSION as FINGERPRINTS
+from ebk.postgres.fingerprint import DatabasePrint, Fingerprints
 from ebk.progress import Progress
 from ebk.repository import Repository
 from ebk.repository.layout import new_backup_id, stream_context
@@ -259,6 +263,14 @@ def produce_physical(
     return facts
 
 
+def _physical_with_fingerprints(run: BackupRun, plan: IncrementalPlan | None) -> dict[str, object]:
+    """The base backup between two fingerprints (ebk.postgres.fingerprint: consistency)."""
+    facts, prints = fingerprint.physical_fingerprints(
+        run.config.postgres, run.conn, lambda: produce_physical(run, plan)
+    )
+    return {**facts, "extensions": {FINGERPRINTS: prints}}
+
+
 def _dump_into(
     run: BackupRun,
     info: ClusterInfo,
@@ -266,15 +278,30 @@ def _dump_into(
     role: str,
     database: str | None,
     globals_only: bool,
-) -> None:
+) -> DatabasePrint | None:
+    """Dump one object; a database is dumped from an exported snapshot and fingerprinted in it."""
     sink = run.open_object(name, role, database=database)
-    with dump_process(
-        run.config.postgres, info.major, database=database, globals_only=globals_only
-    ) as out:
-        while chunk := out.read(READ_SIZE):
-            sink.write(chunk)
-            run.progress.advance(len(chunk))
+    printed: DatabasePrint | None = None
+    with contextlib.ExitStack() as stack:
+        snapshot, conn = (
+            stack.enter_context(fingerprint.exported_snapshot(run.config.postgres, database))
+            if database is not None
+            else (None, None)
+        )
+        with dump_process(
+            run.config.postgres,
+            info.major,
+            database=database,
+            globals_only=globals_only,
+            snapshot=snapshot,
+        ) as out:
+            while chunk := out.read(READ_SIZE):
+                sink.write(chunk)
+                run.progress.advance(len(chunk))
+        if conn is not None:
+            printed = fingerprint.capture_database(conn)
     run.close_object()
+    return printed
 
 
 def produce_logical(run: BackupRun, databases: Sequence[str] = ()) -> dict[str, object]:
@@ -284,9 +311,14 @@ def produce_logical(run: BackupRun, databases: Sequence[str] = ()) -> dict[str, 
     if everything:
         selected = list_databases(run.config.postgres, run.conn)
         _dump_into(run, info, "globals.sql.ebk", "globals", None, globals_only=True)
+    prints = Fingerprints("snapshot")
     for index, database in enumerate(selected, start=1):
-        _dump_into(run, info, f"dump-{index:04d}.ebk", "dump", database, globals_only=False)
-    return {"databases": selected}
+        printed = _dump_into(
+            run, info, f"dump-{index:04d}.ebk", "dump", database, globals_only=False
+        )
+        if printed is not None:
+            prints.databases[database] = printed
+    return {"databases": selected, "extensions": {FINGERPRINTS: fingerprint.recorded(prints)}}
 
 
 def take_backup(
@@ -311,5 +343,5 @@ def take_backup(
     run = BackupRun(config, repo, providers, writer, kind=kind, cancel=cancel, conn=conn)
     run.progress = Progress(f"backup {run.backup_id}", enabled=progress)
     if kind == "physical":
-        return run.run(lambda r: produce_physical(r, plan))
+        return run.run(lambda r: _physical_with_fingerprints(r, plan))
     return run.run(lambda r: produce_logical(r, databases))

@@ -426,6 +426,32 @@ class BackupConfig:
 
 
 @dataclass
+class VerifyConfig:
+    """Restore verification (`ebk verify`, the daemon's verify job)."""
+
+    scratch_dir: str = "/var/lib/ebk/verify"
+    """Where restores are checked: holds PLAINTEXT database files while a verify runs, so
+    the preflight applies to it (it must be on an encrypted volume under `require`)."""
+    max_duration: str = "6h"
+    """The budget of one verification run (the daemon job; pg_amcheck gets what is left)."""
+    amcheck_budget: str = "1h"
+    """At most this long for pg_amcheck; past it the check is recorded as incomplete."""
+    start_timeout: str = "30m"
+    """Starting the scratch PostgreSQL (WAL replay of the backup) may take this long."""
+    max_age: str = "8d"
+    """/readyz says not ready when the newest verified backup is older (0: never)."""
+
+    def validate(self) -> None:
+        if not self.scratch_dir.startswith("/"):
+            raise ConfigError(
+                f"verify.scratch_dir {self.scratch_dir!r} is not absolute",
+                hint="give an absolute directory on an encrypted volume",
+            )
+        for key in ("max_duration", "amcheck_budget", "start_timeout", "max_age"):
+            parse_duration(getattr(self, key), f"verify.{key}")
+
+
+@dataclass
 class LogConfig:
     """Logging: JSON when stderr is not a terminal, unless format says otherwise."""
 
@@ -476,6 +502,7 @@ class Config:
     backup: BackupConfig = field(default_factory=BackupConfig)
     log: LogConfig = field(default_factory=LogConfig)
     volume: VolumeConfig = field(default_factory=VolumeConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     source: str = "defaults"
 
 

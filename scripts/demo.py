@@ -112,6 +112,7 @@ def main() -> None:
             f'[repository]\nurl = "file://{work}/repository"\n\n'
             f'[keys]\nprovider = "keyfile"\nkeyfile = "{work}/keys/kek.json"\n\n'
             f'{source.config_section()}\n[log]\nformat = "console"\nlevel = "warning"\n'
+            f'\n[verify]\nscratch_dir = "{work}/verify"\n'
         )
         ebk = [EBK, "--config", str(config)]
         print("\n== encrypted backups into a local repository")
@@ -182,9 +183,14 @@ def main() -> None:
         sh(*ebk, "restore", "latest", "--database", "shop", "--to-db", "shop_copy", "--create")
         assert source.psql(DIGEST.format("orders"), db="shop_copy") == want_orders
         print("  shop_copy.orders matches shop.orders (md5 of every row)")
+
+        print("\n== ebk verify: restore into a scratch PostgreSQL, check, record (signed)")
+        sh(*ebk, "verify", "latest")
+        sh(*ebk, "list")
         print(
             "\nOK: encrypted physical and logical backups restored and verified; the "
-            "repository holds no readable marker; the wrong key was refused"
+            "repository holds no readable marker; the wrong key was refused; the latest "
+            "backup passed a restore verification"
         )
     finally:
         if restored is not None:

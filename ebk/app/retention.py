@@ -28,6 +28,7 @@ from typing import Protocol
 
 import structlog
 
+from ebk.app.verified_keep import keep_newest_verified
 from ebk.config import RetentionConfig, parse_duration
 from ebk.errors import BackupNotFound, Interrupted
 from ebk.manifest import Manifest
@@ -239,11 +240,15 @@ def apply_retention(
 ) -> RetentionResult:
     """Plan, and unless dry_run delete under the repository lease (checked per deletion)."""
     if dry_run:
-        decisions = plan_retention(_usable(repo), policy, now or datetime.now(UTC))
+        backups = _usable(repo)
+        decisions = plan_retention(backups, policy, now or datetime.now(UTC))
+        decisions = keep_newest_verified(repo, backups, decisions)  # ebk.app.verified_keep
         return RetentionResult(decisions, dry_run=True)
     with repo.lease(purpose) as lease:
         # Plan under the lease: nobody else deletes between listing and deleting.
-        decisions = plan_retention(_usable(repo), policy, now or datetime.now(UTC))
+        backups = _usable(repo)
+        decisions = plan_retention(backups, policy, now or datetime.now(UTC))
+        decisions = keep_newest_verified(repo, backups, decisions)  # ebk.app.verified_keep
         result = RetentionResult(decisions)
         # Newest first: an interrupted run never leaves an incremental without its parent.
         for decision in reversed(decisions):

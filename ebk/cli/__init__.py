@@ -71,6 +71,7 @@ COMMAND_MODULES = {
     "retention": "retention",
     "bench": "bench",
     "volume": "volume",
+    "verify": "verify",
 }
 
 

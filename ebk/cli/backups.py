@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ebk.app.keylife import record_event
 from ebk.app.maintenance import delete_backup
+from ebk.app.verify import Status, age_text, newest_verified, statuses
 from ebk.cli.output import emit_json, emit_table
 from ebk.progress import human_bytes
 from ebk.repository import Catalog
@@ -39,14 +41,29 @@ def list_(config_path: Path | None, json_output: bool) -> None:
     catalog = runtime.repository.list_backups()
     backups = catalog.backups
     report_skipped(catalog)
+    problems: list[str] = []
+    status = statuses(runtime.repository, backups, problems)
+    for problem in problems:
+        click.echo(f"ebk: warning: ignored {printable(problem)}", err=True)
     if json_output:
-        emit_json([m.to_public() for m in backups])
+        emit_json([_with_status(m.to_public(), status[m.backup_id]) for m in backups])
         return
     if not backups:
         click.echo(f"no complete backups in {runtime.repository.url}")
         return
     emit_table(
-        ["ID", "KIND", "STARTED", "DURATION", "SIZE", "STORED", "PG", "DATABASES", "PARENT"],
+        [
+            "ID",
+            "KIND",
+            "STARTED",
+            "DURATION",
+            "SIZE",
+            "STORED",
+            "PG",
+            "VERIFIED",
+            "DATABASES",
+            "PARENT",
+        ],
         [
             [
                 m.backup_id,
@@ -56,12 +73,37 @@ def list_(config_path: Path | None, json_output: bool) -> None:
                 human_bytes(m.size),
                 human_bytes(m.stored_size),
                 m.server_version,
+                status[m.backup_id].label(),
                 ",".join(m.databases) if m.databases else "-",
                 m.parent or "-",
             ]
             for m in backups
         ],
     )
+    verified = newest_verified(backups, status)
+    click.echo(
+        "newest verified backup: "
+        + (
+            f"{verified.backup_id}, taken {age_text(verified.start_time)} ago"
+            if verified is not None
+            else "none (run `ebk verify`)"
+        )
+    )
+
+
+def _with_status(doc: dict[str, Any], status: Status) -> dict[str, Any]:
+    """--json: the newest passing record (or null) and the newest record's outcome."""
+    doc["verified"] = status.passed.to_public() if status.passed else None
+    doc["last_verification"] = (
+        {
+            "passed": status.newest.passed,
+            "level": status.newest.level,
+            "verified_at": status.newest.verified_at,
+        }
+        if status.newest
+        else None
+    )
+    return doc
 
 
 def _duration(start: str, stop: str) -> str:
@@ -125,7 +167,11 @@ def show(config_path: Path | None, backup_id: str, json_output: bool) -> None:
     """
     runtime = Runtime.load(config_path)
     manifest = runtime.repository.resolve(backup_id)
-    doc = manifest.to_public()
+    problems: list[str] = []
+    status = statuses(runtime.repository, [manifest], problems)[manifest.backup_id]
+    for problem in problems:
+        click.echo(f"ebk: warning: ignored {printable(problem)}", err=True)
+    doc = _with_status(manifest.to_public(), status)
     shredded = not runtime.repository.key_object_exists(manifest.backup_id)
     doc["state"] = "shredded" if shredded else "complete"
     if json_output:
@@ -159,6 +205,10 @@ def show(config_path: Path | None, backup_id: str, json_output: bool) -> None:
     click.echo(
         f"{'size':18} {human_bytes(manifest.size)} (stored {human_bytes(manifest.stored_size)})"
     )
+    click.echo(f"{'verified':18} {printable(status.label())}")
+    if status.newest is not None:
+        for check in status.newest.checks:
+            click.echo(f"{'  ' + check.name:18} {check.outcome}: {printable(check.details[:300])}")
     click.echo("objects:")
     emit_table(
         ["NAME", "ROLE", "SIZE", "STORED", "SHA256"],

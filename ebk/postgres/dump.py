@@ -17,13 +17,20 @@ READ_SIZE = 1024 * 1024
 
 @contextmanager
 def dump_process(
-    cfg: PostgresConfig, major: int, *, database: str | None, globals_only: bool = False
+    cfg: PostgresConfig,
+    major: int,
+    *,
+    database: str | None,
+    globals_only: bool = False,
+    snapshot: str | None = None,
 ) -> Iterator[IO[bytes]]:
     """Run pg_dump (or pg_dumpall -g) with stdout piped to us; stderr kept for errors."""
     if globals_only:
         argv = [find_tool("pg_dumpall", major, cfg.bin_dir), "--globals-only", "--no-password"]
     else:
         argv = [find_tool("pg_dump", major, cfg.bin_dir), "-Fc", "--no-password", "-Z", "0"]
+        if snapshot:  # an exported snapshot: the caller fingerprints the same data
+            argv.append(f"--snapshot={snapshot}")
     with libpq_env(cfg, database) as env:
         proc = subprocess.Popen(
             argv,

@@ -48,6 +48,7 @@ from ebk.repository.layout import (
 )
 from ebk.repository.lease import RepositoryLease
 from ebk.repository.shred import shred_backup, tombstoned, without_key_object
+from ebk.repository.verifications import VerificationStore
 from ebk.repository.writer import MAX_WRITER_KEY_SIZE, WRITER_KEY_OBJECT, TrustedWriters
 from ebk.storage.base import IncompleteUpload, ObjectInfo, ObjectWriter, Storage
 
@@ -587,6 +588,10 @@ class Repository:
     def key_events(self) -> KeyEventLog:
         """The signed, append-only key-event log (ebk/repository/keyevents.py)."""
         return KeyEventLog(self._storage)
+
+    def verifications(self) -> VerificationStore:
+        """Signed verification records of this repository's backups (`ebk verify`)."""
+        return VerificationStore(self._storage, self.trusted_writers, self.url)
 
     def close(self) -> None:
         self._storage.close()

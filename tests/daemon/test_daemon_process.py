@@ -157,9 +157,9 @@ def test_sighup_rejects_a_bad_config_and_applies_a_good_one(
         env.config_path.write_text(good + "\n[daemon\n")  # not TOML
         d.signal(signal.SIGHUP)
         assert "not valid TOML" in d.wait_event(rejected)[0]["error"]
-        env.config_path.write_text(good.replace('kind = "retention"', 'kind = "verify"'))
+        env.config_path.write_text(good.replace('kind = "retention"', 'kind = "defragment"'))
         d.signal(signal.SIGHUP)
-        assert "unknown kind 'verify'" in d.wait_event(rejected, 2)[-1]["error"]
+        assert "unknown kind 'defragment'" in d.wait_event(rejected, 2)[-1]["error"]
         assert d.proc.poll() is None and d.get("/readyz") == (200, "ok\n")
         assert d.metric("ebk_daemon_config_reloads_total", outcome="rejected") == 2
         # Still running on the old configuration: the old job keeps running.
@@ -263,10 +263,10 @@ def test_startup_checks_refuse_with_a_clear_message(tmp_path: Path, pg_cluster: 
     kind = make_env(
         tmp_path / "kind",
         pg_cluster,
-        extra=daemon_section(tmp_path / "kind", port, job("verify", "0 2 * * *")),
+        extra=daemon_section(tmp_path / "kind", port, job("defragment", "0 2 * * *")),
     )
     result = kind.subprocess("daemon")
-    assert_refused(result, 2, mentions="unknown kind 'verify'")
+    assert_refused(result, 2, mentions="unknown kind 'defragment'")
 
     ok.keyfile.rename(ok.keyfile.with_suffix(".moved"))
     result = ok.subprocess("daemon")

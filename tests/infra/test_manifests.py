@@ -307,7 +307,7 @@ def test_only_pods_that_run_the_preflight_get_an_api_token() -> None:
     for pod in pod_specs(k8s_objects()):
         token = pod.spec.get("automountServiceAccountToken")
         args = pod.spec["containers"][0].get("args") or []
-        if args[:1] in (["backup"], ["restore"]):
+        if args[:1] in (["backup"], ["restore"], ["verify"]):
             assert token is True and pod.spec["serviceAccountName"] == "ebk", pod.where
         else:
             assert token is False, f"{pod.where}: automountServiceAccountToken must be false"
@@ -320,11 +320,15 @@ def test_only_pods_that_run_the_preflight_get_an_api_token() -> None:
 
 def test_cronjobs_forbid_concurrency_and_retry_on_failure() -> None:
     jobs = of_kind("CronJob")
-    assert len(jobs) == 2
+    assert len(jobs) == 3
     for m in jobs:
         spec = m.doc["spec"]
         assert spec["concurrencyPolicy"] == "Forbid", m.where
         job = spec["jobTemplate"]["spec"]
+        if m.name == "ebk-verify":  # a failed verification is a finding: never retried
+            assert job["backoffLimit"] == 0 and isinstance(job["activeDeadlineSeconds"], int)
+            assert job["template"]["spec"]["restartPolicy"] == "Never", m.where
+            continue
         assert isinstance(job["backoffLimit"], int) and 1 <= job["backoffLimit"] <= 5, m.where
         assert job["template"]["spec"]["restartPolicy"] == "OnFailure", m.where
         assert isinstance(job.get("activeDeadlineSeconds"), int), m.where
@@ -376,7 +380,7 @@ def test_configmap_config_loads_with_every_pods_overrides(tmp_path: Path) -> Non
         if c["image"].split("/")[-1].startswith("ebk")
     ]
     containers += [c for c in sidecar["containers"] if c["name"] == "ebk"]
-    assert len(containers) == 4
+    assert len(containers) == 5
     for c in containers:
         env = _literal_env(c)
         assert env["EBK_CONFIG"] == "/etc/ebk/ebk.toml"
@@ -393,6 +397,7 @@ def test_configmap_config_loads_with_every_pods_overrides(tmp_path: Path) -> Non
             "backup": {"PGPASSWORD", "VAULT_TOKEN"},
             "daemon": {"PGPASSWORD", "VAULT_TOKEN"},
             "restore": {"VAULT_TOKEN"},
+            "verify": {"VAULT_TOKEN"},
             "retention": set(),
         }[c["args"][0]]
         assert set(refs) == needs, (c["args"], refs)
