@@ -411,6 +411,7 @@ class Verification:
 def _restore_physical_into(
     runtime: Runtime, backup: OpenedBackup, scratch: Scratch, progress: bool | None
 ) -> None:
+    from ebk.restore.chain import open_chain, restore_chain
     from ebk.restore.physical import restore_physical
 
     spaces = {
@@ -418,6 +419,18 @@ def _restore_physical_into(
         for o in backup.manifest.objects
         if o.role == "tablespace" and o.tablespace_oid
     }
+    if backup.manifest.incremental:  # the whole chain, combined (staging inside the scratch)
+        chain = open_chain(runtime.repository, backup.manifest, runtime.checked_key_providers())
+        restore_chain(
+            chain,
+            scratch.pgdata,
+            tablespace_map=spaces,
+            owner=server_owner(),
+            verify=False,  # pg_verifybackup runs as its own, recorded check
+            bin_dir=runtime.config.postgres.bin_dir,
+            progress=progress,
+        )
+        return
     restore_physical(
         backup,
         scratch.pgdata,

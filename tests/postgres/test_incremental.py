@@ -161,6 +161,24 @@ def test_restore_of_the_last_incremental_matches_the_source(chain: Chain) -> Non
         restored.stop()
 
 
+def test_verify_restores_the_whole_chain_and_checks_it(chain: Chain, tmp_path: Path) -> None:
+    """`ebk verify --level restore` of an incremental combines the chain, starts and checks it."""
+    env = _copy_env(chain, tmp_path)
+    scratch = make_postgres_dir("ebk-verify-incr-")
+    try:
+        with env.config_path.open("a") as config:
+            config.write(f'\n[verify]\nscratch_dir = "{scratch}"\n')
+        out = env.run("verify", str(chain.second["backup_id"]), "--level", "restore", "--json")
+        (result,) = json.loads(out.stdout)
+        checks = {c["name"]: c["outcome"] for c in result["checks"]}
+        assert result["passed"], checks
+        assert checks["restore"] == "pass" and checks["pg_verifybackup"] == "pass"
+        assert checks["pg_amcheck"] == "pass" and checks["fingerprints"] == "pass"
+        assert not [p for p in scratch.iterdir()], "verify left its scratch behind"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def test_deleting_a_backup_the_chain_needs_is_refused(chain: Chain) -> None:
     for needed in (chain.full, chain.first):
         out = assert_refused(
