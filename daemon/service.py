@@ -46,6 +46,7 @@ from ebk.daemon.schedule import (
     utcnow,
 )
 from ebk.daemon.sdnotify import Notifier
+from ebk.daemon.walsocket import WalArchiver, start_wal_archiver
 from ebk.errors import ConfigError, EbkError, Interrupted, LockBusy
 from ebk.logsetup import configure_logging
 from ebk.preflight.gate import enforce
@@ -92,6 +93,7 @@ class Daemon:
         self.scheduler: BackgroundScheduler | None = None
         self.state: StateStore | None = None
         self.http: StatusServer | None = None
+        self.wal: WalArchiver | None = None  # the wal-push socket (issue 13)
         self.metrics = DaemonMetrics(self._next_runs)
         self.metrics.registry.register(DatabaseCollector(self._postgres, self._backup_running))
         self._not_ready = "starting"
@@ -350,6 +352,9 @@ class Daemon:
         scheduler = self.scheduler
         if scheduler is None or not scheduler.running:
             return False, "the scheduler is not running"
+        wal_lag = self.wal.not_ready() if self.wal is not None else ""
+        if wal_lag:
+            return False, wal_lag
         return True, ""
 
     def _set_not_ready(self, reason: str) -> None:
@@ -428,6 +433,7 @@ class Daemon:
         self._schedule(runtime, triggers, None)
         self.scheduler.start()
         self.http.start()
+        self.wal = start_wal_archiver(lambda: self.runtime, config, self.metrics.registry)
         self._set_not_ready("")
         log.info(
             "daemon ready",
@@ -473,6 +479,8 @@ class Daemon:
             stuck = sorted(self._running)
         if self.http is not None:
             self.http.close()
+        if self.wal is not None:
+            self.wal.close()
         if stuck:
             log.error(
                 "jobs did not stop in time; exiting anyway (`ebk repo check --clean` "

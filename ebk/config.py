@@ -335,6 +335,32 @@ class RetentionConfig:
 
 
 @dataclass
+class WalConfig:
+    """Continuous WAL archiving (`ebk wal-push`, `ebk wal-fetch`) and point-in-time recovery."""
+
+    compression_level: int = 3  # zstd level of archived WAL; 0 = off
+    key_rotation: str = "1d"  # a new WAL data key after this long ...
+    key_rotation_bytes: int = 64 * 1024**3  # ... or after this many WAL bytes (per process)
+    socket: str = ""  # the daemon's wal-push socket; empty: <daemon.state_dir>/wal.sock
+    socket_group: str = ""  # "": mode 0600; else mode 0660 and this group (PostgreSQL's user)
+    prefetch: int = 4  # wal-fetch: segments fetched ahead (encrypted) for the next calls
+    pitr_window: str = "0"  # retention keeps WAL (and its backups) this far back; "0": off
+    rpo: str = "60s"  # /readyz turns not ready when the newest archived WAL is older
+
+    def validate(self) -> None:
+        if not 0 <= self.compression_level <= 22:
+            raise ConfigError(f"wal.compression_level = {self.compression_level} must be 0..22")
+        if parse_duration(self.key_rotation, "wal.key_rotation") < 60:
+            raise ConfigError("wal.key_rotation must be at least 60s")
+        if self.key_rotation_bytes < 16 * 1024**2:
+            raise ConfigError("wal.key_rotation_bytes must be at least 16 MiB (16777216)")
+        if not 0 <= self.prefetch <= 64:
+            raise ConfigError(f"wal.prefetch = {self.prefetch} must be 0..64")
+        parse_duration(self.pitr_window, "wal.pitr_window")
+        parse_duration(self.rpo, "wal.rpo")
+
+
+@dataclass
 class PostgresConfig:
     """How ebk reaches the cluster it backs up (libpq semantics)."""
 
@@ -437,6 +463,7 @@ class Config:
     postgres: PostgresConfig = field(default_factory=PostgresConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    wal: WalConfig = field(default_factory=WalConfig)
     source: str = "defaults"
 
 

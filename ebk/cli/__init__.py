@@ -70,6 +70,9 @@ COMMAND_MODULES = {
     "daemon": "daemon",
     "retention": "retention",
     "bench": "bench",
+    "wal-push": "wal",
+    "wal-fetch": "wal",
+    "wal": "wal",
 }
 
 
