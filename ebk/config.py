@@ -326,12 +326,14 @@ class RetentionConfig:
     keep_weekly: int = 4  # ... of each of the N most recent ISO weeks with a backup
     keep_monthly: int = 6  # ... of each of the N most recent months with a backup
     min_age: str = "1d"  # backups younger than this are never deleted ("0" disables)
+    pitr_window: str = "0"  # physical backups and WAL kept for PITR this far back; "0": off
 
     def validate(self) -> None:
         for key in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly"):
             if not 0 <= getattr(self, key) <= 100000:
                 raise ConfigError(f"retention.{key} = {getattr(self, key)} must be 0..100000")
         parse_duration(self.min_age, "retention.min_age")
+        parse_duration(self.pitr_window, "retention.pitr_window")
 
 
 @dataclass
@@ -344,7 +346,6 @@ class WalConfig:
     socket: str = ""  # the daemon's wal-push socket; empty: <daemon.state_dir>/wal.sock
     socket_group: str = ""  # "": mode 0600; else mode 0660 and this group (PostgreSQL's user)
     prefetch: int = 4  # wal-fetch: segments fetched ahead (encrypted) for the next calls
-    pitr_window: str = "0"  # retention keeps WAL (and its backups) this far back; "0": off
     rpo: str = "60s"  # /readyz turns not ready when the newest archived WAL is older
 
     def validate(self) -> None:
@@ -356,7 +357,6 @@ class WalConfig:
             raise ConfigError("wal.key_rotation_bytes must be at least 16 MiB (16777216)")
         if not 0 <= self.prefetch <= 64:
             raise ConfigError(f"wal.prefetch = {self.prefetch} must be 0..64")
-        parse_duration(self.pitr_window, "wal.pitr_window")
         parse_duration(self.rpo, "wal.rpo")
 
 

@@ -57,6 +57,7 @@ class RetentionPolicy:
     keep_weekly: int = 4
     keep_monthly: int = 6
     min_age: timedelta = timedelta(days=1)
+    pitr_window: timedelta = timedelta(0)  # physical backups covering it are kept (WAL archive)
 
     @classmethod
     def from_config(cls, cfg: RetentionConfig) -> RetentionPolicy:
@@ -66,6 +67,7 @@ class RetentionPolicy:
             cfg.keep_weekly,
             cfg.keep_monthly,
             timedelta(seconds=parse_duration(cfg.min_age, "retention.min_age")),
+            timedelta(seconds=parse_duration(cfg.pitr_window, "retention.pitr_window")),
         )
 
     def describe(self) -> str:
@@ -211,6 +213,14 @@ def _usable(repo: Repository) -> list[Manifest]:
     return catalog.backups
 
 
+def _plan(backups: list[Manifest], policy: RetentionPolicy, now: datetime) -> list[Decision]:
+    """plan_retention, plus the physical backups the PITR window needs (ebk.app.walretention)."""
+    from ebk.app.walretention import keep_pitr_window
+
+    decisions = plan_retention(backups, policy, now)
+    return keep_pitr_window(decisions, backups, policy.pitr_window, now)
+
+
 def apply_retention(
     repo: Repository,
     policy: RetentionPolicy,
@@ -222,11 +232,11 @@ def apply_retention(
 ) -> RetentionResult:
     """Plan, and unless dry_run delete under the repository lease (checked per deletion)."""
     if dry_run:
-        decisions = plan_retention(_usable(repo), policy, now or datetime.now(UTC))
+        decisions = _plan(_usable(repo), policy, now or datetime.now(UTC))
         return RetentionResult(decisions, dry_run=True)
     with repo.lease(purpose) as lease:
         # Plan under the lease: nobody else deletes between listing and deleting.
-        decisions = plan_retention(_usable(repo), policy, now or datetime.now(UTC))
+        decisions = _plan(_usable(repo), policy, now or datetime.now(UTC))
         result = RetentionResult(decisions)
         for decision in decisions:
             if decision.keep:

@@ -134,6 +134,18 @@ def _timeline_switches(keyring: WalKeyring, newest: int) -> list[tuple[int, int]
     return parse_history(history.data.decode("utf-8", "replace"))
 
 
+def _descendant(
+    keyring: WalKeyring, start_tli: int, start_lsn: int, tlis: set[int]
+) -> tuple[int, list[tuple[int, int]]]:
+    """The newest timeline that continues the backup's (branched after its start), and the
+    switch points on the way; a timeline that branched off before the backup is not its."""
+    for tli in sorted((t for t in tlis if t > start_tli), reverse=True):
+        switches = _timeline_switches(keyring, tli)
+        if any(parent == start_tli and lsn >= start_lsn for parent, lsn in switches):
+            return tli, switches
+    return start_tli, []
+
+
 def check_archive(runtime: Runtime, *, switch: bool = False, timeout: float = 60.0) -> CheckReport:
     report = CheckReport()
     keyring = WalKeyring(runtime)
@@ -159,17 +171,17 @@ def check_archive(runtime: Runtime, *, switch: bool = False, timeout: float = 60
                 time.sleep(0.5)
     oldest = physical[0]
     start_tli = int(oldest.timeline or 1)
+    start_lsn = parse_lsn(oldest.start_lsn or "0/0")
     stored = list(keyring.store.files())
     segments = {w.name for w in stored if SEGMENT.match(w.name)}
     tlis = {int(w.name[:8], 16) for w in stored if SEGMENT.match(w.name) or HISTORY.match(w.name)}
-    newest_tli = max(tlis | {start_tli})
+    newest_tli, switches = _descendant(keyring, start_tli, start_lsn, tlis)
+    chain = {newest_tli, *(tli for tli, _ in switches)}
     seg_size = DEFAULT_SEGMENT_SIZE
-    switches = _timeline_switches(keyring, newest_tli)
-    start_lsn = parse_lsn(oldest.start_lsn or "0/0")
     report.start = segment_name(start_tli, start_lsn, seg_size)
     start_no = start_lsn // seg_size
     end_no = max(
-        (segment_number(n, seg_size) for n in segments if int(n[:8], 16) >= start_tli),
+        (segment_number(n, seg_size) for n in segments if int(n[:8], 16) in chain),
         default=start_no,
     )
 

@@ -322,3 +322,28 @@ def test_promotion_to_timeline_2_and_pitr_across_it(history: History) -> None:
     finally:
         restored.stop()
         give_to_postgres(target)
+
+
+def test_retention_keeps_exactly_the_wal_kept_backups_need(
+    history: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs last: it deletes the module's first backup."""
+    env, cluster = history.env, history.cluster
+    histories = sorted((env.repo_dir / "wal").glob("*/*.history.ebk"))
+    second = json.loads(env.run("backup", "--type", "physical", "--json").stdout)
+    _wait_archived(env, _switch(cluster))
+    for key, value in {"KEEP_LAST": "1", "KEEP_DAILY": "0", "KEEP_WEEKLY": "0",
+                       "KEEP_MONTHLY": "0", "MIN_AGE": "0"}.items():  # fmt: skip
+        monkeypatch.setenv(f"EBK_RETENTION__{key}", value)
+    out = json.loads(env.run("retention", "--json").stdout)
+    assert out["deleted"] == [history.backup_id]
+    start = second["start_lsn"]
+    hi, lo = (int(x, 16) for x in start.split("/"))
+    first_needed = f"00000001{hi:08X}{lo // (16 * 1024 * 1024):08X}"
+    # Every timeline's files below the kept backup's start go (timeline 2 branched earlier).
+    assert out["wal_deleted"] and all(n[8:24] < first_needed[8:] for n in out["wal_deleted"])
+    left = sorted(p.name for p in (env.repo_dir / "wal" / "00000001").iterdir())
+    assert left[0].startswith(first_needed)
+    assert all(h.exists() for h in histories)  # timeline history is always kept
+    report = json.loads(env.run("wal", "check", "--json").stdout)
+    assert report["ok"] and report["from"] == first_needed
