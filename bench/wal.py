@@ -160,6 +160,7 @@ def latency_part(base: Path, cluster: PgCluster, segments: list[Path]) -> dict[s
                        str(dest)], user="postgres")
             )  # fmt: skip
         calls = archiver.keyring().calls
+        inside = sorted(archiver.server.stats.latencies)
     finally:
         archiver.close()
     return {
@@ -170,7 +171,12 @@ def latency_part(base: Path, cluster: PgCluster, segments: list[Path]) -> dict[s
             "n": len(v),
         }
         for name, v in times.items()
-    } | {"ebk_daemon_key_provider_calls": calls}
+    } | {
+        "ebk_daemon_key_provider_calls": calls,
+        # the daemon's own share: read, compress, encrypt, durable put (no client start-up)
+        "ebk_daemon_inside_p50_ms": round(percentile(inside, 50) * 1000, 1),
+        "ebk_daemon_inside_p99_ms": round(percentile(inside, 99) * 1000, 1),
+    }
 
 
 def _wal_toml(root: Path) -> str:

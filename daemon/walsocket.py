@@ -38,7 +38,7 @@ from ebk.app.wal import (
 )
 from ebk.config import Config, WalConfig, parse_duration
 from ebk.errors import ConfigError, EbkError, ObjectNotFound
-from ebk.format.walobject import WalFile, is_wal_name
+from ebk.format.walobject import SEGMENT, WalFile, is_wal_name
 from ebk.postgres.connection import connect
 from ebk.runtime import Runtime
 from ebk.walclient import SOCKET_NAME
@@ -104,6 +104,7 @@ class WalSocketServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
         self._config = config
         self.stats = WalStats()
         self._prefetch = MemoryPrefetch(lambda: config().prefetch)
+        self._ahead = PushAhead()
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_socket():
             path.unlink()  # a stale socket of a daemon that died (the state dir is ours)
@@ -134,7 +135,7 @@ class WalSocketServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
     def push(self, path: Path) -> str:
         start = time.perf_counter()
         try:
-            result = push_wal(self._keyring(), path, self._config())
+            result = self._ahead.push(path, self._keyring(), self._config())
         except EbkError as exc:
             self.stats.failed()
             log.error("wal-push failed", wal=path.name, error=exc.message)
@@ -167,6 +168,59 @@ class WalSocketServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
         self.shutdown()
         self.server_close()
         self.path.unlink(missing_ok=True)
+
+
+class PushAhead:
+    """The asynchronous queue: archive the segments PostgreSQL will ask for next.
+
+    PostgreSQL's archiver runs archive_command for one segment at a time, so
+    one slow push delays every later one.  When it asks for a segment, the
+    segments its pg_wal/archive_status marks ready after it (complete, and
+    immutable until archived) are pushed concurrently by ``wal.push_ahead``
+    workers; the request for one of them then waits only for its own push.
+    Nothing is acknowledged before its push returned, so "durable before
+    acknowledged" holds; a push ahead that failed is retried on request.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, Future[PushResult]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def push(self, path: Path, keyring: WalKeyring, config: WalConfig) -> PushResult:
+        with self._lock:
+            future = self._pending.pop(str(path), None)
+        result: PushResult | None = None
+        if future is not None:
+            try:
+                result = future.result()
+            except EbkError as exc:
+                log.warning("push ahead failed; pushing again", wal=path.name, error=exc.message)
+        self._schedule(path, keyring, config)
+        return result if result is not None else push_wal(keyring, path, config)
+
+    def _schedule(self, path: Path, keyring: WalKeyring, config: WalConfig) -> None:
+        if config.push_ahead <= 0 or not SEGMENT.match(path.name):
+            return
+        try:
+            ready = sorted(
+                e.name.removesuffix(".ready")
+                for e in os.scandir(path.parent / "archive_status")
+                if e.name.endswith(".ready") and e.name.removesuffix(".ready") > path.name
+            )
+        except OSError:
+            return
+        wanted = [str(path.parent / n) for n in ready if SEGMENT.match(n)][: config.push_ahead]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=max(1, config.push_ahead), thread_name_prefix="wal-push-ahead"
+                )
+            for stale in [p for p in self._pending if p <= str(path)]:
+                self._pending.pop(stale)
+            for name in wanted:
+                if name not in self._pending and len(self._pending) < 2 * config.push_ahead:
+                    self._pending[name] = self._pool.submit(push_wal, keyring, Path(name), config)
 
 
 class MemoryPrefetch:

@@ -346,6 +346,7 @@ class WalConfig:
     socket: str = ""  # the daemon's wal-push socket; empty: <daemon.state_dir>/wal.sock
     socket_group: str = ""  # "": mode 0600; else mode 0660 and this group (PostgreSQL's user)
     prefetch: int = 4  # wal-fetch: segments fetched ahead (encrypted) for the next calls
+    push_ahead: int = 2  # daemon: ready segments archived concurrently ahead of PostgreSQL
     rpo: str = "60s"  # /readyz turns not ready when the newest archived WAL is older
 
     def validate(self) -> None:
@@ -357,6 +358,8 @@ class WalConfig:
             raise ConfigError("wal.key_rotation_bytes must be at least 16 MiB (16777216)")
         if not 0 <= self.prefetch <= 64:
             raise ConfigError(f"wal.prefetch = {self.prefetch} must be 0..64")
+        if not 0 <= self.push_ahead <= 16:
+            raise ConfigError(f"wal.push_ahead = {self.push_ahead} must be 0..16")
         parse_duration(self.rpo, "wal.rpo")
 
 
