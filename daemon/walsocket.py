@@ -327,8 +327,33 @@ class WalArchiver:
         current_start = current - current % seg_size
         return time.time() - stats.last_time, max(0, current_start - archived_end)
 
+    def slots(self) -> list[tuple[str, bool, str, int]]:
+        """(name, active, wal_status, retained bytes) of the cluster's replication slots."""
+        runtime = self._runtime()
+        if runtime is None:
+            return []
+        try:
+            with connect(runtime.config.postgres) as conn:
+                rows = conn.execute(
+                    "SELECT slot_name, active, coalesce(wal_status, ''), "
+                    "coalesce(pg_current_wal_lsn() - restart_lsn, 0)::bigint "
+                    "FROM pg_replication_slots"
+                ).fetchall()
+        except (EbkError, psycopg.Error):
+            return []
+        return [(str(r[0]), bool(r[1]), str(r[2]), int(r[3])) for r in rows]
+
     def not_ready(self) -> str:
-        """Why /readyz should fail: archiving is behind the configured RPO."""
+        """Why /readyz should fail: archiving behind the RPO, or a slot retaining too much."""
+        limit = self.config().max_slot_retained_bytes
+        for name, active, status, retained in self.slots():
+            if status == "lost" or (limit and retained > limit):
+                return (
+                    f"replication slot {name} ({'active' if active else 'inactive'}) retains "
+                    f"{retained} bytes of WAL (wal_status {status or '?'}; "
+                    f"wal.max_slot_retained_bytes = {limit}): a stuck consumer fills pg_wal; "
+                    "set max_slot_wal_keep_size, or drop the slot"
+                )
         lag = self.lag()
         if lag is None:
             return ""
@@ -381,6 +406,14 @@ class WalCollector(Collector):
             value = latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0
             quantiles.add_metric([str(q)], value)
         yield quantiles
+        slots = GaugeMetricFamily(
+            "ebk_wal_slot_retained_bytes",
+            "WAL each replication slot holds back (pg_current_wal_lsn() - restart_lsn)",
+            labels=["slot", "active"],
+        )
+        for name, active, _status, retained in self._archiver.slots():
+            slots.add_metric([name, "1" if active else "0"], retained)
+        yield slots
         lag = self._archiver.lag()
         if lag is not None:
             yield GaugeMetricFamily(

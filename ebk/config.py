@@ -347,6 +347,7 @@ class WalConfig:
     socket_group: str = ""  # "": mode 0600; else mode 0660 and this group (PostgreSQL's user)
     prefetch: int = 4  # wal-fetch: segments fetched ahead (encrypted) for the next calls
     push_ahead: int = 2  # daemon: ready segments archived concurrently ahead of PostgreSQL
+    max_slot_retained_bytes: int = 8 * 1024**3  # /readyz fails when a slot holds more; 0: off
     rpo: str = "60s"  # /readyz turns not ready when the newest archived WAL is older
 
     def validate(self) -> None:

@@ -92,7 +92,8 @@ def history() -> Iterator[History]:
         root,
         cluster,
         job("physical", cron="0 3 1 1 *"),  # the daemon needs a job; this one never runs here
-        extra=f'[wal]\nsocket = "{root}/wal.sock"\nsocket_group = "postgres"\nprefetch = 2\n\n',
+        extra=f'[wal]\nsocket = "{root}/wal.sock"\nsocket_group = "postgres"\nprefetch = 2\n'
+        "max_slot_retained_bytes = 16777216\n\n",
     )
     (root / "state").mkdir(exist_ok=True)
     root.chmod(0o755)  # postgres reaches the socket and the config (no secrets in it)
@@ -255,6 +256,24 @@ def test_swapped_or_forged_segment_is_refused_by_wal_fetch(
         ).exit_code
         == 1
     )
+
+
+def test_metrics_and_a_slot_holding_back_wal_turns_readyz_red(history: History) -> None:
+    daemon, cluster = history.daemon, history.cluster
+    assert (daemon.metric("ebk_wal_pushed_total") or 0) >= 3
+    assert daemon.metric("ebk_wal_push_failures_total") == 0
+    cluster.psql("SELECT pg_create_physical_replication_slot('stuck', true)")
+    try:
+        for _ in range(2):
+            cluster.psql("INSERT INTO filler SELECT g, 'slot' FROM generate_series(1, 60000) g")
+            _switch(cluster)
+        status, body = daemon.get("/readyz")
+        assert status == 503 and "replication slot stuck" in body
+        held = daemon.metric("ebk_wal_slot_retained_bytes", slot="stuck", active="0")
+        assert held is not None and held > 16 * 1024 * 1024
+    finally:
+        cluster.psql("SELECT pg_drop_replication_slot('stuck')")
+    assert daemon.get("/readyz")[0] == 200
 
 
 @pytest.mark.slow
