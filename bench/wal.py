@@ -98,16 +98,27 @@ pg1-socket-path={cluster.socket_dir}
 
 
 def sample_segments(cluster: PgCluster, out: Path, count: int) -> list[Path]:
-    """Real WAL: pgbench writes, the segments are copied out of pg_wal."""
-    subprocess.run(
-        [str(PG_BIN / "pgbench"), "-c", "2", "-T", "8", "postgres"],
-        env=pgbench_env(cluster.port), check=True, capture_output=True,
-    )  # fmt: skip
-    cluster.psql("SELECT pg_switch_wal()")
-    wal = sorted(p for p in (cluster.data_dir / "pg_wal").iterdir() if len(p.name) == 24)
+    """Real, full WAL segments of pgbench TPC-B, copied out of pg_wal."""
+    cluster.psql("ALTER SYSTEM SET max_wal_size = '4GB'")
+    cluster.psql("SELECT pg_reload_conf()")
+    cluster.psql("CHECKPOINT")
+    first = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+    start = cluster.psql("SELECT pg_current_wal_lsn()")
+    need = (count + 2) * 16 * 1024 * 1024
+    while int(cluster.psql(f"SELECT pg_current_wal_lsn() - '{start}'::pg_lsn")) < need:
+        subprocess.run(
+            [str(PG_BIN / "pgbench"), "-c", "2", "-T", "3", "-N", "postgres"],
+            env=pgbench_env(cluster.port), check=True, capture_output=True,
+        )  # fmt: skip
+    last = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+    wal = sorted(
+        p
+        for p in (cluster.data_dir / "pg_wal").iterdir()
+        if len(p.name) == 24 and first < p.name < last  # complete, not recycled ahead
+    )
     out.mkdir()
     picked = []
-    for i, path in enumerate(wal[-count - 1 : -1]):
+    for i, path in enumerate(wal[:count]):
         # distinct timeline 9 names, so that no tool sees the cluster's own segments
         dest = out / f"00000009{i:016X}"
         shutil.copy(path, dest)
