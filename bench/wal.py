@@ -98,18 +98,23 @@ pg1-socket-path={cluster.socket_dir}
 
 
 def sample_segments(cluster: PgCluster, out: Path, count: int) -> list[Path]:
-    """Real, full WAL segments of pgbench TPC-B, copied out of pg_wal."""
+    """Real, full WAL segments (pgbench TPC-B and bulk inserts), copied out of pg_wal."""
     cluster.psql("ALTER SYSTEM SET max_wal_size = '4GB'")
     cluster.psql("SELECT pg_reload_conf()")
     cluster.psql("CHECKPOINT")
     first = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
     start = cluster.psql("SELECT pg_current_wal_lsn()")
     need = (count + 2) * 16 * 1024 * 1024
+    cluster.psql("CREATE TABLE IF NOT EXISTS sample (id int, v text)")
     while int(cluster.psql(f"SELECT pg_current_wal_lsn() - '{start}'::pg_lsn")) < need:
+        # pgbench updates interleaved with row inserts: heap, index and commit records
         subprocess.run(
-            [str(PG_BIN / "pgbench"), "-c", "2", "-T", "3", "-N", "postgres"],
+            [str(PG_BIN / "pgbench"), "-c", "2", "-t", "500", "-N", "postgres"],
             env=pgbench_env(cluster.port), check=True, capture_output=True,
         )  # fmt: skip
+        cluster.psql(
+            "INSERT INTO sample SELECT g, repeat(md5(g::text), 6) FROM generate_series(1, 40000) g"
+        )
     last = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
     wal = sorted(
         p
