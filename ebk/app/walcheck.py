@@ -134,6 +134,18 @@ def _timeline_switches(keyring: WalKeyring, newest: int) -> list[tuple[int, int]
     return parse_history(history.data.decode("utf-8", "replace"))
 
 
+def _segment_size(keyring: WalKeyring, segments: list[str]) -> int:
+    """wal_segment_size: the length of the newest archived segment that authenticates."""
+    for name in reversed(segments):
+        try:
+            size = len(fetch_authenticated(keyring, name).data)
+        except (IntegrityError, ObjectNotFound):
+            continue
+        if size and size & (size - 1) == 0:
+            return size
+    return DEFAULT_SEGMENT_SIZE
+
+
 def _descendant(
     keyring: WalKeyring, start_tli: int, start_lsn: int, tlis: set[int]
 ) -> tuple[int, list[tuple[int, int]]]:
@@ -177,7 +189,7 @@ def check_archive(runtime: Runtime, *, switch: bool = False, timeout: float = 60
     tlis = {int(w.name[:8], 16) for w in stored if SEGMENT.match(w.name) or HISTORY.match(w.name)}
     newest_tli, switches = _descendant(keyring, start_tli, start_lsn, tlis)
     chain = {newest_tli, *(tli for tli, _ in switches)}
-    seg_size = DEFAULT_SEGMENT_SIZE
+    seg_size = _segment_size(keyring, sorted(segments))
     report.start = segment_name(start_tli, start_lsn, seg_size)
     start_no = start_lsn // seg_size
     end_no = max(
