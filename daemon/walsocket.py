@@ -14,6 +14,8 @@ import io
 import os
 import socket
 import socketserver
+import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +35,8 @@ from ebk.app.wal import (
     fetch_authenticated,
     next_segments,
     open_archived,
-    push_wal,
+    push_wal_bytes,
+    read_wal_fd,
     segment_number,
 )
 from ebk.config import Config, WalConfig, parse_duration
@@ -83,14 +86,23 @@ class _Handler(socketserver.StreamRequestHandler):
     server: WalSocketServer
 
     def handle(self) -> None:
-        line = self.rfile.readline(MAX_REQUEST).decode("utf-8", "replace").rstrip("\n")
-        verb, _, arg = line.partition(" ")
-        if verb == "PUSH" and arg.startswith("/"):
-            self.wfile.write(self.server.push(Path(arg)).encode() + b"\n")
-        elif verb == "FETCH" and is_wal_name(arg):
+        # One message: the request line, and for PUSH the WAL file's open descriptor.
+        raw, fds, _, _ = socket.recv_fds(self.request, MAX_REQUEST, 2)
+        verb, _, arg = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
+        if verb == "PUSH" and arg.startswith("/") and len(fds) == 1:
+            uid = struct.unpack(
+                "3i", self.request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            )[1]
+            self.wfile.write(self.server.push(Path(arg), fds[0], uid).encode() + b"\n")
+            return
+        for fd in fds:
+            os.close(fd)
+        if verb == "FETCH" and is_wal_name(arg):
             self.server.fetch(arg, self.wfile)
         else:
-            self.wfile.write(b"ERR 2 expected: PUSH <absolute path> or FETCH <WAL file name>\n")
+            self.wfile.write(
+                b"ERR 2 expected: PUSH <absolute path> (with its descriptor) or FETCH <name>\n"
+            )
 
 
 class WalSocketServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -132,10 +144,12 @@ class WalSocketServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
         self._thread.start()
         log.info("wal-push socket listening", socket=str(self.path))
 
-    def push(self, path: Path) -> str:
+    def push(self, path: Path, fd: int, uid: int) -> str:
+        """Archive the file the client opened (``fd``); ``uid``: the client's user."""
         start = time.perf_counter()
         try:
-            result = self._ahead.push(path, self._keyring(), self._config())
+            data = read_wal_fd(fd)  # closes fd
+            result = self._ahead.push(path, data, uid, self._keyring(), self._config())
         except EbkError as exc:
             self.stats.failed()
             log.error("wal-push failed", wal=path.name, error=exc.message)
@@ -187,19 +201,23 @@ class PushAhead:
         self._pending: dict[str, Future[PushResult]] = {}
         self._pool: ThreadPoolExecutor | None = None
 
-    def push(self, path: Path, keyring: WalKeyring, config: WalConfig) -> PushResult:
+    def push(
+        self, path: Path, data: bytes, uid: int, keyring: WalKeyring, config: WalConfig
+    ) -> PushResult:
         with self._lock:
             future = self._pending.pop(str(path), None)
         result: PushResult | None = None
         if future is not None:
             try:
                 result = future.result()
-            except EbkError as exc:
-                log.warning("push ahead failed; pushing again", wal=path.name, error=exc.message)
-        self._schedule(path, keyring, config)
-        return result if result is not None else push_wal(keyring, path, config)
+            except (EbkError, OSError) as exc:
+                log.warning("push ahead failed; pushing again", wal=path.name, error=str(exc))
+        if result is None:
+            result = push_wal_bytes(keyring, path.name, data, config)
+        self._schedule(path, uid, keyring, config)
+        return result
 
-    def _schedule(self, path: Path, keyring: WalKeyring, config: WalConfig) -> None:
+    def _schedule(self, path: Path, uid: int, keyring: WalKeyring, config: WalConfig) -> None:
         if config.push_ahead <= 0 or not SEGMENT.match(path.name):
             return
         try:
@@ -220,7 +238,20 @@ class PushAhead:
                 self._pending.pop(stale)
             for name in wanted:
                 if name not in self._pending and len(self._pending) < 2 * config.push_ahead:
-                    self._pending[name] = self._pool.submit(push_wal, keyring, Path(name), config)
+                    self._pending[name] = self._pool.submit(
+                        _push_owned, Path(name), uid, keyring, config
+                    )
+
+
+def _push_owned(path: Path, uid: int, keyring: WalKeyring, config: WalConfig) -> PushResult:
+    """Push a ready segment ahead: only a regular file the client's user owns (the daemon
+    may run with more rights than its client; a symlink or a foreign file is never read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    info = os.fstat(fd)
+    if info.st_uid != uid or not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path} is not a regular file of the client's user; not pushed ahead")
+    return push_wal_bytes(keyring, path.name, read_wal_fd(fd), config)
 
 
 class MemoryPrefetch:

@@ -13,7 +13,7 @@ authenticates the file (prefetching the next ones) and sends the verified
 bytes; this client, running as PostgreSQL's user, writes them to ``%p``.
 
 Protocol (one request per connection, lines of UTF-8):
-    client: "PUSH <absolute path>\\n"
+    client: "PUSH <absolute path>\\n" with the open file as SCM_RIGHTS
     daemon: "OK archived\\n" | "OK identical\\n" | "ERR <exit code> <message>\\n"
     client: "FETCH <WAL file name>\\n"
     daemon: "OK <size>\\n" <size bytes> | "MISSING\\n" | "ERR <exit code> <message>\\n"
@@ -54,7 +54,12 @@ def socket_path(config_path: str | None, environ: dict[str, str] | os._Environ[s
 
 
 def push_via_daemon(sock_path: Path, wal_path: Path) -> tuple[int, str] | None:
-    """(exit code, message) from the daemon, or None when no daemon listens there."""
+    """(exit code, message) from the daemon, or None when no daemon listens there.
+
+    The file goes over as an open descriptor (SCM_RIGHTS): the daemon reads
+    what this process could open, never a path it would open with its own
+    rights.
+    """
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
@@ -62,7 +67,14 @@ def push_via_daemon(sock_path: Path, wal_path: Path) -> tuple[int, str] | None:
         except (FileNotFoundError, ConnectionRefusedError, PermissionError):
             return None
         client.settimeout(ACK_TIMEOUT)
-        client.sendall(f"PUSH {wal_path}\n".encode())
+        try:
+            fd = os.open(wal_path, os.O_RDONLY)
+        except OSError as exc:
+            return 2, f"cannot open {wal_path}: {exc.strerror}"
+        try:
+            socket.send_fds(client, [f"PUSH {wal_path}\n".encode()], [fd])
+        finally:
+            os.close(fd)
         reply = b""
         while not reply.endswith(b"\n"):
             part = client.recv(4096)

@@ -14,6 +14,7 @@ rotation period, not per segment.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -189,8 +190,24 @@ def read_wal_file(path: Path) -> bytes:
 
 def push_wal(keyring: WalKeyring, path: Path, config: WalConfig) -> PushResult:
     """Archive one WAL file; returns only once it is durable (or was archived identically)."""
-    name = _wal_name(path)
-    data = read_wal_file(path)
+    return push_wal_bytes(keyring, _wal_name(path), read_wal_file(path), config)
+
+
+def read_wal_fd(fd: int) -> bytes:
+    """A WAL file from an open descriptor (the daemon reads what its client opened)."""
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ConfigError("the WAL file handed over is not a regular file")
+        data = f.read(MAX_WAL_FILE_SIZE + 1)
+    if len(data) > MAX_WAL_FILE_SIZE:
+        raise ConfigError("the WAL file handed over is larger than any WAL file")
+    return data
+
+
+def push_wal_bytes(keyring: WalKeyring, name: str, data: bytes, config: WalConfig) -> PushResult:
+    """Archive WAL file ``name`` holding ``data``; durable (or identical) when it returns."""
+    if not is_wal_name(name):
+        raise ConfigError(f"{name!r} is not a WAL file name")
     key_id, dek = keyring.for_push(len(data))
     sealed = seal_wal(
         data,

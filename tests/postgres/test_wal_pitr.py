@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -256,6 +257,28 @@ def test_swapped_or_forged_segment_is_refused_by_wal_fetch(
         ).exit_code
         == 1
     )
+
+
+def test_the_daemon_never_reads_a_file_for_its_client_that_the_client_cannot(
+    history: History,
+) -> None:
+    """The daemon runs as root; PostgreSQL's user hands over an open descriptor, so a
+    segment-named symlink to a root-only file gets nothing archived."""
+    secret = history.base / "root-only"
+    secret.write_text("not for postgres\n")
+    secret.chmod(0o600)
+    trap = history.base / "trap"
+    trap.mkdir()
+    give_to_postgres(trap)
+    name = "0000000100000000000000EE"
+    (trap / name).symlink_to(secret)
+    proc = subprocess.run(
+        ["runuser", "-u", "postgres", "--", "sh", "-c",
+         f"{history.client_cmd} wal-push {trap / name}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert_refused(proc, 2, mentions="cannot open")
+    assert not (history.env.repo_dir / "wal" / "00000001" / f"{name}.ebk").exists()
 
 
 def test_metrics_and_a_slot_holding_back_wal_turns_readyz_red(history: History) -> None:
