@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ebk.app.wal import WalKeyring, fetch_wal, push_wal
-from ebk.errors import EbkError, ObjectNotFound, exit_code_info
+from ebk.errors import ConfigError, EbkError, ObjectNotFound, exit_code_info
 from ebk.runtime import Runtime
 from ebk.text import printable
 from ebk.walclient import FETCH_FATAL
@@ -56,9 +56,10 @@ def wal_fetch(config_path: Path | None, name: str, dest: Path, prefetch: int | N
     """Fetch one archived WAL file to PATH (PostgreSQL's restore_command).
 
     Writes PATH only after the whole object authenticated. Exits 1, quietly,
-    when NAME is not archived (PostgreSQL asks past the end of the archive).
-    Any other failure (tampered object, unreachable repository, key
-    provider) prints why and exits 126, which makes PostgreSQL stop recovery
+    when NAME is not archived (PostgreSQL asks past the end of the archive),
+    2 for a usage or config error. Any other failure (tampered object,
+    unreachable repository, key provider) prints why and exits 126, which
+    makes PostgreSQL stop recovery
     instead of ending it early at a segment it could not trust. The next
     wal.prefetch segments are fetched ahead, still encrypted, into
     pg_wal/ebk-prefetch/.
@@ -74,6 +75,10 @@ def wal_fetch(config_path: Path | None, name: str, dest: Path, prefetch: int | N
         fetch_wal(WalKeyring(runtime), name, dest, prefetch=depth)
     except ObjectNotFound:
         sys.exit(1)
+    except ConfigError:
+        # Exit 2 as everywhere: every fetch fails alike, so PostgreSQL cannot even reach a
+        # consistent state from the base backup and does not start.
+        raise
     except EbkError as exc:
         info = exit_code_info(exc.exit_code)
         lines = [f"ebk: error: wal-fetch {printable(name)}: {printable(exc.message)}"]
