@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ebk.app.wal import WalKeyring, fetch_authenticated, segment_number
-from ebk.errors import EbkError, IntegrityError, ObjectNotFound
+from ebk.errors import BackupNotFound, IntegrityError, ObjectNotFound
 from ebk.format.walobject import HISTORY, SEGMENT
 from ebk.postgres.connection import connect
 from ebk.runtime import Runtime
@@ -102,7 +102,10 @@ class CheckReport:
 
     def raise_for_problems(self) -> None:
         if self.start is None:
-            raise EbkError(self.note)
+            raise BackupNotFound(
+                f"cannot check the WAL archive: {self.note}",
+                hint="take one with `ebk backup --type physical`",
+            )
         if not self.ok:
             first = (self.gaps + self.unauthenticated)[0]
             raise IntegrityError(

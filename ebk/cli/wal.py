@@ -127,6 +127,8 @@ def wal_check(config_path: Path | None, switch: bool, timeout: float, as_json: b
 
     runtime = Runtime.load(config_path, json_output=as_json)
     report = check_archive(runtime, switch=switch, timeout=timeout)
+    if report.start is None:
+        report.raise_for_problems()  # nothing to check: only the error
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
