@@ -78,3 +78,12 @@ def test_a_forged_wal_key_object_is_never_used(tmp_path: Path) -> None:
     fresh = WalKeyring(Runtime(runtime.config))
     with pytest.raises(IntegrityError, match="signature does not verify"):
         fetch_authenticated(fresh, SEG)
+
+
+def test_wal_commands_on_an_empty_archive(tmp_path: Path) -> None:
+    env = make_env(tmp_path / "ebk", None)
+    fetched = env.run("wal-fetch", SEG, str(tmp_path / "RECOVERYXLOG"), expect=None)
+    assert fetched.exit_code == 1 and fetched.output == ""  # quietly: end of the archive
+    assert not (tmp_path / "RECOVERYXLOG").exists()
+    env.run("wal", "check", expect=9)
+    env.run("wal-push", str(tmp_path / "not-a-wal-name"), expect=2)
