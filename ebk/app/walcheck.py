@@ -15,8 +15,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import psycopg
+
 from ebk.app.wal import WalKeyring, fetch_authenticated, segment_number
-from ebk.errors import BackupNotFound, IntegrityError, ObjectNotFound
+from ebk.errors import BackupNotFound, EbkError, IntegrityError, ObjectNotFound
 from ebk.format.walobject import HISTORY, SEGMENT
 from ebk.postgres.connection import connect
 from ebk.runtime import Runtime
@@ -65,6 +67,7 @@ class CheckReport:
     unauthenticated: list[str] = field(default_factory=list)
     timelines: list[int] = field(default_factory=list)
     switched: str | None = None
+    current: str | None = None  # PostgreSQL's current WAL file, when it answered
     note: str = ""
 
     @property
@@ -81,6 +84,7 @@ class CheckReport:
             "unauthenticated": self.unauthenticated,
             "timelines": self.timelines,
             "switched": self.switched,
+            "current": self.current,
             "note": self.note,
         }
 
@@ -91,6 +95,10 @@ class CheckReport:
             f"WAL archive from {self.start} to {self.end}: {self.checked} file(s) authenticated, "
             f"timelines {', '.join(str(t) for t in self.timelines) or '-'}"
         ]
+        if self.current:
+            lines.append(
+                f"  PostgreSQL writes {self.current} now (the newest archived is {self.end})"
+            )
         if self.switched:
             lines.append(f"  pg_switch_wal(): {self.switched} archived and authenticated")
         for name in self.gaps:
@@ -124,6 +132,16 @@ def _switch(runtime: Runtime) -> str:
         ).fetchone()
     assert row is not None
     return str(row[0])
+
+
+def _current_wal(runtime: Runtime) -> str | None:
+    """The WAL file PostgreSQL writes now (informational; None when it does not answer)."""
+    try:
+        with connect(runtime.config.postgres) as conn:
+            row = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+    except (EbkError, psycopg.Error):
+        return None
+    return str(row[0]) if row else None
 
 
 def _timeline_switches(keyring: WalKeyring, newest: int) -> list[tuple[int, int]]:
@@ -208,6 +226,7 @@ def check_archive(runtime: Runtime, *, switch: bool = False, timeout: float = 60
 
     expected = [name_of(expected_tli(s), s, seg_size) for s in range(start_no, end_no + 1)]
     report.end = expected[-1]
+    report.current = _current_wal(runtime)
     report.timelines = sorted({int(n[:8], 16) for n in expected})
     present = [n for n in expected if n in segments]
     report.gaps = [n for n in expected if n not in segments]
