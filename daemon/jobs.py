@@ -73,10 +73,14 @@ def run_retention(ctx: JobContext) -> JobResult:
     if result.deleted:
         record_event(ctx.runtime, "shred", {"backup_ids": result.deleted[:200], "by": ctx.job.name})
     kept = sum(1 for d in result.decisions if d.keep)
+    from ebk.app.walretention import prune_wal  # the WAL archive (issue 13)
+
+    wal = prune_wal(ctx.runtime, cancel=ctx.cancel)
     return JobResult(
         result.freed_bytes,
         None,
-        f"deleted {len(result.deleted)} backups, kept {kept} ({policy.describe()})",
+        f"deleted {len(result.deleted)} backups and {len(wal)} WAL files, kept {kept} "
+        f"({policy.describe()})",
     )
 
 

@@ -48,6 +48,7 @@ from ebk.daemon.schedule import (
 )
 from ebk.daemon.sdnotify import Notifier
 from ebk.daemon.verify_job import VerifyMonitor
+from ebk.daemon.walsocket import WalArchiver, start_wal_archiver
 from ebk.errors import ConfigError, EbkError, Interrupted, LockBusy
 from ebk.logsetup import configure_logging
 from ebk.preflight.gate import enforce
@@ -94,6 +95,7 @@ class Daemon:
         self.scheduler: BackgroundScheduler | None = None
         self.state: StateStore | None = None
         self.http: StatusServer | None = None
+        self.wal: WalArchiver | None = None  # the wal-push socket (issue 13)
         self.metrics = DaemonMetrics(self._next_runs)
         self.metrics.registry.register(DatabaseCollector(self._postgres, self._backup_running))
         self.key_policy = KeyPolicyState()  # the `keys` job's last status (daemon/keyjob.py)
@@ -363,6 +365,9 @@ class Daemon:
         stale = self.verify.not_ready_reason()
         if stale:
             return False, stale
+        wal_lag = self.wal.not_ready() if self.wal is not None else ""
+        if wal_lag:
+            return False, wal_lag
         return True, ""
 
     def _set_not_ready(self, reason: str) -> None:
@@ -441,6 +446,7 @@ class Daemon:
         self._schedule(runtime, triggers, None)
         self.scheduler.start()
         self.http.start()
+        self.wal = start_wal_archiver(lambda: self.runtime, config, self.metrics.registry)
         self._set_not_ready("")
         log.info(
             "daemon ready",
@@ -486,6 +492,8 @@ class Daemon:
             stuck = sorted(self._running)
         if self.http is not None:
             self.http.close()
+        if self.wal is not None:
+            self.wal.close()
         if stuck:
             log.error(
                 "jobs did not stop in time; exiting anyway (`ebk repo check --clean` "

@@ -1,3 +1,3 @@
-from ebk.cli import main
+from ebk.entry import main
 
 main()

@@ -343,12 +343,42 @@ class RetentionConfig:
     keep_weekly: int = 4  # ... of each of the N most recent ISO weeks with a backup
     keep_monthly: int = 6  # ... of each of the N most recent months with a backup
     min_age: str = "1d"  # backups younger than this are never deleted ("0" disables)
+    pitr_window: str = "0"  # physical backups and WAL kept for PITR this far back; "0": off
 
     def validate(self) -> None:
         for key in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly"):
             if not 0 <= getattr(self, key) <= 100000:
                 raise ConfigError(f"retention.{key} = {getattr(self, key)} must be 0..100000")
         parse_duration(self.min_age, "retention.min_age")
+        parse_duration(self.pitr_window, "retention.pitr_window")
+
+
+@dataclass
+class WalConfig:
+    """Continuous WAL archiving (`ebk wal-push`, `ebk wal-fetch`) and point-in-time recovery."""
+
+    compression_level: int = 3  # zstd level of archived WAL; 0 = off
+    key_rotation: str = "1d"  # a new WAL data key after this long ...
+    key_rotation_bytes: int = 64 * 1024**3  # ... or after this many WAL bytes (per process)
+    socket: str = ""  # the daemon's wal-push socket; empty: <daemon.state_dir>/wal.sock
+    socket_group: str = ""  # "": mode 0600; else mode 0660 and this group (PostgreSQL's user)
+    prefetch: int = 4  # wal-fetch: segments fetched ahead (encrypted) for the next calls
+    push_ahead: int = 2  # daemon: ready segments archived concurrently ahead of PostgreSQL
+    max_slot_retained_bytes: int = 8 * 1024**3  # /readyz fails when a slot holds more; 0: off
+    rpo: str = "60s"  # /readyz turns not ready when the newest archived WAL is older
+
+    def validate(self) -> None:
+        if not 0 <= self.compression_level <= 22:
+            raise ConfigError(f"wal.compression_level = {self.compression_level} must be 0..22")
+        if parse_duration(self.key_rotation, "wal.key_rotation") < 60:
+            raise ConfigError("wal.key_rotation must be at least 60s")
+        if self.key_rotation_bytes < 16 * 1024**2:
+            raise ConfigError("wal.key_rotation_bytes must be at least 16 MiB (16777216)")
+        if not 0 <= self.prefetch <= 64:
+            raise ConfigError(f"wal.prefetch = {self.prefetch} must be 0..64")
+        if not 0 <= self.push_ahead <= 16:
+            raise ConfigError(f"wal.push_ahead = {self.push_ahead} must be 0..16")
+        parse_duration(self.rpo, "wal.rpo")
 
 
 @dataclass
@@ -503,6 +533,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     volume: VolumeConfig = field(default_factory=VolumeConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    wal: WalConfig = field(default_factory=WalConfig)
     source: str = "defaults"
 
 

@@ -20,6 +20,7 @@ repository lease, re-checking it before every deletion.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class RetentionPolicy:
     keep_weekly: int = 4
     keep_monthly: int = 6
     min_age: timedelta = timedelta(days=1)
+    pitr_window: timedelta = timedelta(0)  # physical backups covering it are kept (WAL archive)
 
     @classmethod
     def from_config(cls, cfg: RetentionConfig) -> RetentionPolicy:
@@ -69,6 +71,7 @@ class RetentionPolicy:
             cfg.keep_weekly,
             cfg.keep_monthly,
             timedelta(seconds=parse_duration(cfg.min_age, "retention.min_age")),
+            timedelta(seconds=parse_duration(cfg.pitr_window, "retention.pitr_window")),
         )
 
     def describe(self) -> str:
@@ -229,6 +232,31 @@ def _usable(repo: Repository) -> list[Manifest]:
     return catalog.backups
 
 
+def _plan(
+    repo: Repository, backups: list[Manifest], policy: RetentionPolicy, now: datetime
+) -> list[Decision]:
+    """plan_retention, then the rules that only keep more: the PITR window
+    (ebk.app.walretention), the newest restore-verified backup (ebk.app.verified_keep),
+    and last the chains of everything kept, so no kept incremental loses its parent."""
+    from ebk.app.walretention import keep_pitr_window
+
+    decisions = plan_retention(backups, policy, now)
+    decisions = keep_pitr_window(decisions, backups, policy.pitr_window, now)
+    decisions = keep_newest_verified(repo, backups, decisions)
+    return _close_chains(backups, decisions)
+
+
+def _close_chains(backups: Sequence[BackupLike], decisions: list[Decision]) -> list[Decision]:
+    reasons = {d.backup_id: list(d.reasons) if d.keep else [] for d in decisions}
+    _keep_chains(backups, reasons)
+    return [
+        dataclasses.replace(d, keep=True, reasons=tuple(reasons[d.backup_id]))
+        if not d.keep and reasons[d.backup_id]
+        else d
+        for d in decisions
+    ]
+
+
 def apply_retention(
     repo: Repository,
     policy: RetentionPolicy,
@@ -240,15 +268,11 @@ def apply_retention(
 ) -> RetentionResult:
     """Plan, and unless dry_run delete under the repository lease (checked per deletion)."""
     if dry_run:
-        backups = _usable(repo)
-        decisions = plan_retention(backups, policy, now or datetime.now(UTC))
-        decisions = keep_newest_verified(repo, backups, decisions)  # ebk.app.verified_keep
+        decisions = _plan(repo, _usable(repo), policy, now or datetime.now(UTC))
         return RetentionResult(decisions, dry_run=True)
     with repo.lease(purpose) as lease:
         # Plan under the lease: nobody else deletes between listing and deleting.
-        backups = _usable(repo)
-        decisions = plan_retention(backups, policy, now or datetime.now(UTC))
-        decisions = keep_newest_verified(repo, backups, decisions)  # ebk.app.verified_keep
+        decisions = _plan(repo, _usable(repo), policy, now or datetime.now(UTC))
         result = RetentionResult(decisions)
         # Newest first: an interrupted run never leaves an incremental without its parent.
         for decision in reversed(decisions):

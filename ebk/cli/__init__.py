@@ -72,6 +72,9 @@ COMMAND_MODULES = {
     "bench": "bench",
     "volume": "volume",
     "verify": "verify",
+    "wal-push": "wal",
+    "wal-fetch": "wal",
+    "wal": "wal",
 }
 
 

@@ -86,6 +86,25 @@ def _owner(name: str | None) -> tuple[int, int] | None:
     help="Unwrap the data key with this offline recovery identity only "
     "(`ebk keys recovery-keygen`), without the KMS or key file.",
 )
+@click.option("--target-time", metavar="TS", help="PITR: replay WAL up to this time (with zone).")
+@click.option("--target-lsn", metavar="LSN", help="PITR: replay WAL up to this LSN (0/3000060).")
+@click.option("--target-xid", metavar="XID", help="PITR: replay up to this transaction's commit.")
+@click.option("--target-name", metavar="NAME", help="PITR: replay up to this restore point.")
+@click.option(
+    "--target-action",
+    type=click.Choice(["promote", "pause", "shutdown"]),
+    default="promote",
+    show_default=True,
+    help="PITR: what PostgreSQL does at the target.",
+)
+@click.option(
+    "--restore-command",
+    metavar="CMD",
+    help="PITR: restore_command for the restored cluster (default: this ebk's wal-fetch "
+    "with this config).",
+)
+@click.option("--start", is_flag=True, help="PITR: start the cluster and wait until it replayed.")
+@click.option("--port", type=int, help="PITR with --start: the port the restored cluster uses.")
 @click.pass_obj
 def restore(
     config_path: Path | None,
@@ -99,6 +118,14 @@ def restore(
     create: bool,
     with_globals: bool,
     recovery_key: Path | None,
+    target_time: str | None,
+    target_lsn: str | None,
+    target_xid: str | None,
+    target_name: str | None,
+    target_action: str,
+    restore_command: str | None,
+    start: bool,
+    port: int | None,
 ) -> None:
     """Restore a backup: physical into a directory, logical into a database.
 
@@ -117,11 +144,39 @@ def restore(
     Examples:
       ebk restore latest --to /var/lib/postgresql/15/restored --owner postgres
       ebk restore 20261128T142301Z-3fa9c1 --to-db app_copy --database app --create
+      ebk restore latest --to /srv/pitr --owner postgres \\
+          --target-time "2026-11-30 14:05:00+00" --target-action promote --start --port 5433
+
+    Point-in-time recovery (--target-*): `latest` means the newest physical
+    backup that ended before the target (for --target-xid/--target-name,
+    which have no position, the newest; give an ID to choose). The restored
+    directory gets restore_command (`ebk wal-fetch`, every WAL file
+    authenticated), the target, recovery.signal and archive_mode = off.
     """
+    from ebk.app.pitr import pitr_options
+
+    pitr = {
+        "target_time": target_time,
+        "target_lsn": target_lsn,
+        "target_xid": target_xid,
+        "target_name": target_name,
+        "target_action": target_action,
+        "restore_command": restore_command,
+        "start": start,
+        "port": port,
+    }
+    target_spec = pitr_options(pitr)
     if (target is None) == (target_db is None):
         raise click.UsageError("give exactly one of --to DIR (physical) or --to-db NAME (logical)")
+    if target_spec is not None and target is None:
+        raise click.UsageError("--target-* (point-in-time recovery) needs --to DIR")
     runtime = Runtime.load(config_path)
     if target is not None:
+        if target_spec is not None:
+            from ebk.app.pitr import choose_backup
+
+            if backup_id == "latest":
+                backup_id = choose_backup(runtime.repository.list_backups(), target_spec).backup_id
         manifest = run_restore(
             runtime,
             backup_id,
@@ -139,6 +194,11 @@ def restore(
                 f"  incremental: combined with the {manifest.chain_depth} backup(s) it builds "
                 f"on, from full backup {printable(str(manifest.chain_root))}"
             )
+        if target_spec is not None:
+            from ebk.app.pitr import finish_pitr
+
+            finish_pitr(runtime, config_path, target, target_spec, pitr, _owner(owner), owner)
+            return
         click.echo(f"  start it with: pg_ctl -D {target} start")
         if os.geteuid() == 0 and owner is None:
             click.echo("  note: files are owned by root; PostgreSQL needs --owner postgres")

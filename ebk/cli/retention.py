@@ -37,6 +37,9 @@ def retention(config_path: Path | None, dry_run: bool, json_output: bool) -> Non
     result = apply_retention(runtime.repository, policy, dry_run=dry_run, purpose="ebk retention")
     if result.deleted:
         record_event(runtime, "shred", {"backup_ids": result.deleted[:200], "by": "retention"})
+    from ebk.app.walretention import prune_wal  # the WAL archive (issue 13)
+
+    wal_deleted = prune_wal(runtime, dry_run=dry_run)
     doomed = [d for d in result.decisions if not d.keep]
     freed = sum(d.size for d in doomed)
     if json_output:
@@ -47,6 +50,7 @@ def retention(config_path: Path | None, dry_run: bool, json_output: bool) -> Non
                 "decisions": [d.to_json() for d in result.decisions],
                 "deleted": result.deleted,
                 "freed_bytes": result.freed_bytes,
+                "wal_deleted": wal_deleted,
             }
         )
         return
@@ -82,6 +86,12 @@ def retention(config_path: Path | None, dry_run: bool, json_output: bool) -> Non
         click.echo(
             f"deleted {len(result.deleted)} of {len(result.decisions)} backups "
             f"({human_bytes(result.freed_bytes)} freed)"
+        )
+    if wal_deleted:
+        verb = "would delete" if dry_run else "deleted"
+        click.echo(
+            f"{verb} {len(wal_deleted)} archived WAL files older than the oldest kept "
+            f"physical backup ({wal_deleted[0]} ... {wal_deleted[-1]})"
         )
 
 
