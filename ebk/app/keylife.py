@@ -43,6 +43,8 @@ from ebk.keys.base import KeyProvider, WrappedKey
 from ebk.keys.envelope import KeyObject
 from ebk.keys.lifecycle import KekInfo, KeyLifecycle
 from ebk.repository import Repository
+from ebk.repository.lease import RepositoryLease
+from ebk.repository.wal import signed_wal_key, wal_key_context, wal_store
 from ebk.repository.writer import rewrap_writer_key, writer_key_slots
 from ebk.runtime import Runtime
 
@@ -140,6 +142,10 @@ class KeyStatus:
     retirable: list[str] = field(default_factory=list)
     stranded: list[BackupKeys] = field(default_factory=list)
     retire_waits: dict[str, datetime] = field(default_factory=dict)
+    # WAL data keys (issue 13): key id -> the KEK versions it is wrapped under.
+    wal_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    wal_counts: dict[str, int] = field(default_factory=dict)
+    wal_stranded: list[str] = field(default_factory=list)
 
     @property
     def current_created(self) -> datetime | None:
@@ -173,7 +179,7 @@ class KeyStatus:
 
     @property
     def ok(self) -> bool:
-        return not self.overdue and not self.stranded
+        return not self.overdue and not self.stranded and not self.wal_stranded
 
     def exposed(self, version: str) -> list[BackupKeys]:
         """Backups whose data key is or was wrapped under ``version``: every backup that
@@ -210,6 +216,7 @@ class KeyStatus:
                     "usable": v.usable,
                     "current": v.current,
                     "backups": self.counts.get(v.id, 0),
+                    "wal_keys": self.wal_counts.get(v.id, 0),
                     "writer_key": v.id == self.writer_version,
                     "retirable": v.id in self.retirable,
                     "retirable_after": _iso(self.retire_waits.get(v.id)),
@@ -224,6 +231,10 @@ class KeyStatus:
             "last_rewrap": _iso(self.last_rewrap),
             "stranded": [
                 {"backup_id": b.backup_id, "versions": list(b.versions)} for b in self.stranded
+            ],
+            "wal_keys": len(self.wal_keys),
+            "wal_stranded": [
+                {"wal_key_id": k, "versions": list(self.wal_keys[k])} for k in self.wal_stranded
             ],
             "notes": self.info.notes,
         }
@@ -299,9 +310,19 @@ def key_status(runtime: Runtime, *, now: datetime | None = None) -> KeyStatus:
     status.counts = dict(counts)
     usable = {v.id for v in info.versions if v.usable}
     status.stranded = [b for b in backups if not any(v in usable for v in b.versions)]
+    status.wal_keys = scan_wal_keys(runtime, provider)
+    wal_counts: Counter[str] = Counter()
+    for wal_versions in status.wal_keys.values():
+        wal_counts.update(set(wal_versions))
+    status.wal_counts = dict(wal_counts)
+    status.wal_stranded = [
+        k for k, vs in status.wal_keys.items() if not any(v in usable for v in vs)
+    ]
     versions = info.versions
     for i, v in enumerate(versions):
         if v.current or not v.usable or counts.get(v.id) or v.id == writer_version:
+            continue
+        if wal_counts.get(v.id):
             continue
         successor = versions[i + 1].created if i + 1 < len(versions) else None
         since = max([t for t in (successor, status.last_rewrap) if t is not None], default=None)
@@ -311,6 +332,60 @@ def key_status(runtime: Runtime, *, now: datetime | None = None) -> KeyStatus:
         elif ready_at is not None:
             status.retire_waits[v.id] = ready_at
     return status
+
+
+def scan_wal_keys(runtime: Runtime, provider: KeyProvider) -> dict[str, tuple[str, ...]]:
+    """The KEK versions each authentic WAL data key is wrapped under (the WAL archive needs
+    them for every point-in-time restore); a forged key object is logged, never counted."""
+    life = lifecycle_of(provider)
+    found: dict[str, tuple[str, ...]] = {}
+    for item in wal_store(runtime.repository).verified_keys(runtime.trusted_writers()):
+        if isinstance(item, IntegrityError):
+            log.warning("WAL key object ignored", reason=item.message)
+            continue
+        found[item.key_id] = tuple(life.version_of(s) for s in item.slots if provider.owns(s))
+    return found
+
+
+def rewrap_wal_keys(
+    runtime: Runtime,
+    lease: RepositoryLease,
+    current: str,
+    *,
+    force: bool,
+    limit: RateLimit,
+    cancel: threading.Event | None = None,
+) -> tuple[int, dict[str, str]]:
+    """Re-wrap (and re-sign) every WAL data key not yet under ``current``."""
+    provider = runtime.key_providers[0]
+    life = lifecycle_of(provider)
+    store = wal_store(runtime.repository)
+    rewrapped, failed = 0, {}
+    for item in store.verified_keys(runtime.trusted_writers()):
+        if isinstance(item, IntegrityError):
+            continue  # not ours to touch: never re-signed
+        if cancel is not None and cancel.is_set():
+            raise Interrupted("rewrap interrupted; run `ebk keys rewrap` again to continue")
+        context = wal_key_context(item.repository_id, item.key_id)
+        slots, moved = [], False
+        for slot in item.slots:
+            if provider.owns(slot) and (force or life.version_of(slot) != current):
+                limit.acquire()
+                try:
+                    slots.append(provider.rewrap(slot, context))
+                except WrongKey as exc:
+                    failed[item.key_id] = exc.message
+                    break
+                moved = True
+            else:
+                slots.append(slot)
+        if moved and item.key_id not in failed:
+            raw = signed_wal_key(
+                runtime.writer_key(), item.repository_id, item.key_id, item.created, slots
+            )
+            store.replace_key(item.key_id, raw, lease)
+            rewrapped += 1
+    return rewrapped, failed
 
 
 # -- rewrap --------------------------------------------------------------------------------
@@ -325,6 +400,7 @@ class RewrapReport:
     seconds: float = 0.0
     moved_from: Counter[str] = field(default_factory=Counter)
     writer_key_rewrapped: bool = False
+    wal_keys_rewrapped: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # backup id -> why
 
 
@@ -345,6 +421,7 @@ def rewrap_all_backups(
     life = lifecycle_of(provider)
     limit = RateLimit(cfg.rewrap_rate if rate is None else rate)
     started = time.monotonic()
+    force_wal = force
     with repo.lease(purpose) as lease:
         marker = repo.require_initialized()
         raw = repo.read_writer_key_object()
@@ -419,6 +496,10 @@ def rewrap_all_backups(
                         progress(len(done))
                 if force:
                     force = False  # later passes only see backups made after the rotation
+        report.wal_keys_rewrapped, wal_failed = rewrap_wal_keys(
+            runtime, lease, current, force=force_wal, limit=limit, cancel=cancel
+        )
+        report.failed.update(wal_failed)
         report.seconds = time.monotonic() - started
         record_event(
             runtime,
@@ -427,6 +508,7 @@ def rewrap_all_backups(
                 "to": current,
                 "from": dict(report.moved_from),
                 "rewrapped": report.rewrapped,
+                "wal_keys_rewrapped": report.wal_keys_rewrapped,
                 "already_current": report.already_current,
                 "failed": sorted(report.failed)[:100],
                 "complete": not report.failed,
@@ -502,6 +584,9 @@ def retire_versions(
                 if needed
                 else "the writer key is still wrapped under it; run `ebk keys rewrap` first"
                 if version == status.writer_version
+                else f"{status.wal_counts[version]} WAL data key(s) are still wrapped under it "
+                "(point-in-time restores need them); run `ebk keys rewrap` first"
+                if status.wal_counts.get(version)
                 else "it is already retired"
                 if not known[version].usable
                 else f"keys.retire_after has not passed (retirable after "

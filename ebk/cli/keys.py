@@ -209,10 +209,12 @@ def status(config_path: Path | None, json_output: bool, exposed: str | None) -> 
             f"backups    {doc['backups']}, {doc['pending_rewrap']} not yet under the current "
             f"version (`ebk keys rewrap`)"
         )
+        if doc["wal_keys"]:
+            click.echo(f"WAL keys   {doc['wal_keys']} (the WAL archive's data keys; rewrapped too)")
         for note in st.info.notes:
             click.echo(f"note       {printable(note)}")
         emit_table(
-            ["VERSION", "CREATED", "STATE", "BACKUPS", "RETIRABLE"],
+            ["VERSION", "CREATED", "STATE", "BACKUPS", "WAL KEYS", "RETIRABLE"],
             [
                 (
                     v["version"],
@@ -220,12 +222,19 @@ def status(config_path: Path | None, json_output: bool, exposed: str | None) -> 
                     ("current" if v["current"] else "usable" if v["usable"] else "retired")
                     + (" +writer key" if v["writer_key"] else ""),
                     v["backups"],
+                    v["wal_keys"],
                     "retirable" if v["retirable"] else v["retirable_after"] or "-",
                 )
                 for v in doc["versions"]
             ]
-            + [(k, "?", "MISSING", n, "-") for k, n in doc["unknown_versions"].items()],
+            + [(k, "?", "MISSING", n, "-", "-") for k, n in doc["unknown_versions"].items()],
         )
+        for wal_key in st.wal_stranded:
+            click.echo(
+                f"ebk: error: WAL key {wal_key} is wrapped only under retired or missing "
+                "version(s): the WAL it encrypts cannot be replayed until that version is back",
+                err=True,
+            )
         for b in st.stranded:
             how = (
                 f"it restores only with --recovery-key ({b.recovery_slots} recovery slot(s))"
@@ -261,7 +270,8 @@ def _rewrap_and_print(runtime: Runtime, *, force: bool, workers: int | None) -> 
     moved = ", ".join(f"{n} from {v}" for v, n in sorted(report.moved_from.items())) or "none"
     click.echo(
         f"re-wrapped {report.rewrapped} backup(s) under {report.current} ({moved}); "
-        f"{report.already_current} already current; {report.seconds:.1f}s"
+        f"{report.already_current} already current; {report.wal_keys_rewrapped} WAL key(s) "
+        f"re-wrapped; {report.seconds:.1f}s"
     )
     for backup_id, why in sorted(report.failed.items()):
         click.echo(f"ebk: error: backup {printable(backup_id)}: {printable(why)}", err=True)

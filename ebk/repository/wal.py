@@ -92,12 +92,23 @@ def new_wal_key(
     key_id = f"walk-{now:%Y%m%dT%H%M%S}Z-{secrets.token_hex(4)}"
     context = wal_key_context(repository_id, key_id)
     slots = [p.wrap(dek, context) for p in providers]
+    return dek, key_id, signed_wal_key(writer, repository_id, key_id, now, slots)
+
+
+def signed_wal_key(
+    writer: WriterKey,
+    repository_id: str,
+    key_id: str,
+    created: datetime,
+    slots: Sequence[WrappedKey],
+) -> bytes:
+    """The WAL key object to store: new, or re-wrapped under a new KEK version (re-signed)."""
     doc: dict[str, object] = {
         "format": "ebk-wal-key",
         "version": 1,
         "repository_id": repository_id,
         "key_id": key_id,
-        "created": now.astimezone(UTC).isoformat(timespec="seconds"),
+        "created": created.astimezone(UTC).isoformat(timespec="seconds"),
         "slots": [
             {
                 "provider": s.provider,
@@ -108,7 +119,7 @@ def new_wal_key(
         ],
     }
     doc["auth"] = {"sig": writer.sign(SIGNATURE_DOMAIN + canonical(doc))}
-    return dek, key_id, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
 
 
 def verify_wal_key(
@@ -210,6 +221,23 @@ class WalStore:
 
     def put_key(self, key_id: str, raw: bytes) -> None:
         self._storage.put_if_absent(f"{WAL_KEYS}{key_id}.json", raw)
+
+    def replace_key(self, key_id: str, raw: bytes, lease: RepositoryLease) -> None:
+        """A re-wrapped WAL key object (`ebk keys rewrap`) replaces the old one atomically."""
+        if not KEY_ID.match(key_id):
+            raise IntegrityError(f"{key_id!r} is not a WAL key id")
+        lease.check()
+        self._storage.put_bytes(f"{WAL_KEYS}{key_id}.json", raw)
+
+    def verified_keys(self, trusted: TrustedWriters) -> Iterator[WalKeyObject | IntegrityError]:
+        """Every WAL key object, verified (an unauthentic one comes back as its error)."""
+        repository_id = str(self._repo.require_initialized().repository_id)
+        for key_id in self.key_ids():
+            try:
+                raw = self.read_key(key_id)
+                yield verify_wal_key(raw, trusted, repository_id=repository_id, key_id=key_id)
+            except IntegrityError as exc:
+                yield exc
 
 
 def wal_store(repository: Repository) -> WalStore:

@@ -13,6 +13,8 @@ import shutil
 import stat
 from pathlib import Path
 
+import pytest
+
 from ebk.keys.envelope import open_data_key
 from ebk.keys.keyfile import KeyFileProvider, create_key_file
 from ebk.runtime import Runtime
@@ -181,3 +183,48 @@ def test_a_loaded_key_file_wraps_under_a_rotation_made_elsewhere(tmp_path: Path)
     new = KeyFileProvider(path).rotate()  # `ebk keys rotate` in another process
     ctx = {"backup_id": "b", "cluster": "c", "dek_id": "d"}
     assert daemon_view.wrap(b"k" * 32, ctx).kek_id == new
+
+
+def test_wal_data_keys_follow_rotation_and_hold_back_retirement(tmp_path: Path) -> None:
+    """The WAL archive's data keys (issue 13) are KEK-wrapped too: `keys status` counts them,
+    `keys rewrap` moves (and re-signs) them, and a version they need is never retired."""
+    from ebk.app.wal import WalKeyring
+
+    env = make_env(tmp_path / "ebk", None, extra='[preflight]\npolicy = "off"\n')
+    add_backups(runtime(env), 2)
+    keyring = WalKeyring(runtime(env))
+    wal_key = keyring.for_push(1)[0]
+    dek = keyring.for_read(wal_key)
+    old = status(env)["current_version"]
+    assert status(env)["versions"][0]["wal_keys"] == 1
+
+    env.run("keys", "rotate", "--no-rewrap")
+    env.config_path.write_text(
+        env.config_path.read_text().replace("[keys]\n", '[keys]\nretire_after = "0s"\n')
+    )
+    env.run("keys", "rewrap")  # backups and the writer key move; so must the WAL key
+    after = status(env)
+    counts = {v["version"]: (v["backups"], v["wal_keys"]) for v in after["versions"]}
+    assert counts[old] == (0, 0) and counts[after["current_version"]] == (2, 1)
+    # the re-wrapped WAL key object still verifies (re-signed) and opens to the same key
+    assert WalKeyring(runtime(env)).for_read(wal_key) == dek
+    env.run("keys", "retire", "--force", "--yes")
+    assert WalKeyring(runtime(env)).for_read(wal_key) == dek
+
+
+def test_a_version_a_wal_key_needs_is_not_retired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ebk.app import keylife
+    from ebk.app.wal import WalKeyring
+
+    env = make_env(tmp_path / "ebk", None, extra='[preflight]\npolicy = "off"\n')
+    WalKeyring(runtime(env)).for_push(1)
+    old = status(env)["current_version"]
+    env.run("keys", "rotate", "--no-rewrap")
+    # A rewrap interrupted after the writer key but before the WAL keys (simulated in
+    # process): the old version still holds a WAL key and must not be retired.
+    monkeypatch.setattr(keylife, "rewrap_wal_keys", lambda *a, **k: (0, {}))
+    keylife.rewrap_all_backups(runtime(env))
+    refused = env.run("keys", "retire", str(old), "--force", "--yes", expect=3)
+    assert "1 WAL data key(s) are still wrapped under it" in refused.output
