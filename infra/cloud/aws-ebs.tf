@@ -4,6 +4,18 @@
 # (ec2:DescribeVolumes: Encrypted, KmsKeyId).  A snippet: merge it into your configuration.
 # Never run by this project (README.md).
 
+# The provider version the 180-day key rotation needs (aws_kms_key.rotation_period_in_days).
+# One terraform block per snippet, so each file also checks on its own.
+terraform {
+  required_version = ">= 1.5"
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = ">= 5.39"
+    }
+  }
+}
+
 variable "db_instance_id" {
   description = "EC2 instance that runs PostgreSQL"
   type        = string
@@ -24,9 +36,13 @@ variable "pgdata_size_gib" {
   default = 200
 }
 
+# Rotated every 180 days, the key-management policy (docs/key-management.md): AWS keeps
+# every old key version, so existing volumes and snapshots stay readable.
+# rotation_period_in_days needs hashicorp/aws >= 5.39.
 resource "aws_kms_key" "pgdata" {
   description             = "PostgreSQL data volumes (EBS)"
   enable_key_rotation     = true
+  rotation_period_in_days = 180
   deletion_window_in_days = 30
 }
 

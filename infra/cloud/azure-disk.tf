@@ -4,6 +4,18 @@
 # (Microsoft.Compute/disks/read).  A snippet: merge it into your configuration.
 # Never run by this project (README.md).
 
+# The provider version the 180-day key rotation needs (azurerm_key_vault_key.rotation_policy).
+# One terraform block per snippet, so each file also checks on its own.
+terraform {
+  required_version = ">= 1.5"
+  required_providers {
+    azurerm = {
+      source  = "hashicorp/azurerm"
+      version = ">= 3.44"
+    }
+  }
+}
+
 variable "resource_group_name" {
   type = string
 }
@@ -47,6 +59,18 @@ resource "azurerm_key_vault_key" "pgdata" {
   key_type     = "RSA-HSM"
   key_size     = 3072
   key_opts     = ["wrapKey", "unwrapKey"]
+
+  # A new key version every 180 days (the key-management policy); the disk encryption
+  # set below follows the newest version by itself (auto_key_rotation_enabled).  A
+  # version expires a year after it was created: half a year after it was replaced,
+  # long after the disk encryption set has moved on.  Needs hashicorp/azurerm >= 3.44.
+  rotation_policy {
+    automatic {
+      time_after_create = "P180D"
+    }
+    expire_after         = "P365D"
+    notify_before_expiry = "P30D"
+  }
 }
 
 resource "azurerm_disk_encryption_set" "pgdata" {

@@ -4,6 +4,18 @@
 # (compute.instances.get, compute.disks.get).  A snippet: merge it into your
 # configuration.  Never run by this project (README.md).
 
+# The provider version the 180-day key rotation needs (google_kms_crypto_key.rotation_period).
+# One terraform block per snippet, so each file also checks on its own.
+terraform {
+  required_version = ">= 1.5"
+  required_providers {
+    google = {
+      source  = "hashicorp/google"
+      version = ">= 5.0"
+    }
+  }
+}
+
 variable "project_id" {
   type = string
 }
@@ -46,7 +58,7 @@ resource "google_kms_key_ring" "pgdata" {
 resource "google_kms_crypto_key" "pgdata" {
   name            = "pgdata"
   key_ring        = google_kms_key_ring.pgdata.id
-  rotation_period = "7776000s" # 90 days; existing disks keep working across rotations
+  rotation_period = "15552000s" # 180 days (the policy); existing disks keep working
 
   lifecycle {
     prevent_destroy = true # destroying the key destroys every disk encrypted with it
