@@ -44,7 +44,42 @@ resource "aws_kms_key" "pgdata" {
   enable_key_rotation     = true
   rotation_period_in_days = 180
   deletion_window_in_days = 30
+
+  # Written out instead of AWS's implicit default: the account administers the key
+  # through IAM, and EBS (for this account, in this region) may use it for volumes.
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "AccountAdministersThroughIAM"
+        Effect    = "Allow"
+        Principal = { AWS = "arn:aws:iam::${data.aws_caller_identity.current.account_id}:root" }
+        Action    = "kms:*"
+        Resource  = "*"
+      },
+      {
+        Sid       = "EbsUsesTheKey"
+        Effect    = "Allow"
+        Principal = { AWS = "*" }
+        Action = [
+          "kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
+          "kms:CreateGrant", "kms:DescribeKey",
+        ]
+        Resource = "*"
+        Condition = {
+          StringEquals = {
+            "kms:CallerAccount" = data.aws_caller_identity.current.account_id
+            "kms:ViaService"    = "ec2.${data.aws_region.current.name}.amazonaws.com"
+          }
+        }
+      },
+    ]
+  })
 }
+
+data "aws_caller_identity" "current" {}
+
+data "aws_region" "current" {}
 
 resource "aws_kms_alias" "pgdata" {
   name          = "alias/pgdata"
