@@ -425,6 +425,27 @@ class LogConfig:
 
 
 @dataclass
+class VolumeConfig:
+    """Where `ebk volume` keeps the wrapped volume key objects (never a plaintext key)."""
+
+    key_dir: str = "/var/lib/ebk/volumes"  # ebk's state directory, mode 0700
+    # key_dir | beside: an fscrypt directory's object next to it (PARENT/.NAME.ebk-volume.json);
+    # LUKS objects always live in key_dir.
+    key_placement: str = "key_dir"
+
+    def validate(self) -> None:
+        if self.key_placement not in ("key_dir", "beside"):
+            raise ConfigError(
+                f"volume.key_placement = {self.key_placement!r}", hint="use key_dir or beside"
+            )
+        if not self.key_dir.startswith("/"):
+            raise ConfigError(
+                f"volume.key_dir = {self.key_dir!r} is not absolute",
+                hint="give an absolute path, e.g. /var/lib/ebk/volumes",
+            )
+
+
+@dataclass
 class Config:
     repository: RepositoryConfig = field(default_factory=RepositoryConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -437,6 +458,7 @@ class Config:
     postgres: PostgresConfig = field(default_factory=PostgresConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    volume: VolumeConfig = field(default_factory=VolumeConfig)
     source: str = "defaults"
 
 

@@ -70,6 +70,7 @@ COMMAND_MODULES = {
     "daemon": "daemon",
     "retention": "retention",
     "bench": "bench",
+    "volume": "volume",
 }
 
 
