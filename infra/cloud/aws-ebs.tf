@@ -135,6 +135,6 @@ output "pgdata_volume_id" {
 }
 
 output "pgdata_kms_key_arn" {
-  description = "Also the kmsKeyId of infra/kubernetes/storageclass-aws-ebs.yaml"
+  description = "Also the kmsKeyId of infra/kubernetes/storage/aws-ebs/storage-keys.env"
   value       = aws_kms_key.pgdata.arn
 }

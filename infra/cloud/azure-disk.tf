@@ -140,6 +140,6 @@ resource "azurerm_role_assignment" "ebk_preflight" {
 }
 
 output "pgdata_disk_encryption_set_id" {
-  description = "Also the diskEncryptionSetID of infra/kubernetes/storageclass-azure-disk.yaml"
+  description = "Also the diskEncryptionSetID of infra/kubernetes/storage/azure-disk/storage-keys.env"
   value       = azurerm_disk_encryption_set.pgdata.id
 }

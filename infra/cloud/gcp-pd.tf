@@ -103,6 +103,6 @@ resource "google_project_iam_member" "ebk_preflight" {
 }
 
 output "pgdata_kms_key" {
-  description = "Also the disk-encryption-kms-key of infra/kubernetes/storageclass-gce-pd.yaml"
+  description = "Also the disk-encryption-kms-key of infra/kubernetes/storage/gce-pd/storage-keys.env"
   value       = google_kms_crypto_key.pgdata.id
 }

@@ -2,9 +2,10 @@
 Docker engine, each setting translated to the engine the way Compose v2 does.
 
 Why not Compose itself: Compose v2 is no Debian 12 package and cannot be downloaded here,
-and Debian's docker-compose 1.29 rejects the file's top-level ``name:`` and does not know
-``bind.create_host_path``, whose ``false`` is the file's safety (no empty PGDATA on the
-unencrypted root disk when the encrypted volume is locked).  So this module reads the file
+and Debian's docker-compose 1.29 (``docker-compose config``) rejects the file: the
+top-level ``name:``, ``deploy.resources.limits.pids`` and ``bind.create_host_path``, whose
+``false`` is the file's safety (no empty PGDATA on the unencrypted root disk when the
+encrypted volume is locked).  So this module reads the file
 (with ``${VAR:-default}`` interpolation) and creates the network and containers through
 the docker CLI with the same settings: ``--mount type=bind`` for bind volumes and file
 secrets (the engine never creates a missing source for ``--mount``, exactly what
