@@ -141,10 +141,14 @@ class ComposeProject:
             health = (st.get("Health") or {}).get("Status")
             if health == "healthy":
                 return
-            if not st.get("Running") and st.get("Status") in ("exited", "dead"):
+            restarts = self.engine.run(
+                "container", "inspect", "--format", "{{.RestartCount}}", self.container(service)
+            ).stdout.strip()
+            if restarts not in ("", "0") or st.get("Status") in ("exited", "dead"):
                 logs = self.engine.run("logs", "--tail", "40", self.container(service), check=False)
                 raise AssertionError(
-                    f"{service} exited ({st.get('ExitCode')}):\n{logs.stdout}{logs.stderr}"
+                    f"{service} exited ({st.get('ExitCode')}, restarts {restarts}):\n"
+                    f"{logs.stdout}{logs.stderr}"
                 )
             if time.monotonic() > deadline:
                 logs = self.engine.run("logs", "--tail", "40", self.container(service), check=False)
@@ -252,8 +256,8 @@ class ComposeProject:
             if kind == "bind":
                 src = self._source(vol["source"])
                 create = (vol.get("bind") or {}).get("create_host_path", True)
-                if create:  # Compose creates a missing source unless told not to
-                    src.mkdir(parents=True, exist_ok=True)
+                if create and not src.exists():  # Compose creates a missing source
+                    src.mkdir(parents=True)  # unless create_host_path is false
                 spec = f"type=bind,source={src},target={target}"
                 out += ["--mount", spec + (",readonly" if vol.get("read_only") else "")]
             elif kind == "tmpfs":
