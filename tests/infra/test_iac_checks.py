@@ -23,6 +23,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from tests.infra.manifests import (
     CLOUD,
@@ -143,6 +144,22 @@ def test_terraform_validate_each_snippet(snippet: str, tmp_path: Path) -> None:
 
 
 # -- checkov -----------------------------------------------------------------------------
+
+
+def test_the_checkov_lock_pins_checkov_with_hashes() -> None:
+    """requirements-checkov.lock (scripts/lock.sh) covers scripts/checkov.in."""
+    wanted = [
+        Requirement(line)
+        for line in (ROOT / "scripts" / "checkov.in").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    text = (ROOT / "requirements-checkov.lock").read_text()
+    pinned = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", text, re.M))
+    for req in wanted:
+        assert req.specifier.contains(pinned[req.name]), f"run scripts/lock.sh: {req}"
+    for block in re.split(r"\n(?=\S)", text.split("\n", 2)[2]):
+        if "==" in block.split("\n", 1)[0]:
+            assert "--hash=sha256:" in block, block
 
 
 def assert_no_unjustified_findings(report: dict[str, Any]) -> None:
