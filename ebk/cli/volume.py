@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -11,6 +14,7 @@ from ebk.keys.base import KeyProvider
 from ebk.keys.factory import build_primary
 from ebk.runtime import Runtime
 from ebk.volume import manage
+from ebk.volume.errors import VolumeUsageError
 from ebk.volume.keyobject import KeyStore
 
 
@@ -22,6 +26,22 @@ def _setup(config_path: Path | None) -> tuple[KeyStore, manage.ProviderFactory]:
         return build_primary(cfg.keys, vault=cfg.vault, awskms=cfg.awskms)
 
     return KeyStore(cfg.volume), provider
+
+
+@contextmanager
+def _os_errors(target: Path | None) -> Iterator[None]:
+    """A system call the kernel refused is an operator's problem, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        where = f"{target}: " if target else ""
+        raise VolumeUsageError(
+            f"{where}{exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(target) else ""),
+            hint="`ebk volume` needs root (fscrypt keyring ioctls, device-mapper, block devices)"
+            if exc.errno in (errno.EPERM, errno.EACCES)
+            else "check the path and that its filesystem is mounted; nothing was changed",
+        ) from None
 
 
 def _say(result: dict[str, str]) -> None:
@@ -60,13 +80,13 @@ def volume() -> None:
     "--type",
     "vtype",
     type=click.Choice(["fscrypt", "luks"]),
-    required=True,
-    help="fscrypt: encrypt an empty directory (ext4 -O encrypt, f2fs); luks: format a device.",
+    help="fscrypt: encrypt an empty directory (ext4 -O encrypt, f2fs); luks: format a device. "
+    "Default: fscrypt for a directory (or a path yet to be created), luks for a block device.",
 )
 @click.option("--name", help="A label for the volume (default: the directory or device name).")
 @TARGET
 @click.pass_obj
-def init_cmd(config_path: Path | None, vtype: str, name: str | None, target: Path) -> None:
+def init_cmd(config_path: Path | None, vtype: str | None, name: str | None, target: Path) -> None:
     """Create a volume with a new random key, wrapped by the KEK; leave it unlocked.
 
     fscrypt: PATH must be an empty (or new) directory on a filesystem with
@@ -82,8 +102,11 @@ def init_cmd(config_path: Path | None, vtype: str, name: str | None, target: Pat
       mkfs.ext4 /dev/mapper/ebk-pgdata
     """
     store, provider = _setup(config_path)
+    if vtype is None:
+        vtype = "luks" if target.exists() and not target.is_dir() else "fscrypt"
     kind = "luks2" if vtype == "luks" else "fscrypt"
-    result = manage.init(store, provider, kind, target.absolute(), name)
+    with _os_errors(target):
+        result = manage.init(store, provider, kind, target.absolute(), name)
     click.echo(
         f"initialized {result['type']} volume {result['name']} at {result['target']} "
         f"(uuid {result['uuid']}; key object {result['key_object']}); unlocked"
@@ -107,7 +130,8 @@ def unlock_cmd(config_path: Path | None, target: Path) -> None:
       ebk volume unlock /dev/vdb && mount /dev/mapper/ebk-vdb /srv/pg
     """
     store, provider = _setup(config_path)
-    _say(manage.unlock(store, provider, target.absolute()))
+    with _os_errors(target):
+        _say(manage.unlock(store, provider, target.absolute()))
 
 
 @volume.command("lock")
@@ -126,7 +150,8 @@ def lock_cmd(config_path: Path | None, target: Path) -> None:
       umount /srv/pg && ebk volume lock /dev/vdb
     """
     Runtime.load(config_path)  # validates the config, sets up logging
-    _say(manage.lock(target.absolute()))
+    with _os_errors(target):
+        _say(manage.lock(target.absolute()))
 
 
 @volume.command("status")
@@ -144,7 +169,8 @@ def status_cmd(config_path: Path | None, target: Path | None, json_output: bool)
       ebk volume status /srv/pg --json
     """
     store, _ = _setup(config_path)
-    rows = manage.status(store, target.absolute() if target else None)
+    with _os_errors(target):
+        rows = manage.status(store, target.absolute() if target else None)
     if json_output:
         emit_json(rows)
         return
@@ -171,7 +197,8 @@ def rotate_cmd(config_path: Path | None, target: Path) -> None:
       ebk volume rotate /dev/vdb
     """
     store, provider = _setup(config_path)
-    result = manage.rotate(store, provider, target.absolute())
+    with _os_errors(target):
+        result = manage.rotate(store, provider, target.absolute())
     click.echo(
         f"rotated: {result['type']} volume {result['name']} {result['target']} "
         f"(new key wrapped by {result['kek_id']}; old keyslot removed)"

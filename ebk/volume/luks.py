@@ -46,6 +46,10 @@ def luks_uuid(device: Path) -> str:
         )
     try:
         header = read_luks_header(device)
+    except PermissionError:
+        raise VolumeUsageError(
+            f"cannot read {device}: permission denied", hint="run `ebk volume` as root"
+        ) from None
     except (OSError, ValueError) as exc:
         raise NotAnEncryptedVolume(
             f"{device} is not an encrypted volume ({exc})",

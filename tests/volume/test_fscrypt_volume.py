@@ -114,6 +114,7 @@ def test_key_file_volume_runs_postgres_and_locks(fs: Volume, tmp_path: Path) -> 
     pg_scenario(keyfile_env(tmp_path / "ebk"), fs, fs.mount / "pg-keyfile")
 
 
+@pytest.mark.slow
 def test_openbao_volume_runs_postgres_and_refuses_without_kms(
     fs: Volume, tmp_path: Path, openbao: Bao
 ) -> None:
@@ -131,9 +132,15 @@ def test_openbao_volume_runs_postgres_and_refuses_without_kms(
         vault_toml(openbao).replace(openbao.address, f"https://127.0.0.1:{free_port()}"),
         key_dir=root / "volumes",
     )
-    down.run("volume", "unlock", str(vol), expect=3)
+    out = down.run("volume", "unlock", str(vol), expect=3).output
+    assert "unreachable" in out
     assert status(env, vol)["state"] == "locked"
     assert os.listdir(vol) != ["data"]
+    # ... and init changes nothing: no directory, no key object, no key left in the kernel.
+    never = fs.mount / "never"
+    objects = set((root / "volumes").iterdir())
+    down.run("volume", "init", "--type", "fscrypt", str(never), expect=3)
+    assert not never.exists() and set((root / "volumes").iterdir()) == objects
 
     # Already unlocked: success, and no second request to the KMS.
     env.run("volume", "unlock", str(vol))
@@ -141,6 +148,26 @@ def test_openbao_volume_runs_postgres_and_refuses_without_kms(
     out = down.run("volume", "unlock", str(vol)).stdout  # the KMS is not even asked
     assert out.startswith("already unlocked:")
     assert len(openbao.transit_requests()) == before
+    env.run("volume", "lock", str(vol))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("aws_env")
+def test_aws_kms_volume(fs: Volume, tmp_path: Path, volume_kms: tuple[str, str]) -> None:
+    endpoint, key_arn = volume_kms
+    env = _env(
+        tmp_path / "ebk",
+        f'[keys]\nprovider = "awskms"\n\n[awskms]\nkey_id = "{key_arn}"\n'
+        f'region = "us-east-1"\nendpoint_url = "{endpoint}"\nretries = 0\n',
+    )
+    vol = fs.mount / "awskms"
+    env.run("volume", "init", "--type", "fscrypt", str(vol))
+    (vol / "f").write_text("kept")
+    env.run("volume", "lock", str(vol))
+    row = status(env, vol)
+    assert row["provider"] == "awskms" and row["kek_id"] == key_arn
+    env.run("volume", "unlock", str(vol))
+    assert (vol / "f").read_text() == "kept"
     env.run("volume", "lock", str(vol))
 
 
@@ -170,6 +197,24 @@ def test_a_swapped_or_edited_key_object_does_not_unlock(fs: Volume, tmp_path: Pa
     env.run("volume", "unlock", str(b))
     assert (b / "secret.txt").read_text() == "plaintext"
     env.run("volume", "lock", str(b))
+
+
+def test_key_object_beside_the_directory(fs: Volume, tmp_path: Path) -> None:
+    env = keyfile_env(tmp_path / "ebk")
+    env.config_path.write_text(
+        env.config_path.read_text().replace("[volume]\n", '[volume]\nkey_placement = "beside"\n')
+    )
+    vol = fs.mount / "beside"
+    env.run("volume", "init", "--type", "fscrypt", str(vol))
+    beside = fs.mount / ".beside.ebk-volume.json"
+    assert status(env, vol)["key_object"] == str(beside)
+    assert beside.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "ebk" / "volumes").exists()
+    (vol / "f").write_text("kept")
+    env.run("volume", "lock", str(vol))
+    env.run("volume", "unlock", str(vol))
+    assert (vol / "f").read_text() == "kept"
+    env.run("volume", "lock", str(vol))
 
 
 def test_refusals_change_nothing(fs: Volume, tmp_path: Path) -> None:
