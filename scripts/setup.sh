@@ -240,6 +240,25 @@ for entry in "${PG_WHEELS[@]}"; do
 done
 
 # --------------------------------------------------------------------------
+# 2c. checkov (tests/infra/test_checkov.py) in its own venv .cache/checkov, from
+#     requirements-checkov.lock: its pins would hold back the test venv's (scripts/checkov.in)
+# --------------------------------------------------------------------------
+CHECKOV_VENV="$ROOT/.cache/checkov"
+checkov_stamp="$(cat "$ROOT/requirements-checkov.lock" | sha256sum | cut -d' ' -f1) python-$py_version"
+if [[ -x "$CHECKOV_VENV/bin/checkov" && "$(cat "$CHECKOV_VENV/.ebk-stamp" 2>/dev/null)" == "$checkov_stamp" ]]; then
+    log "checkov: up to date"
+else
+    log "checkov: pip install --require-hashes -r requirements-checkov.lock into $CHECKOV_VENV"
+    rm -rf "$CHECKOV_VENV"
+    "$PYTHON" -m venv "$CHECKOV_VENV"
+    "$CHECKOV_VENV/bin/python" -m pip install -q --only-binary :all: --require-hashes \
+        -r "$ROOT/requirements-checkov.lock"
+    "$CHECKOV_VENV/bin/checkov" --version >/dev/null || die "checkov does not run after install"
+    echo "$checkov_stamp" > "$CHECKOV_VENV/.ebk-stamp"
+    log "checkov: done"
+fi
+
+# --------------------------------------------------------------------------
 # 3. azurite (Azure Blob emulator) from npm, local to the repo
 # --------------------------------------------------------------------------
 if [[ -x "$NPM_PREFIX/node_modules/.bin/azurite-blob" ]]; then

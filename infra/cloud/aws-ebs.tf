@@ -4,6 +4,18 @@
 # (ec2:DescribeVolumes: Encrypted, KmsKeyId).  A snippet: merge it into your configuration.
 # Never run by this project (README.md).
 
+# The provider version the 180-day key rotation needs (aws_kms_key.rotation_period_in_days).
+# One terraform block per snippet, so each file also checks on its own.
+terraform {
+  required_version = ">= 1.5"
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = ">= 5.39"
+    }
+  }
+}
+
 variable "db_instance_id" {
   description = "EC2 instance that runs PostgreSQL"
   type        = string
@@ -24,11 +36,50 @@ variable "pgdata_size_gib" {
   default = 200
 }
 
+# Rotated every 180 days, the key-management policy (docs/key-management.md): AWS keeps
+# every old key version, so existing volumes and snapshots stay readable.
+# rotation_period_in_days needs hashicorp/aws >= 5.39.
 resource "aws_kms_key" "pgdata" {
   description             = "PostgreSQL data volumes (EBS)"
   enable_key_rotation     = true
+  rotation_period_in_days = 180
   deletion_window_in_days = 30
+
+  # Written out instead of AWS's implicit default: the account administers the key
+  # through IAM, and EBS (for this account, in this region) may use it for volumes.
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "AccountAdministersThroughIAM"
+        Effect    = "Allow"
+        Principal = { AWS = "arn:aws:iam::${data.aws_caller_identity.current.account_id}:root" }
+        Action    = "kms:*"
+        Resource  = "*"
+      },
+      {
+        Sid       = "EbsUsesTheKey"
+        Effect    = "Allow"
+        Principal = { AWS = "*" }
+        Action = [
+          "kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
+          "kms:CreateGrant", "kms:DescribeKey",
+        ]
+        Resource = "*"
+        Condition = {
+          StringEquals = {
+            "kms:CallerAccount" = data.aws_caller_identity.current.account_id
+            "kms:ViaService"    = "ec2.${data.aws_region.current.name}.amazonaws.com"
+          }
+        }
+      },
+    ]
+  })
 }
+
+data "aws_caller_identity" "current" {}
+
+data "aws_region" "current" {}
 
 resource "aws_kms_alias" "pgdata" {
   name          = "alias/pgdata"
@@ -84,6 +135,6 @@ output "pgdata_volume_id" {
 }
 
 output "pgdata_kms_key_arn" {
-  description = "Also the kmsKeyId of infra/kubernetes/storageclass-aws-ebs.yaml"
+  description = "Also the kmsKeyId of infra/kubernetes/storage/aws-ebs/storage-keys.env"
   value       = aws_kms_key.pgdata.arn
 }

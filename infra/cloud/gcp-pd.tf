@@ -4,6 +4,18 @@
 # (compute.instances.get, compute.disks.get).  A snippet: merge it into your
 # configuration.  Never run by this project (README.md).
 
+# The provider version the 180-day key rotation needs (google_kms_crypto_key.rotation_period).
+# One terraform block per snippet, so each file also checks on its own.
+terraform {
+  required_version = ">= 1.5"
+  required_providers {
+    google = {
+      source  = "hashicorp/google"
+      version = ">= 5.0"
+    }
+  }
+}
+
 variable "project_id" {
   type = string
 }
@@ -44,9 +56,10 @@ resource "google_kms_key_ring" "pgdata" {
 }
 
 resource "google_kms_crypto_key" "pgdata" {
+  #checkov:skip=CKV_GCP_43:180-day rotation is this project's key policy (docs/key-management.md); rotation re-wraps no disk, old versions stay enabled
   name            = "pgdata"
   key_ring        = google_kms_key_ring.pgdata.id
-  rotation_period = "7776000s" # 90 days; existing disks keep working across rotations
+  rotation_period = "15552000s" # 180 days (the policy); existing disks keep working
 
   lifecycle {
     prevent_destroy = true # destroying the key destroys every disk encrypted with it
@@ -90,6 +103,6 @@ resource "google_project_iam_member" "ebk_preflight" {
 }
 
 output "pgdata_kms_key" {
-  description = "Also the disk-encryption-kms-key of infra/kubernetes/storageclass-gce-pd.yaml"
+  description = "Also the disk-encryption-kms-key of infra/kubernetes/storage/gce-pd/storage-keys.env"
   value       = google_kms_crypto_key.pgdata.id
 }

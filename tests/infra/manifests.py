@@ -59,13 +59,72 @@ def load_all() -> list[Manifest]:
 
 
 def k8s_objects() -> list[Manifest]:
-    """The Kubernetes API objects of infra/kubernetes (the sidecar overlay's patch is a
-    partial object: sidecar_statefulset() applies it)."""
+    """The Kubernetes API objects of infra/kubernetes, with the StorageClasses as their
+    storage overlays render them (the sidecar overlay's patch is a partial object:
+    sidecar_statefulset() applies it)."""
     return [
         m
         for m in load_all()
         if m.path.parent == K8S and "apiVersion" in m.doc and m.kind != "Kustomization"
-    ]
+    ] + [m for cloud in CLOUDS for m in render_storage(STORAGE / cloud)]
+
+
+# -- the storage overlays: infra/kubernetes/storage/<cloud> -------------------------------
+
+STORAGE = K8S / "storage"
+CLOUDS = ("aws-ebs", "gce-pd", "azure-disk")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """A kustomize env file: KEY=VALUE lines; blank lines and # comments skipped."""
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f"{path}: {line!r} is not KEY=VALUE"
+            out[key.strip()] = value
+    return out
+
+
+def render_storage(overlay: Path, env: Mapping[str, str] | None = None) -> list[Manifest]:
+    """What ``kubectl kustomize OVERLAY`` makes of a storage overlay: its resources, with
+    the configMapGenerator's env file (or ``env`` instead) copied in by the replacements,
+    and the local-config ConfigMap left out.  Only the kustomize features the overlays
+    use; tests/infra/test_storage_keys.py compares it with kubectl kustomize where kubectl
+    is installed."""
+    kust = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    docs: list[Manifest] = []
+    for res in kust["resources"]:
+        path = overlay / res
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            if doc is not None:
+                docs.append(Manifest(path, i, doc))
+    configmaps: dict[str, dict[str, str]] = {}
+    for gen in kust.get("configMapGenerator", []):
+        assert gen["options"]["annotations"]["config.kubernetes.io/local-config"] == "true"
+        data: dict[str, str] = {}
+        for env_file in gen.get("envs", []):
+            data.update(read_env_file(overlay / env_file) if env is None else env)
+        configmaps[gen["name"]] = data
+    for rep in kust.get("replacements", []):
+        src = rep["source"]
+        assert src["kind"] == "ConfigMap" and src["fieldPath"].startswith("data."), src
+        value = configmaps[src["name"]][src["fieldPath"].removeprefix("data.")]
+        for target in rep["targets"]:
+            sel = target["select"]
+            hits = [m for m in docs if m.kind == sel["kind"] and m.name == sel["name"]]
+            assert hits, f"{overlay}: replacement target {sel} selects nothing"
+            for m in hits:
+                for field_path in target["fieldPaths"]:
+                    *parents, last = field_path.split(".")
+                    node = m.doc
+                    for part in parents:
+                        node = node[part]
+                    # kustomize fails on a missing target field (no create: true here)
+                    assert last in node, f"{m.where}: no field {field_path}"
+                    node[last] = value
+    return docs
 
 
 def of_kind(kind: str, manifests: list[Manifest] | None = None) -> list[Manifest]:
@@ -131,6 +190,9 @@ def sidecar_statefulset() -> Doc:
     name, scalars replaced): enough to check the pod it creates."""
     base = copy.deepcopy(of_kind("StatefulSet")[0].doc)
     patch = yaml.safe_load((SIDECAR / "ebk-sidecar-patch.yaml").read_text())
+    base["metadata"].setdefault("annotations", {}).update(
+        patch["metadata"].get("annotations") or {}
+    )
     pod = base["spec"]["template"]
     ppod = patch["spec"]["template"]
     pod.setdefault("metadata", {}).setdefault("annotations", {}).update(

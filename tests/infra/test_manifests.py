@@ -23,10 +23,12 @@ from ebk.preflight.kubernetes import AWS, AZURE, GCE, KubernetesDetector, storag
 from ebk.preflight.model import Status
 from tests.infra.manifests import (
     CLOUD,
+    CLOUDS,
     COMPOSE_DIR,
     K8S,
     ROLE_SQL,
     ROOT,
+    STORAGE,
     Doc,
     Manifest,
     PodSpec,
@@ -105,9 +107,9 @@ def test_every_yaml_file_parses_and_is_known() -> None:
         "infra/docker/prod/docker-compose.prod.yml",
         "infra/kubernetes/postgres-deployment.yaml",
         "infra/kubernetes/ebk-cronjob.yaml",
-        "infra/kubernetes/storageclass-aws-ebs.yaml",
-        "infra/kubernetes/storageclass-gce-pd.yaml",
-        "infra/kubernetes/storageclass-azure-disk.yaml",
+        "infra/kubernetes/storage/aws-ebs/storageclass-aws-ebs.yaml",
+        "infra/kubernetes/storage/gce-pd/storageclass-gce-pd.yaml",
+        "infra/kubernetes/storage/azure-disk/storageclass-azure-disk.yaml",
     } <= names
     for m in load_all():
         assert "apiVersion" in m.doc or "services" in m.doc or "kind" in m.doc, m.where
@@ -129,17 +131,19 @@ def test_every_yaml_file_parses_and_is_known() -> None:
 
 
 def test_kustomizations_list_existing_files_and_not_the_storageclasses() -> None:
-    """The StorageClass files share one name (one per cloud) and the restore Job is for
-    incidents: those are applied by hand."""
+    """The StorageClasses share one name (one per cloud, each in its storage overlay with
+    its key) and the restore Job is for incidents: those are applied by hand."""
     kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     for res in kust["resources"]:
         assert (K8S / res).is_file(), res
-        assert not res.startswith("storageclass-"), res
+        assert not res.startswith("storage"), res
     listed = set(kust["resources"])
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert on_disk - listed == {p.name for p in K8S.glob("storageclass-*.yaml")} | {
-        "ebk-restore-job.yaml"
-    }
+    assert on_disk - listed == {"ebk-restore-job.yaml"}
+    assert {p.name for p in STORAGE.iterdir()} == set(CLOUDS)
+    for cloud in CLOUDS:
+        overlay = yaml.safe_load((STORAGE / cloud / "kustomization.yaml").read_text())
+        assert overlay["resources"] == [f"storageclass-{cloud}.yaml"]
 
 
 # -- encryption of the volumes -----------------------------------------------------------
