@@ -65,9 +65,10 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ),
     ExitCode(
         8,
-        "lock busy: another ebk holds it",
-        "wait for the other run to finish",
-        "another backup of the same cluster (or another retention run) is running",
+        "busy: another ebk holds the lock, or a volume to lock is in use",
+        "wait for the other run to finish (a volume: stop what uses it, e.g. PostgreSQL)",
+        "another backup of the same cluster (or another retention run) is running; "
+        "`ebk volume lock` while PostgreSQL still has files open",
     ),
     ExitCode(
         9,
