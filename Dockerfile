@@ -67,7 +67,7 @@ RUN /opt/ebk/bin/pip install --no-deps . \
 # --------------------------------------------------------------------------------------
 # runtime: python3, the PostgreSQL client tools and the venv, as user ebk
 # --------------------------------------------------------------------------------------
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE} AS runtime
 # The PostgreSQL client tools' major version must be the server's, and never older:
 # pg_dump/pg_dumpall refuse a server of a newer major version, and pg_restore/psql/
 # pg_verifybackup of restores should match what made the backup.  (Physical backups
@@ -108,3 +108,29 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ.get('EBK_HEALTH_URL') or 'http://127.0.0.1:9187/healthz', timeout=5)"]
 ENTRYPOINT ["ebk"]
 CMD ["daemon"]
+
+# --------------------------------------------------------------------------------------
+# verify: the runtime plus the PostgreSQL server of PG_MAJOR, for `ebk verify --level
+# restore` (infra/kubernetes/ebk-verify-cronjob.yaml), which starts a throwaway server
+# on the restored copy.  Build it with --target verify:
+#   docker build --target verify -t ebk-verify .
+# Debian's postgresql-common would create a "main" cluster on install: switched off, the
+# image holds no database of its own.
+# --------------------------------------------------------------------------------------
+FROM runtime AS verify
+ARG PG_MAJOR=15
+USER root
+RUN mkdir -p /etc/postgresql-common/createcluster.d \
+ && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/ebk.conf \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends "postgresql-${PG_MAJOR}" \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old \
+        /var/log/apt /var/log/dpkg.log /var/log/alternatives.log \
+ && test -x "/usr/lib/postgresql/${PG_MAJOR}/bin/postgres" \
+ && test ! -e "/var/lib/postgresql/${PG_MAJOR}/main"
+USER ebk
+
+# --------------------------------------------------------------------------------------
+# The default target: the runtime image (no PostgreSQL server in it).
+# --------------------------------------------------------------------------------------
+FROM runtime

@@ -9,6 +9,7 @@ repository at the same paths as the host, so one config file serves both sides.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -290,3 +291,57 @@ def test_daemon_container_turns_healthy_and_stops_cleanly(
         assert stopped_in < 15, f"docker stop took {stopped_in:.1f}s"
     finally:
         docker_engine.run("rm", "-f", *names.values(), check=False)
+
+
+def test_verify_image_proves_a_backup_by_a_restore_in_the_container(
+    docker_engine: Any,
+    docker_base_image: str,
+    ebk_image: BuiltImage,
+    fresh_cluster: PgCluster,
+    tmp_path: Path,
+) -> None:
+    """The Dockerfile's `verify` target (the Kubernetes verify CronJob's image) carries the
+    PostgreSQL server: `ebk verify --level restore` starts its scratch server in the
+    container, as the image's non-root user, and signs a passing record."""
+    tag = "ebk-verify:test"
+    docker_engine.build(
+        tag=tag,
+        dockerfile=REPO / "Dockerfile",
+        build_args={"BASE_IMAGE": docker_base_image},
+        extra=["--target", "verify"],
+    )
+    default_has_server = docker_engine.run_container(
+        TAG, "-c", "ls /usr/lib/postgresql/15/bin/postgres", extra=["--entrypoint", "sh"],
+        check=False,
+    )  # fmt: skip
+    assert default_has_server.returncode != 0, "the default image must stay client-only"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    fresh_cluster.psql(
+        "CREATE TABLE items (id int primary key, v text);"
+        "INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 5000) g;"
+    )
+    ctr = _container_env(
+        docker_engine,
+        ebk_image,
+        tmp_path / "ebk",
+        fresh_cluster,
+        extra=f'\n[verify]\nscratch_dir = "{scratch}"\n',
+    )
+    os.chown(scratch, ebk_image.uid, ebk_image.gid)
+    backup = ctr.ebk("backup", "--type", "physical", "--json")
+    assert backup.returncode == 0, backup.stderr
+    backup_id = json.loads(backup.stdout)["backup_id"]
+    verifier = ContainerEnv(ctr.env, dataclasses.replace(ebk_image, tag=tag), docker_engine)
+    result = verifier.ebk(
+        "verify", backup_id, "--level", "restore", "--json",
+        extra=("-v", f"{scratch}:{scratch}:rw"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = json.loads(result.stdout)
+    outcomes = {c["name"]: c["outcome"] for c in record["checks"]}
+    assert record["passed"] and outcomes["pg_amcheck"] == "pass", outcomes
+    assert outcomes["fingerprints"] == "pass" and outcomes["pg_verifybackup"] == "pass"
+    assert list(scratch.iterdir()) == [], "the scratch directory was left behind"
+    listed = json.loads(_host_env(ctr.env, tmp_path / "host").run("list", "--json").stdout)
+    assert listed[0]["verified"]["level"] == "restore"
