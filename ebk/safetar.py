@@ -10,6 +10,7 @@ authenticated (AES-GCM) when it gets here: a refusal means a faulty or hostile p
 
 from __future__ import annotations
 
+import copy
 import os
 import tarfile
 from pathlib import Path, PurePosixPath
@@ -46,3 +47,22 @@ def check_member(member: tarfile.TarInfo, dest: Path) -> None:
             f"archive entry {shown!r} would be written outside {dest} (through a link)",
             hint=HINT,
         )
+
+
+def extract_member(reader: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
+    """Extract a member check_member accepted, with the stdlib's "data" filter where this
+    Python has it (3.11.4+).  Debian bookworm's 3.11.2 (the container image) has none: the
+    same effect by hand — no set-id/sticky or group/other write bits, and the restoring
+    user as owner (never the archive's names, which a root restore would chown to)."""
+    if hasattr(tarfile, "data_filter"):
+        reader.extract(member, dest, filter="data")
+        return
+    plain = copy.copy(member)
+    mode = member.mode & 0o755  # no set-id/sticky, no group/other write
+    if member.isreg():
+        mode |= 0o600
+        if not mode & 0o100:
+            mode &= ~0o011  # executable for group/other only if for the owner
+    plain.mode = mode
+    plain.uid, plain.gid, plain.uname, plain.gname = os.getuid(), os.getgid(), "", ""
+    reader.extract(plain, dest, set_attrs=True)

@@ -24,7 +24,7 @@ from ebk.postgres.tools import find_tool
 from ebk.progress import Progress
 from ebk.restore.reader import ObjectReader, open_object
 from ebk.restore.session import OpenedBackup
-from ebk.safetar import check_member
+from ebk.safetar import check_member, extract_member
 
 log = structlog.get_logger("ebk.restore")
 PG_CONTROL = "global/pg_control"
@@ -81,7 +81,7 @@ def _extract(
             link.symlink_to(spaces[oid])
             continue
         check_member(member, dest)  # ebk.safetar: not only the stdlib filter
-        reader.extract(member, dest, filter="data")
+        extract_member(reader, member, dest)
 
 
 def _chown_tree(path: Path, uid: int, gid: int) -> None:
