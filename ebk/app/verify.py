@@ -26,6 +26,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -70,6 +71,8 @@ log = structlog.get_logger("ebk.verify")
 
 SCRATCH_PREFIX = "ebk-verify-"
 OWNER_MARKER = ".ebk-verify-owner"
+SOCKET_POINTER = ".ebk-verify-socket"  # where the socket went when the scratch path is long
+MAX_SOCKET_PATH = 108  # sun_path, with its NUL
 MAX_MARKER = 4096
 SELECTORS = ("latest", "unverified", "all")
 MAX_TOOL_OUTPUT = 64 * 1024
@@ -167,7 +170,7 @@ def sweep_stale(root: Path) -> list[Path]:
         bin_dir = doc.get("bin_dir")
         if isinstance(bin_dir, str) and bin_dir:
             stop_data_dir(Path(bin_dir), entry / "pgdata")
-        shutil.rmtree(entry, ignore_errors=True)
+        Scratch(entry).remove()
         if not entry.exists():
             log.warning("removed a stale verification scratch directory", path=str(entry))
             removed.append(entry)
@@ -209,10 +212,33 @@ class Scratch:
 
     def server(self, bin_dir: Path) -> ScratchServer:
         return ScratchServer(
-            self.pgdata, self.path / "sock", self.path / "postgres.log", bin_dir=bin_dir
+            self.pgdata,
+            self.socket_dir(),
+            self.path / "postgres.log",
+            bin_dir=bin_dir,
+            files_dir=self.path,
         )
 
+    def socket_dir(self) -> Path:
+        """``sock`` inside the scratch, unless that path is too long for a Unix socket
+        (108 bytes with ``/.s.PGSQL.<port>``): then a private 0700 directory in the
+        system's temporary directory, which holds nothing but the socket."""
+        inside = self.path / "sock"
+        if len(os.fsencode(inside)) + len("/.s.PGSQL.65535") < MAX_SOCKET_PATH:
+            return inside
+        short = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}sock-"))
+        (self.path / SOCKET_POINTER).write_text(str(short))
+        return short
+
     def remove(self) -> None:
+        pointer = self.path / SOCKET_POINTER
+        with contextlib.suppress(OSError):
+            short = Path(pointer.read_text())
+            ours = short.parent == Path(tempfile.gettempdir()).resolve() or short.parent == Path(
+                tempfile.gettempdir()
+            )
+            if ours and short.name.startswith(f"{SCRATCH_PREFIX}sock-") and not short.is_symlink():
+                shutil.rmtree(short, ignore_errors=True)
         shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -330,7 +356,7 @@ def check_amcheck(
             "--install-missing",
             "--no-password",
         ]
-        out_path = server.socket_dir.parent / "pg_amcheck.out"
+        out_path = server.private_files / "pg_amcheck.out"
         deadline = time.monotonic() + max(budget_seconds, 1)
         fd = os.open(out_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w+") as out:

@@ -100,11 +100,16 @@ class ScratchServer:
     log_file: Path
     bin_dir: Path
     port: int = field(default_factory=free_port)
+    files_dir: Path | None = None  # hba file and tool output; default: beside socket_dir
     superuser: str = BOOTSTRAP_USER
     started: bool = False
 
     def tool(self, name: str) -> str:
         return str(self.bin_dir / name)
+
+    @property
+    def private_files(self) -> Path:
+        return self.files_dir or self.socket_dir.parent
 
     def initdb(self) -> None:
         self.data_dir.mkdir(mode=0o700)
@@ -132,7 +137,7 @@ class ScratchServer:
         """Socket dir and hba file of our own; a restored data dir keeps its files untouched."""
         self.socket_dir.mkdir(mode=0o700, exist_ok=True)
         give_to_server(self.socket_dir)
-        hba = self.socket_dir.parent / "ebk_verify_hba.conf"
+        hba = self.private_files / "ebk_verify_hba.conf"
         hba.write_text("local all all trust\n")
         os.chmod(hba, 0o600)
         give_to_server(hba)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -77,3 +78,27 @@ def test_scratch_dir_not_proven_encrypted_is_refused_under_require(
     result = env.run("verify", "latest", expect=6)
     assert str(source.scratch) in result.stderr
     assert list(source.scratch.iterdir()) == []
+
+
+def test_a_scratch_dir_too_deep_for_a_unix_socket_still_verifies(
+    source: VerifySource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Unix socket path has 107 bytes: under a deep verify.scratch_dir the scratch server's
+    socket goes to a private temporary directory instead of failing the verification (which
+    would wrongly report the backup as bad, exit 5). Found verifying inside the container."""
+    import tempfile
+    from pathlib import Path
+
+    env = source.env
+    deep = source.scratch / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    shutil.chown(deep.parent, "postgres")
+    shutil.chown(deep, "postgres")
+    monkeypatch.setenv("EBK_VERIFY__SCRATCH_DIR", str(deep))
+    backup = json.loads(env.run("backup", "--type", "physical", "--json").stdout)["backup_id"]
+    before = set(Path(tempfile.gettempdir()).glob("ebk-verify-sock-*"))
+    (record,) = json.loads(env.run("verify", backup, "--json").stdout)
+    assert record["passed"], record
+    assert list(deep.iterdir()) == []
+    assert set(Path(tempfile.gettempdir()).glob("ebk-verify-sock-*")) == before
+    shutil.rmtree(source.scratch / ("d" * 60))
