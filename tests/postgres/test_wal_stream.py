@@ -1,0 +1,195 @@
+"""WAL streaming from a physical replication slot (wal.mode = "stream") on a real PostgreSQL 15.
+
+The daemon runs as a real process (as root, like the test) and streams; no
+pg_switch_wal() anywhere: the marked transactions reach the archive through
+the streamed partial segments, which is the RPO of seconds the mode promises.
+Restores replay through `ebk wal-fetch` (the stdlib client over the daemon's
+socket, as tests/postgres/test_wal_pitr.py explains).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ebk.postgres.walstream import parse_lsn
+from tests.postgres.test_wal_pitr import _client
+from tests.support.daemon_process import DaemonProcess, daemon_env, job
+from tests.support.ebkenv import EbkEnv
+from tests.support.net import free_port
+from tests.support.postgres import PgCluster, init_cluster, make_postgres_dir
+from tests.support.refusal import assert_refused
+
+pytestmark = pytest.mark.slow
+SEGMENT = 16 * 1024 * 1024
+
+
+@dataclass
+class Stream:
+    cluster: PgCluster
+    env: EbkEnv
+    port: int
+    base: Path
+    client_cmd: str
+    daemon: DaemonProcess
+
+
+def _start(env: EbkEnv, port: int, cluster: PgCluster) -> DaemonProcess:
+    daemon = DaemonProcess(env, port)
+    daemon.wait_ready()
+    daemon.wait_for(
+        lambda: cluster.psql("SELECT count(*) FROM pg_replication_slots WHERE active") == "1",
+        30,
+        "the streaming slot to be active",
+    )
+    return daemon
+
+
+def _durable_end(env: EbkEnv) -> int:
+    """The end (as an LSN byte position) of what the repository holds, by object names."""
+    end = 0
+    for path in (env.repo_dir / "wal").rglob("*.ebk"):
+        name = path.name.removesuffix(".ebk")
+        if len(name) == 24:
+            end = max(end, (int(name[8:16], 16) * 256 + int(name[16:24], 16) + 1) * SEGMENT)
+        elif name.endswith(".stream"):
+            seg, offset = name[:24], int(name[25:33], 16)
+            end = max(end, (int(seg[8:16], 16) * 256 + int(seg[16:24], 16)) * SEGMENT + offset)
+    return end
+
+
+def _slot_flush(cluster: PgCluster) -> int:
+    value = cluster.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'ebk'")
+    return parse_lsn(value) if value else 0
+
+
+def _wait_durable(stream: Stream, lsn: int, timeout: float = 20) -> float:
+    """Seconds until the slot (= what the daemon reported durable) passed ``lsn``."""
+    start = time.monotonic()
+    while True:
+        flushed = _slot_flush(stream.cluster)
+        # The slot never claims more than the repository holds.
+        assert flushed <= _durable_end(stream.env)
+        if flushed >= lsn:
+            return time.monotonic() - start
+        assert time.monotonic() - start < timeout, f"not durable within {timeout}s"
+        time.sleep(0.1)
+
+
+def _mark(cluster: PgCluster, note: str) -> int:
+    cluster.psql(f"INSERT INTO marks VALUES ('{note}')")
+    return parse_lsn(cluster.psql(f"SELECT pg_create_restore_point('{note}')"))
+
+
+def _restore(stream: Stream, name: str) -> PgCluster:
+    target = stream.base / f"restore-{name}"
+    port = free_port()
+    out = stream.env.run(
+        "restore",
+        "latest",
+        "--to",
+        str(target),
+        "--owner",
+        "postgres",
+        "--target-name",
+        name,
+        "--restore-command",
+        f"{stream.client_cmd} wal-fetch %f %p",
+        "--start",
+        "--port",
+        str(port),
+    ).stdout
+    assert "replayed: recovery stopping" in out
+    return PgCluster(target, port, stream.base, target / "ebk-restore.log")
+
+
+@pytest.fixture(scope="module")
+def stream() -> Iterator[Stream]:
+    base = make_postgres_dir("ebk-walstream-")
+    cluster = init_cluster(base)
+    root = base / "ebk"
+    env, port = daemon_env(
+        root,
+        cluster,
+        job("physical", cron="0 3 1 1 *"),
+        extra=f'[wal]\nmode = "stream"\nslot = "ebk"\nstream_flush_interval = "1s"\n'
+        f'socket = "{root}/wal.sock"\nsocket_group = "postgres"\nprefetch = 1\n\n',
+    )
+    (root / "state").mkdir(exist_ok=True)
+    root.chmod(0o755)
+    client = _client(base, env.config_path)
+    daemon = _start(env, port, cluster)
+    state = Stream(cluster, env, port, base, client, daemon)
+    try:
+        cluster.psql("CREATE TABLE marks (note text); CREATE TABLE filler (v text)")
+        env.run("backup", "--type", "physical", "--json")
+        yield state
+    finally:
+        state.daemon.close()
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_marked_transaction_is_restorable_within_seconds(stream: Stream) -> None:
+    stream.cluster.psql("INSERT INTO filler SELECT md5(g::text) FROM generate_series(1, 20000) g")
+    lsn = _mark(stream.cluster, "rpo1")
+    seconds = _wait_durable(stream, lsn)
+    assert seconds < 10  # wal.stream_flush_interval = 1s: durable within a few seconds
+    restored = _restore(stream, "rpo1")
+    try:
+        assert restored.psql("SELECT string_agg(note, ',') FROM marks") == "rpo1"
+        assert restored.psql("SELECT count(*) FROM filler") == "20000"
+    finally:
+        restored.stop()
+    status, body = stream.daemon.get("/metrics")
+    assert status == 200
+    assert "ebk_wal_stream_up 1.0" in body
+    assert "ebk_wal_stream_partials_total" in body
+
+
+def test_kill_9_mid_stream_loses_nothing(stream: Stream) -> None:
+    cluster = stream.cluster
+    cluster.psql("INSERT INTO filler SELECT md5(g::text) FROM generate_series(1, 200000) g")
+    os.kill(stream.daemon.pid, signal.SIGKILL)
+    stream.daemon.proc.wait()
+    cluster.psql("INSERT INTO filler SELECT md5(g::text) FROM generate_series(1, 100000) g")
+    stream.daemon = _start(stream.env, stream.port, cluster)
+    lsn = _mark(cluster, "after_kill")
+    expected = cluster.psql("SELECT count(*) FROM filler")
+    _wait_durable(stream, lsn)
+    conflicts = [e for e in stream.daemon.lines() if "refusing" in json.dumps(e)]
+    assert conflicts == []
+    restored = _restore(stream, "after_kill")
+    try:
+        assert restored.psql("SELECT string_agg(note, ',' ORDER BY note) FROM marks") == (
+            "after_kill,rpo1"
+        )
+        assert restored.psql("SELECT count(*) FROM filler") == expected
+    finally:
+        restored.stop()
+
+
+def test_forged_partial_is_refused_by_wal_fetch(stream: Stream) -> None:
+    tli = stream.env.repo_dir / "wal" / "stream" / "00000001"
+    genuine = sorted(tli.glob("*.stream.ebk"))[-1]
+    segment = "0000000100000000000000F0"  # far ahead: not archived
+    forged = tli / f"{segment}.00010000.stream.ebk"
+    forged.write_bytes(genuine.read_bytes())  # a genuine object under another name
+    dest = stream.base / "fetched"
+    try:
+        result = stream.env.run("wal-fetch", segment, str(dest), expect=126)
+        assert_refused(result, 126)
+        assert "no streamed partial" in result.output
+        assert not dest.exists()
+    finally:
+        forged.unlink()
+    result = stream.env.run("wal-fetch", segment, str(dest), expect=1)
+    assert not dest.exists()
