@@ -203,6 +203,7 @@ class WalStreamer:
                 self.stats.last_error = ""
                 self.stats.flushed = max(self.stats.flushed, restart)
             last_status = 0.0
+            reported = 0
             last_partial = time.monotonic()
             for message in stream.messages(timeout=min(0.5, interval / 2)):
                 if self._stop.is_set():
@@ -231,11 +232,12 @@ class WalStreamer:
                 if len(segment.buffer) > segment.stored_partial and now - last_partial >= interval:
                     self._store_partial(keyring, segment, config)
                     last_partial = now
-                if reply or now - last_status >= STATUS_INTERVAL:
-                    with self.stats.lock:
-                        flushed = max(self.stats.flushed, confirmed)
+                with self.stats.lock:
+                    flushed = max(self.stats.flushed, confirmed)
+                # Tell the server at once when more became durable (the slot frees WAL).
+                if reply or flushed > reported or now - last_status >= STATUS_INTERVAL:
                     stream.status(segment.end, flushed)
-                    last_status = now
+                    last_status, reported = now, flushed
 
     def _received(self, message: XLogData) -> None:
         with self.stats.lock:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -153,6 +154,28 @@ def test_marked_transaction_is_restorable_within_seconds(stream: Stream) -> None
     assert status == 200
     assert "ebk_wal_stream_up 1.0" in body
     assert "ebk_wal_stream_partials_total" in body
+
+
+def test_slot_advances_only_after_durability(stream: Stream) -> None:
+    """Sampled while WAL flows: the slot's position (the flush ebk reported) never passes
+    the end of what the repository holds (sampled after it: objects only grow)."""
+    writer = threading.Thread(
+        target=stream.cluster.psql,
+        args=("INSERT INTO filler SELECT md5(g::text) FROM generate_series(1, 30000) g;" * 12,),
+    )
+    writer.start()
+    samples = advanced = 0
+    last = _slot_flush(stream.cluster)
+    until = time.monotonic() + 2
+    while writer.is_alive() or time.monotonic() < until:
+        flushed = _slot_flush(stream.cluster)
+        assert flushed <= _durable_end(stream.env), "the slot was told WAL is flushed early"
+        advanced += flushed > last
+        last = flushed
+        samples += 1
+        time.sleep(0.05)
+    writer.join()
+    assert advanced >= 2  # it did move while sampled
 
 
 def test_kill_9_mid_stream_loses_nothing(stream: Stream) -> None:
