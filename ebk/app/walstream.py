@@ -38,6 +38,10 @@ from ebk.runtime import Runtime
 log = structlog.get_logger("ebk.walstream")
 STATUS_INTERVAL = 1.0  # seconds between standby status updates
 RETRY_SECONDS = 5.0
+# Superseded partials are deleted in batches, under the repository lease: at most this
+# often (and at once on a session's first completed segment), so that the streamer rarely
+# holds the lease other deleting commands need.
+CLEAN_SECONDS = 60.0
 
 
 def segment_name(timeline: int, lsn: int, segment_size: int) -> str:
@@ -127,6 +131,7 @@ class WalStreamer:
         self._stop = threading.Event()
         self._superseded: list[str] = []  # authentic partials no longer needed
         self._leftovers: list[str] = []  # partials of an earlier process, for later segments
+        self._last_clean = 0.0
         self._thread = threading.Thread(target=self._run, name="wal-stream", daemon=True)
 
     def start(self) -> None:
@@ -281,6 +286,7 @@ class WalStreamer:
         the one streamed now go once they authenticate and their whole segment is archived;
         later ones wait until their segment completes (``_adopt_leftovers``)."""
         self._leftovers = []
+        self._last_clean = 0.0
         for name in keyring.store.stream_files(f"{segment.timeline:08X}"):
             match = STREAM_PARTIAL.match(name)
             if match is None:
@@ -320,8 +326,10 @@ class WalStreamer:
 
     def _clean(self, runtime: Runtime, keyring: WalKeyring, completed: str) -> None:
         """Delete superseded partials under the repository lease (skipped while it is busy)."""
-        if not self._superseded:
+        recent = self._last_clean and time.monotonic() - self._last_clean < CLEAN_SECONDS
+        if not self._superseded or recent:
             return
+        self._last_clean = time.monotonic()
         try:
             with runtime.repository.lease("wal stream: superseded partials") as lease:
                 for name in self._superseded:
