@@ -57,14 +57,21 @@ def _start(env: EbkEnv, port: int, cluster: PgCluster) -> DaemonProcess:
 def _durable_end(env: EbkEnv) -> int:
     """The end (as an LSN byte position) of what the repository holds, by object names."""
     end = 0
-    for path in (env.repo_dir / "wal").rglob("*.ebk"):
-        name = path.name.removesuffix(".ebk")
+    names = [f for _, _, files in os.walk(env.repo_dir / "wal") for f in files]  # races: ok
+    for file in names:
+        name = file.removesuffix(".ebk")
+        if file.startswith("."):
+            continue  # the local backend's uncommitted writes
         if len(name) == 24:
             end = max(end, (int(name[8:16], 16) * 256 + int(name[16:24], 16) + 1) * SEGMENT)
         elif name.endswith(".stream"):
             seg, offset = name[:24], int(name[25:33], 16)
             end = max(end, (int(seg[8:16], 16) * 256 + int(seg[16:24], 16)) * SEGMENT + offset)
     return end
+
+
+def _partials(env: EbkEnv) -> list[Path]:
+    return sorted((env.repo_dir / "wal" / "stream").glob("*/*.stream.ebk"))
 
 
 def _slot_flush(cluster: PgCluster) -> int:
@@ -176,6 +183,7 @@ def test_slot_advances_only_after_durability(stream: Stream) -> None:
         time.sleep(0.05)
     writer.join()
     assert advanced >= 2  # it did move while sampled
+    assert stream.daemon.events("WAL streaming failed; retrying") == []
 
 
 def test_kill_9_mid_stream_loses_nothing(stream: Stream) -> None:
@@ -190,6 +198,14 @@ def test_kill_9_mid_stream_loses_nothing(stream: Stream) -> None:
     _wait_durable(stream, lsn)
     conflicts = [e for e in stream.daemon.lines() if "refusing" in json.dumps(e)]
     assert conflicts == []
+    assert stream.daemon.events("WAL streaming failed; retrying") == []
+    # The killed daemon's partials of segments now archived whole are gone (authenticated
+    # first), and so are those superseded since the restart: at most the current segment's.
+    stream.daemon.wait_for(
+        lambda: len({p.name[:24] for p in _partials(stream.env)}) <= 1,
+        20,
+        "superseded partials to be deleted",
+    )
     restored = _restore(stream, "after_kill")
     try:
         assert restored.psql("SELECT string_agg(note, ',' ORDER BY note) FROM marks") == (
