@@ -232,3 +232,20 @@ def test_forged_partial_is_refused_by_wal_fetch(stream: Stream) -> None:
         forged.unlink()
     result = stream.env.run("wal-fetch", segment, str(dest), expect=1)
     assert not dest.exists()
+
+
+def test_stream_refuses_while_archive_command_pushes_too(stream: Stream) -> None:
+    """Last in the module: it leaves the stream refusing."""
+    cluster = stream.cluster
+    cluster.psql("ALTER SYSTEM SET archive_mode = on")
+    cluster.psql("ALTER SYSTEM SET archive_command = '/bin/false ebk wal-push %p'")
+    cluster.stop()
+    cluster.start()
+
+    def refused() -> str:
+        status, body = stream.daemon.get("/readyz")
+        return body if status == 503 and "refusing to stream" in body else ""
+
+    body = stream.daemon.wait_for(refused, 30, "/readyz to report the double archiving")
+    assert "archive_command" in body
+    assert "ebk_wal_stream_up 0.0" in stream.daemon.get("/metrics")[1]
