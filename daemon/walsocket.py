@@ -516,6 +516,14 @@ def start_wal_archiver(
     try:
         archiver = WalArchiver(runtime, path)
     except (OSError, ConfigError) as exc:
+        if config.wal.mode == "stream":
+            log.error(
+                "wal.mode = stream, but WAL STREAMING IS OFF: the daemon's WAL socket cannot "
+                "be created; fix wal.socket / wal.socket_group and restart",
+                socket=str(path),
+                error=str(exc),
+            )
+            return None
         log.error("no wal-push socket; wal-push pushes directly", socket=str(path), error=str(exc))
         return None
     registry.register(WalCollector(archiver))

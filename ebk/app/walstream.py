@@ -330,15 +330,21 @@ class WalStreamer:
         if not self._superseded or recent:
             return
         self._last_clean = time.monotonic()
+        deleted = 0
         try:
             with runtime.repository.lease("wal stream: superseded partials") as lease:
-                for name in self._superseded:
-                    keyring.store.delete_stream_partial(name, lease)
+                while self._superseded:
+                    keyring.store.delete_stream_partial(self._superseded[0], lease)
+                    self._superseded.pop(0)
+                    deleted += 1
         except LockBusy:
             log.info("repository lease busy; superseded partials are deleted later")
-            return
-        log.debug("deleted superseded partials", count=len(self._superseded), segment=completed)
-        self._superseded = []
+        except (EbkError, OSError) as exc:  # cleaning never stops the stream
+            log.warning(
+                "could not delete superseded partials; trying again later",
+                error=getattr(exc, "message", None) or str(exc),
+            )
+        log.debug("deleted superseded partials", count=deleted, segment=completed)
 
     def not_ready(self, rpo: float) -> str:
         stats = self.stats
