@@ -317,6 +317,7 @@ def stream_part(
             "lag_max_s": round(lags[-1], 2) if lags else None,
             "segments": stats.segments,
             "partials": stats.partials,
+            "partial_mib": round(stats.partial_bytes / 2**20, 1),
             "stream_errors": stats.last_error,
             "key_provider_calls": keyring.calls,
         }

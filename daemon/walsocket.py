@@ -474,11 +474,17 @@ def _stream_metrics(stream: WalStreamer) -> Iterator[Metric]:
     with stats.lock:
         up, received, flushed = stats.connected, stats.received_bytes, stats.flushed
         segments, partials, flushed_time = stats.segments, stats.partials, stats.flushed_time
+        partial_bytes = stats.partial_bytes
         delays = sorted(stats.delays)
     yield GaugeMetricFamily("ebk_wal_stream_up", "1 while WAL streaming is connected", int(up))
     yield CounterMetricFamily("ebk_wal_stream_received_bytes", "WAL bytes streamed", received)
     yield CounterMetricFamily("ebk_wal_stream_segments", "Whole segments stored", segments)
     yield CounterMetricFamily("ebk_wal_stream_partials", "Partial segments stored", partials)
+    yield CounterMetricFamily(
+        "ebk_wal_stream_partial_bytes",
+        "WAL bytes stored in partials (write amplification of the RPO)",
+        partial_bytes,
+    )
     yield GaugeMetricFamily(
         "ebk_wal_stream_flushed_lsn_bytes",
         "LSN (as a byte position) up to which streamed WAL is durable (the slot's flush)",

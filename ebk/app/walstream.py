@@ -58,6 +58,7 @@ class StreamStats:
     received_bytes: int = 0
     segments: int = 0
     partials: int = 0
+    partial_bytes: int = 0  # WAL bytes stored in partials (each re-stores the segment's start)
     received_end: int = 0  # LSN after the last byte received
     flushed: int = 0  # LSN up to which WAL is durable in the repository
     server_end: int = 0  # the server's end of WAL (from its messages)
@@ -279,6 +280,8 @@ class WalStreamer:
         segment.stored_partial = size
         if previous:
             self._superseded.append(f"{segment.name}.{previous:08X}.stream")
+        with self.stats.lock:
+            self.stats.partial_bytes += size
         self._durable(segment.start + size, segment.timeline, name, full=False)
 
     def _clean_leftovers(self, keyring: WalKeyring, segment: SegmentAssembler) -> None:

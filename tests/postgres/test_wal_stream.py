@@ -232,6 +232,9 @@ def test_forged_partial_is_refused_by_wal_fetch(stream: Stream) -> None:
         forged.unlink()
     result = stream.env.run("wal-fetch", segment, str(dest), expect=1)
     assert not dest.exists()
+    # The genuine partial's own segment (or, by now, the whole segment): a full-size file.
+    stream.env.run("wal-fetch", genuine.name[:24], str(dest))
+    assert dest.stat().st_size == SEGMENT
 
 
 def test_stream_refuses_while_archive_command_pushes_too(stream: Stream) -> None:
