@@ -288,9 +288,13 @@ def fetch_stream_partial(keyring: WalKeyring, segment: str) -> WalFile:
         match = STREAM_PARTIAL.match(name)
         assert match is not None
         try:
-            wal = open_archived(keyring, name, keyring.store.read_stream_partial(name))
-        except (IntegrityError, ObjectNotFound) as exc:
-            failures.append(f"{name}: {getattr(exc, 'message', exc)}")
+            sealed = keyring.store.read_stream_partial(name)
+        except ObjectNotFound:
+            continue  # superseded and deleted since the listing
+        try:
+            wal = open_archived(keyring, name, sealed)
+        except IntegrityError as exc:
+            failures.append(f"{name}: {exc.message}")
             continue
         size = _segment_size_of(wal.data)
         if len(wal.data) != int(match.group(2), 16) or size == 0 or len(wal.data) > size:
@@ -317,7 +321,15 @@ def fetch_segment(keyring: WalKeyring, name: str) -> WalFile:
     except ObjectNotFound:
         if not SEGMENT.match(name):
             raise
+    try:
         return fetch_stream_partial(keyring, name)
+    except (ObjectNotFound, IntegrityError) as exc:
+        # The daemon stores the whole segment before it deletes its partials: when they
+        # vanished (or are not usable), the segment may have been archived meanwhile.
+        try:
+            return fetch_authenticated(keyring, name)
+        except ObjectNotFound:
+            raise exc from None
 
 
 def open_archived(keyring: WalKeyring, name: str, sealed: bytes) -> WalFile:
