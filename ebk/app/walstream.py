@@ -191,59 +191,89 @@ class WalStreamer:
                 log.info("created the physical replication slot", slot=config.slot)
                 slot = stream.read_slot(config.slot)
             restart = slot.restart_lsn if slot is not None and slot.restart_lsn else position
-            if timeline > 1:
-                name, content = stream.timeline_history(timeline)
-                push_wal_bytes(keyring, name, content, config)
-            segment = SegmentAssembler(timeline, restart - restart % segment_size, segment_size)
-            self._clean_leftovers(keyring, segment)
-            stream.start(config.slot, segment.start, timeline)
-            log.info(
-                "streaming WAL",
-                slot=config.slot,
-                start=format_lsn(segment.start),
-                timeline=timeline,
-            )
-            confirmed = restart  # never report less than the slot already had
+            # The slot may still hold WAL of an earlier timeline (a promotion since): stream
+            # that timeline to its end, then the next, as pg_receivewal does.
+            tli = timeline
+            if slot is not None and slot.timeline and slot.timeline < timeline:
+                tli = slot.timeline
+            start = restart - restart % segment_size
             with self.stats.lock:
                 self.stats.connected = True
                 self.stats.last_error = ""
                 self.stats.flushed = max(self.stats.flushed, restart)
-            last_status = 0.0
-            reported = 0
-            last_partial = time.monotonic()
-            for message in stream.messages(timeout=min(0.5, interval / 2)):
-                if self._stop.is_set():
-                    break
-                now = time.monotonic()
-                reply = False
-                if isinstance(message, XLogData):
-                    self._received(message)
-                    for name, data, end, stored in segment.add(message.start, message.data):
-                        push_wal_bytes(keyring, name, data, config)
-                        self._durable(end, segment.timeline, name, full=True)
-                        if stored:
-                            self._superseded.append(f"{name}.{stored:08X}.stream")
-                        self._adopt_leftovers(keyring, name)
-                        self._clean(runtime, keyring, name)
-                    with self.stats.lock:
-                        self.stats.server_end = max(self.stats.server_end, message.server_end)
-                elif isinstance(message, Keepalive):
-                    reply = message.reply
-                    with self.stats.lock:
-                        self.stats.server_end = max(self.stats.server_end, message.server_end)
-                elif isinstance(message, EndOfTimeline):
-                    log.info("the server ended the WAL stream", next_timeline=message.next_timeline)
-                    self._store_partial(keyring, segment, config)
+            while not self._stop.is_set():
+                if tli > 1:
+                    name, content = stream.timeline_history(tli)
+                    push_wal_bytes(keyring, name, content, config)
+                segment = SegmentAssembler(tli, start, segment_size)
+                self._clean_leftovers(keyring, segment)
+                stream.start(config.slot, segment.start, tli)
+                log.info(
+                    "streaming WAL", slot=config.slot, start=format_lsn(segment.start), timeline=tli
+                )
+                ended = self._stream_timeline(stream, runtime, keyring, segment, restart, interval)
+                if ended is None or ended.next_timeline is None or ended.next_start is None:
                     return
-                if len(segment.buffer) > segment.stored_partial and now - last_partial >= interval:
-                    self._store_partial(keyring, segment, config)
-                    last_partial = now
+                log.info(
+                    "timeline ended; following the next",
+                    timeline=tli,
+                    next_timeline=ended.next_timeline,
+                    at=format_lsn(ended.next_start),
+                )
+                tli = ended.next_timeline
+                start = ended.next_start - ended.next_start % segment_size
+
+    def _stream_timeline(
+        self,
+        stream: ReplicationStream,
+        runtime: Runtime,
+        keyring: WalKeyring,
+        segment: SegmentAssembler,
+        confirmed: int,
+        interval: float,
+    ) -> EndOfTimeline | None:
+        """Receive and store one timeline's WAL; its end (None: stopping).
+
+        ``confirmed``: the slot's position at start; never report less.
+        """
+        config = runtime.config.wal
+        last_status = 0.0
+        reported = 0
+        last_partial = time.monotonic()
+        for message in stream.messages(timeout=min(0.5, interval / 2)):
+            if self._stop.is_set():
+                return None
+            now = time.monotonic()
+            reply = False
+            if isinstance(message, XLogData):
+                self._received(message)
+                for name, data, end, stored in segment.add(message.start, message.data):
+                    push_wal_bytes(keyring, name, data, config)
+                    self._durable(end, segment.timeline, name, full=True)
+                    if stored:
+                        self._superseded.append(f"{name}.{stored:08X}.stream")
+                    self._adopt_leftovers(keyring, name)
+                    self._clean(runtime, keyring, name)
                 with self.stats.lock:
-                    flushed = max(self.stats.flushed, confirmed)
-                # Tell the server at once when more became durable (the slot frees WAL).
-                if reply or flushed > reported or now - last_status >= STATUS_INTERVAL:
-                    stream.status(segment.end, flushed)
-                    last_status, reported = now, flushed
+                    self.stats.server_end = max(self.stats.server_end, message.server_end)
+            elif isinstance(message, Keepalive):
+                reply = message.reply
+                with self.stats.lock:
+                    self.stats.server_end = max(self.stats.server_end, message.server_end)
+            elif isinstance(message, EndOfTimeline):
+                # The rest of this segment lives on the next timeline: keep what came.
+                self._store_partial(keyring, segment, config)
+                return message
+            if len(segment.buffer) > segment.stored_partial and now - last_partial >= interval:
+                self._store_partial(keyring, segment, config)
+                last_partial = now
+            with self.stats.lock:
+                flushed = max(self.stats.flushed, confirmed)
+            # Tell the server at once when more became durable (the slot frees WAL).
+            if reply or flushed > reported or now - last_status >= STATUS_INTERVAL:
+                stream.status(segment.end, flushed)
+                last_status, reported = now, flushed
+        return None
 
     def _received(self, message: XLogData) -> None:
         with self.stats.lock:

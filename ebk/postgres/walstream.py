@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psycopg
 import psycopg.pq as pq
 from psycopg.pq.abc import PGconn, PGresult
 
@@ -189,8 +190,11 @@ class ReplicationStream:
 
     def _end_of_stream(self) -> EndOfTimeline:
         conn = self._conn
-        conn.put_copy_end(None)
-        conn.flush()
+        try:  # the server's CopyDone: answer with ours (after an error there is no COPY left)
+            conn.put_copy_end(None)
+            conn.flush()
+        except psycopg.Error:
+            pass  # the error result below says why
         next_tli: int | None = None
         next_pos: int | None = None
         while (res := conn.get_result()) is not None:

@@ -237,6 +237,36 @@ def test_forged_partial_is_refused_by_wal_fetch(stream: Stream) -> None:
     assert dest.stat().st_size == SEGMENT
 
 
+def test_promotion_streams_the_old_timeline_then_the_new(stream: Stream) -> None:
+    """The slot still holds timeline-1 WAL when the server is promoted (timeline 2): the
+    daemon streams timeline 1 to its end, archives 00000002.history, follows timeline 2."""
+    cluster = stream.cluster
+    stream.daemon.close()  # kill -9: the slot keeps what it had not confirmed
+    cluster.psql("INSERT INTO filler SELECT md5(g::text) FROM generate_series(1, 300000) g")
+    cluster.psql("INSERT INTO marks VALUES ('tl1')")
+    cluster.stop()
+    signal_file = cluster.data_dir / "standby.signal"
+    signal_file.touch()
+    shutil.chown(signal_file, "postgres", "postgres")
+    cluster.start()
+    assert cluster.psql("SELECT pg_promote()") == "t"
+    assert cluster.psql("SELECT timeline_id FROM pg_control_checkpoint()") in ("1", "2")
+    lsn = _mark(cluster, "tl2")
+    expected = cluster.psql("SELECT count(*) FROM filler")
+    stream.daemon = _start(stream.env, stream.port, cluster)
+    _wait_durable(stream, lsn, timeout=30)
+    assert (stream.env.repo_dir / "wal" / "00000002" / "00000002.history.ebk").exists()
+    assert stream.daemon.events("timeline ended; following the next")
+    restored = _restore(stream, "tl2")
+    try:
+        assert restored.psql("SELECT string_agg(note, ',' ORDER BY note) FROM marks") == (
+            "after_kill,rpo1,tl1,tl2"
+        )
+        assert restored.psql("SELECT count(*) FROM filler") == expected
+    finally:
+        restored.stop()
+
+
 def test_stream_refuses_while_archive_command_pushes_too(stream: Stream) -> None:
     """Last in the module: it leaves the stream refusing."""
     cluster = stream.cluster
