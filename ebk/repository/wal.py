@@ -231,6 +231,16 @@ class WalStore:
                 names.append(name)
         return sorted(names)
 
+    def all_stream_partials(self) -> list[str]:
+        """Every partial name stored, all timelines (names only: unauthenticated)."""
+        names = []
+        for info in self._storage.list(WAL_STREAM):
+            tli, _, file = info.name[len(WAL_STREAM) :].partition("/")
+            name = file.removesuffix(".ebk")
+            if STREAM_PARTIAL.match(name) and name[:8] == tli and file.endswith(".ebk"):
+                names.append(name)
+        return sorted(names)
+
     def read_stream_partial(self, name: str) -> bytes:
         return self._repo._read_capped(stream_partial_object(name), MAX_WAL_OBJECT_SIZE)
 

@@ -267,6 +267,25 @@ def test_promotion_streams_the_old_timeline_then_the_new(stream: Stream) -> None
         restored.stop()
 
 
+def test_retention_deletes_streamed_partials_below_the_kept_backup(
+    stream: Stream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = stream.env
+    old_partials = {p.name for p in _partials(env) if p.name.startswith("00000001")}
+    assert old_partials  # timeline 1's last segment: never completed, kept so far
+    second = json.loads(env.run("backup", "--type", "physical", "--json").stdout)
+    for key, value in {"KEEP_LAST": "1", "KEEP_DAILY": "0", "KEEP_WEEKLY": "0",
+                       "KEEP_MONTHLY": "0", "MIN_AGE": "0"}.items():  # fmt: skip
+        monkeypatch.setenv(f"EBK_RETENTION__{key}", value)
+    out = json.loads(env.run("retention", "--json").stdout)
+    assert len(out["deleted"]) == 1
+    gone = {f"{n}.ebk" for n in out["wal_deleted"] if n.endswith(".stream")}
+    assert old_partials <= gone
+    cutoff = parse_lsn(second["start_lsn"]) // SEGMENT
+    for path in _partials(env):
+        assert int(path.name[8:16], 16) * 256 + int(path.name[16:24], 16) >= cutoff
+
+
 def test_stream_refuses_while_archive_command_pushes_too(stream: Stream) -> None:
     """Last in the module: it leaves the stream refusing."""
     cluster = stream.cluster
