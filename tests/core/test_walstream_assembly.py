@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from ebk.app.walstream import SegmentAssembler, segment_name
-from ebk.errors import EbkError, PostgresError
+from ebk.config import WalConfig
+from ebk.errors import ConfigError, EbkError, PostgresError
 from ebk.postgres.walstream import format_lsn, parse_lsn, parse_size
 
 SEG = 1024 * 1024
@@ -57,3 +58,18 @@ def test_protocol_parsers() -> None:
     assert parse_size("1GB") == 1024 * SEG
     with pytest.raises(PostgresError):
         parse_size("sixteen")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("mode", "both", "is not a WAL mode"),
+        ("slot", "Ebk-Slot", "is not a replication slot name"),
+        ("stream_flush_interval", "0.05s", "between 0.2s and 1h"),
+    ],
+)
+def test_stream_settings_are_validated(field: str, value: str, message: str) -> None:
+    config = WalConfig(**{field: value})
+    with pytest.raises(ConfigError, match=message):
+        config.validate()
+    WalConfig(mode="stream", slot="ebk_2", stream_flush_interval="2s").validate()
