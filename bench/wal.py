@@ -1,7 +1,7 @@
 """WAL archiving: ebk wal-push (daemon socket, and direct) vs `pgbackrest archive-push` (async).
 
 Usage (root): .venv/bin/python bench/wal.py [--segments 12] [--duration 30] [--clients 4]
-              [--json OUT]
+              [--tools ebk,pgbackrest,ebk-stream] [--skip-latency] [--json OUT]
 
 Part 1, push latency per segment: real WAL segments (from pgbench) pushed one
 command at a time, interleaved per segment: `ebk wal-push` through the daemon
@@ -16,8 +16,11 @@ synchronous_commit off, max_wal_size 1GB) runs pgbench (--workload bulk:
 with archive_command = each tool in turn; reported: WAL generated
 (MiB/s), per-segment archive lag (from the moment PostgreSQL finished the
 segment to the moment pg_stat_archiver shows it archived; p50/p99/max), and
-the segments still unarchived at the end.  KMS calls: key-provider calls the
-ebk daemon made (WAL keys are unwrapped once per rotation).
+the segments still unarchived at the end.  ebk-stream: the daemon's streamer
+(wal.mode = "stream", no archive_command); its lag is per WAL position: from
+the moment pg_current_wal_lsn() passed it (sampled every 0.2 s) to the moment
+the streamer had it durable (a complete segment or a stored partial).  KMS
+calls: key-provider calls the ebk daemon made (WAL keys are unwrapped once per rotation).
 """
 
 from __future__ import annotations
@@ -36,9 +39,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_pgbench, pgbench_env
 
+from ebk.app.wal import WalKeyring
+from ebk.app.walstream import WalStreamer
 from ebk.bench.stats import percentile
 from ebk.config import load_config
 from ebk.daemon.walsocket import WalArchiver
+from ebk.postgres.walstream import parse_lsn
 from ebk.runtime import Runtime
 from tests.support.ebkenv import make_env
 from tests.support.postgres import (
@@ -228,6 +234,99 @@ class LagWatcher(threading.Thread):
         return [self.archived[n] - t for n, t in self.finished.items() if n in self.archived]
 
 
+class StreamLagWatcher(threading.Thread):
+    """Per-position durability lag of the streamer, sampled every 0.2 s."""
+
+    def __init__(self, cluster: PgCluster, streamer: WalStreamer) -> None:
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.streamer = streamer
+        self.written: list[tuple[float, int]] = []
+        self.durable: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            lsn = parse_lsn(self.cluster.psql("SELECT pg_current_wal_lsn()"))
+            now = time.monotonic()
+            self.written.append((now, lsn))
+            with self.streamer.stats.lock:
+                self.durable.append((now, self.streamer.stats.flushed))
+            time.sleep(0.2)
+
+    def lags(self) -> list[float]:
+        out = []
+        for t, lsn in self.written:
+            done = next((d for d, flushed in self.durable if d >= t and flushed >= lsn), None)
+            if done is not None:
+                out.append(done - t)
+        return out
+
+
+def stream_part(
+    base: Path, duration: int, clients: int, scale: int, bulk: bool
+) -> dict[str, object]:
+    cluster = init_cluster(make_postgres_dir("ebk-bench-wal-"))
+    streamer = None
+    try:
+        with open(cluster.data_dir / "postgresql.conf", "a") as conf:
+            conf.write("fsync = on\nsynchronous_commit = off\nmax_wal_size = 1GB\n")
+        cluster.stop()
+        cluster.start()
+        root = base / "sustained-ebk-stream"
+        env = make_env(root, cluster, extra='[wal]\nmode = "stream"\n')
+        runtime = Runtime(load_config(env.config_path))
+        keyring = WalKeyring(runtime)
+        streamer = WalStreamer(lambda: runtime, lambda: keyring)
+        streamer.start()
+        while not streamer.stats.connected:
+            time.sleep(0.1)
+        load_pgbench(cluster, scale)
+        start_lsn = cluster.psql("SELECT pg_current_wal_lsn()")
+        watcher = StreamLagWatcher(cluster, streamer)
+        watcher.start()
+        t0 = time.monotonic()
+        workload = ["-N"]
+        if bulk:
+            cluster.psql("CREATE TABLE bulk (id int, v text)")
+            script = root / "bulk.sql"
+            script.write_text(
+                "INSERT INTO bulk SELECT g, repeat(md5(g::text), 6) "
+                "FROM generate_series(1, 2000) g;\n"
+            )
+            script.chmod(0o644)
+            workload = ["-n", "-f", str(script)]
+        subprocess.run(
+            [str(PG_BIN / "pgbench"), "-c", str(clients), "-j", "2", "-T", str(duration),
+             *workload, "postgres"],
+            env=pgbench_env(cluster.port), check=True, capture_output=True,
+        )  # fmt: skip
+        elapsed = time.monotonic() - t0
+        wal_bytes = int(cluster.psql(f"SELECT pg_current_wal_lsn() - '{start_lsn}'::pg_lsn"))
+        time.sleep(5)
+        watcher.stop.set()
+        watcher.join()
+        lags = sorted(watcher.lags())
+        stats = streamer.stats
+        return {
+            "wal_mib_per_s": round(wal_bytes / elapsed / 2**20, 1),
+            "positions": len(lags),
+            "unmatched_positions": len(watcher.written) - len(lags),
+            "lag_p50_s": round(percentile(lags, 50), 2) if lags else None,
+            "lag_p99_s": round(percentile(lags, 99), 2) if lags else None,
+            "lag_max_s": round(lags[-1], 2) if lags else None,
+            "segments": stats.segments,
+            "partials": stats.partials,
+            "partial_mib": round(stats.partial_bytes / 2**20, 1),
+            "stream_errors": stats.last_error,
+            "key_provider_calls": keyring.calls,
+        }
+    finally:
+        if streamer is not None:
+            streamer.stop()
+        cluster.destroy()
+
+
 def _before(name: str, count: int) -> list[str]:
     tli, seg = name[:8], int(name[8:], 16)
     out = []
@@ -329,23 +428,39 @@ def main() -> None:
         default="bulk",
         help="bulk: INSERT 2000 rows of 200 B per transaction (WAL-heavy); tpcb: pgbench -N",
     )
+    parser.add_argument("--tools", default="ebk,pgbackrest")
+    parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    tools = args.tools.split(",")
     base = Path(tempfile.mkdtemp(prefix="ebk-bench-wal-"))
     base.chmod(0o755)
     results: dict[str, object] = {}
-    cluster = init_cluster(make_postgres_dir("ebk-bench-wal-src-"))
-    try:
-        load_pgbench(cluster, 5)
-        segments = sample_segments(cluster, base / "segments", args.segments)
-        results["latency"] = latency_part(base, cluster, segments)
-    finally:
-        cluster.destroy()
-    print(json.dumps(results, indent=2), flush=True)
-    sustained: dict[str, list[dict[str, object]]] = {"ebk": [], "pgbackrest": []}
+    if not args.skip_latency:
+        cluster = init_cluster(make_postgres_dir("ebk-bench-wal-src-"))
+        try:
+            load_pgbench(cluster, 5)
+            segments = sample_segments(cluster, base / "segments", args.segments)
+            results["latency"] = latency_part(base, cluster, segments)
+        finally:
+            cluster.destroy()
+        print(json.dumps(results, indent=2), flush=True)
+    sustained: dict[str, list[dict[str, object]]] = {tool: [] for tool in tools}
     for r in range(args.rounds):
-        order = ["ebk", "pgbackrest"] if r % 2 == 0 else ["pgbackrest", "ebk"]
+        order = tools if r % 2 == 0 else tools[::-1]
         for tool in order:
+            if tool == "ebk-stream":
+                sustained[tool].append(
+                    stream_part(
+                        base / f"r{r}",
+                        args.duration,
+                        args.clients,
+                        args.scale,
+                        args.workload == "bulk",
+                    )
+                )
+                print(tool, json.dumps(sustained[tool][-1]), flush=True)
+                continue
             sustained[tool].append(
                 sustained_part(
                     base / f"r{r}",

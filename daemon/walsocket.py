@@ -32,13 +32,14 @@ from prometheus_client.registry import Collector
 from ebk.app.wal import (
     PushResult,
     WalKeyring,
-    fetch_authenticated,
+    fetch_segment,
     next_segments,
     open_archived,
     push_wal_bytes,
     read_wal_fd,
     segment_number,
 )
+from ebk.app.walstream import WalStreamer
 from ebk.config import Config, WalConfig, parse_duration
 from ebk.errors import ConfigError, EbkError, ObjectNotFound
 from ebk.format.walobject import SEGMENT, WalFile, is_wal_name
@@ -279,7 +280,7 @@ class MemoryPrefetch:
             except EbkError as exc:
                 log.warning("prefetched copy unusable; fetching again", wal=name, error=exc.message)
         if wal is None:
-            wal = fetch_authenticated(keyring, name)
+            wal = fetch_segment(keyring, name)
         self._ahead(keyring, name, len(wal.data))
         return wal
 
@@ -320,6 +321,7 @@ class WalArchiver:
         self._keyrings: dict[int, WalKeyring] = {}
         self._lock = threading.Lock()
         self.server = WalSocketServer(path, self.keyring, self.config)
+        self.stream: WalStreamer | None = None  # wal.mode = "stream" (ebk.app.walstream)
 
     def config(self) -> WalConfig:
         runtime = self._runtime()
@@ -376,6 +378,10 @@ class WalArchiver:
 
     def not_ready(self) -> str:
         """Why /readyz should fail: archiving behind the RPO, or a slot retaining too much."""
+        if self.stream is not None:
+            reason = self.stream.not_ready(parse_duration(self.config().rpo, "wal.rpo"))
+            if reason:
+                return reason
         limit = self.config().max_slot_retained_bytes
         for name, active, status, retained in self.slots():
             if status == "lost" or (limit and retained > limit):
@@ -398,6 +404,8 @@ class WalArchiver:
         return ""
 
     def close(self) -> None:
+        if self.stream is not None:
+            self.stream.stop()
         self.server.close()
 
 
@@ -445,6 +453,9 @@ class WalCollector(Collector):
         for name, active, _status, retained in self._archiver.slots():
             slots.add_metric([name, "1" if active else "0"], retained)
         yield slots
+        stream = self._archiver.stream
+        if stream is not None:
+            yield from _stream_metrics(stream)
         lag = self._archiver.lag()
         if lag is not None:
             yield GaugeMetricFamily(
@@ -457,6 +468,52 @@ class WalCollector(Collector):
             )
 
 
+def _stream_metrics(stream: WalStreamer) -> Iterator[Metric]:
+    stats = stream.stats
+    lag_seconds, lag_bytes = stats.lag_seconds(), stats.lag_bytes()
+    with stats.lock:
+        up, received, flushed = stats.connected, stats.received_bytes, stats.flushed
+        segments, partials, flushed_time = stats.segments, stats.partials, stats.flushed_time
+        partial_bytes = stats.partial_bytes
+        delays = sorted(stats.delays)
+    yield GaugeMetricFamily("ebk_wal_stream_up", "1 while WAL streaming is connected", int(up))
+    yield CounterMetricFamily("ebk_wal_stream_received_bytes", "WAL bytes streamed", received)
+    yield CounterMetricFamily("ebk_wal_stream_segments", "Whole segments stored", segments)
+    yield CounterMetricFamily("ebk_wal_stream_partials", "Partial segments stored", partials)
+    yield CounterMetricFamily(
+        "ebk_wal_stream_partial_bytes",
+        "WAL bytes stored in partials (write amplification of the RPO)",
+        partial_bytes,
+    )
+    yield GaugeMetricFamily(
+        "ebk_wal_stream_flushed_lsn_bytes",
+        "LSN (as a byte position) up to which streamed WAL is durable (the slot's flush)",
+        flushed,
+    )
+    yield GaugeMetricFamily(
+        "ebk_wal_stream_flushed_timestamp_seconds",
+        "When streamed WAL last became durable",
+        flushed_time,
+    )
+    yield GaugeMetricFamily(
+        "ebk_wal_stream_lag_seconds", "Age of the oldest streamed byte not yet durable", lag_seconds
+    )
+    yield GaugeMetricFamily(
+        "ebk_wal_stream_lag_bytes",
+        "WAL the server has that is not durable in the repository",
+        lag_bytes,
+    )
+    quantiles = GaugeMetricFamily(
+        "ebk_wal_stream_durable_delay_seconds",
+        "Receipt-to-durable delay over the last 1000 stores",
+        labels=["quantile"],
+    )
+    for q in (0.5, 0.99):
+        value = delays[min(len(delays) - 1, int(q * len(delays)))] if delays else 0
+        quantiles.add_metric([str(q)], value)
+    yield quantiles
+
+
 def start_wal_archiver(
     runtime: Callable[[], Runtime | None], config: Config, registry: CollectorRegistry
 ) -> WalArchiver | None:
@@ -465,8 +522,20 @@ def start_wal_archiver(
     try:
         archiver = WalArchiver(runtime, path)
     except (OSError, ConfigError) as exc:
+        if config.wal.mode == "stream":
+            log.error(
+                "wal.mode = stream, but WAL STREAMING IS OFF: the daemon's WAL socket cannot "
+                "be created; fix wal.socket / wal.socket_group and restart",
+                socket=str(path),
+                error=str(exc),
+            )
+            return None
         log.error("no wal-push socket; wal-push pushes directly", socket=str(path), error=str(exc))
         return None
     registry.register(WalCollector(archiver))
     archiver.server.start()
+    if config.wal.mode == "stream":
+        archiver.stream = WalStreamer(runtime, archiver.keyring)
+        archiver.stream.start()
+        log.info("WAL streaming enabled", slot=config.wal.slot)
     return archiver

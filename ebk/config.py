@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -366,8 +367,29 @@ class WalConfig:
     push_ahead: int = 2  # daemon: ready segments archived concurrently ahead of PostgreSQL
     max_slot_retained_bytes: int = 8 * 1024**3  # /readyz fails when a slot holds more; 0: off
     rpo: str = "60s"  # /readyz turns not ready when the newest archived WAL is older
+    # "archive_command": PostgreSQL pushes through `ebk wal-push`; "stream": the daemon
+    # streams WAL from the physical replication slot wal.slot (RPO of seconds).  One at a time.
+    mode: str = "archive_command"
+    slot: str = "ebk"  # stream mode: the physical slot (created when missing)
+    stream_flush_interval: str = "2s"  # stream mode: store the partial segment this often
 
     def validate(self) -> None:
+        if self.mode not in ("archive_command", "stream"):
+            raise ConfigError(
+                f"wal.mode = {self.mode!r} is not a WAL mode",
+                hint='use "archive_command" or "stream"',
+            )
+        if not re.fullmatch(r"[a-z0-9_]{1,63}", self.slot):
+            raise ConfigError(
+                f"wal.slot = {self.slot!r} is not a replication slot name",
+                hint="use 1-63 lower-case letters, digits or underscores",
+            )
+        if (
+            not 0.2
+            <= parse_duration(self.stream_flush_interval, "wal.stream_flush_interval")
+            <= 3600
+        ):
+            raise ConfigError("wal.stream_flush_interval must be between 0.2s and 1h")
         if not 0 <= self.compression_level <= 22:
             raise ConfigError(f"wal.compression_level = {self.compression_level} must be 0..22")
         if parse_duration(self.key_rotation, "wal.key_rotation") < 60:

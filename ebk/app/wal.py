@@ -35,6 +35,7 @@ from ebk.errors import (
 from ebk.format.walobject import (
     MAX_WAL_FILE_SIZE,
     SEGMENT,
+    STREAM_PARTIAL,
     WalFile,
     is_wal_name,
     object_key_id,
@@ -232,6 +233,105 @@ def push_wal_bytes(keyring: WalKeyring, name: str, data: bytes, config: WalConfi
     return PushResult(name, len(data), len(sealed), already=False)
 
 
+def stream_partial_name(segment: str, size: int) -> str:
+    """The archive name of the first ``size`` bytes of ``segment`` (docs/format.md)."""
+    return f"{segment}.{size:08X}.stream"
+
+
+def push_stream_partial(keyring: WalKeyring, segment: str, data: bytes, config: WalConfig) -> str:
+    """Store the first ``len(data)`` bytes of a segment being streamed; durable on return."""
+    name = stream_partial_name(segment, len(data))
+    key_id, dek = keyring.for_push(len(data))
+    sealed = seal_wal(
+        data,
+        dek,
+        key_id=key_id,
+        repository_id=keyring.repository_id,
+        name=name,
+        level=config.compression_level,
+    )
+    try:
+        keyring.store.put_stream_partial(name, sealed)
+    except ObjectExists:
+        stored = open_archived(keyring, name, keyring.store.read_stream_partial(name))
+        if wal_digest(keyring.for_read(stored.key_id), data) != stored.digest:
+            raise IntegrityError(
+                f"the archive already holds a different {name}; refusing to overwrite it",
+                hint="two clusters may be streaming into one repository: give each its own "
+                "repository.url",
+            ) from None
+    return name
+
+
+# Page header of a segment's first page (XLogLongPageHeaderData): xlp_seg_size at byte 32.
+_SEG_SIZE_AT = 32
+
+
+def _segment_size_of(data: bytes) -> int:
+    if len(data) < _SEG_SIZE_AT + 4:
+        return 0
+    size = int.from_bytes(data[_SEG_SIZE_AT : _SEG_SIZE_AT + 4], "little")
+    if size < 1024**2 or size > MAX_WAL_FILE_SIZE or size & (size - 1):
+        return 0
+    return size
+
+
+def fetch_stream_partial(keyring: WalKeyring, segment: str) -> WalFile:
+    """The longest authentic streamed partial of ``segment``, zero-padded to a whole segment.
+
+    PostgreSQL reads the zeros as the end of WAL.  ObjectNotFound when there is
+    none; IntegrityError when partials exist but none authenticates (fail closed:
+    recovery stops rather than ending early on something it could not trust).
+    """
+    failures: list[str] = []
+    for name in keyring.store.stream_partials(segment):
+        match = STREAM_PARTIAL.match(name)
+        assert match is not None
+        try:
+            sealed = keyring.store.read_stream_partial(name)
+        except ObjectNotFound:
+            continue  # superseded and deleted since the listing
+        try:
+            wal = open_archived(keyring, name, sealed)
+        except IntegrityError as exc:
+            failures.append(f"{name}: {exc.message}")
+            continue
+        size = _segment_size_of(wal.data)
+        if len(wal.data) != int(match.group(2), 16) or size == 0 or len(wal.data) > size:
+            failures.append(f"{name}: its content does not match its name")
+            continue
+        for failure in failures:
+            log.warning("skipping a streamed partial that does not authenticate", error=failure)
+        log.info("using a streamed partial segment", wal=segment, partial=name)
+        padded = wal.data + bytes(size - len(wal.data))
+        return WalFile(padded, wal.digest, wal.key_id)
+    if failures:
+        raise IntegrityError(
+            f"no streamed partial of {segment} authenticates ({'; '.join(failures[:3])})",
+            hint="the objects under wal/stream/ were not written by this repository's ebk; "
+            "investigate before trusting this archive",
+        )
+    raise ObjectNotFound(f"{segment} is not archived")
+
+
+def fetch_segment(keyring: WalKeyring, name: str) -> WalFile:
+    """The archived WAL file; for a segment not (yet) archived whole, its streamed partial."""
+    try:
+        return fetch_authenticated(keyring, name)
+    except ObjectNotFound:
+        if not SEGMENT.match(name):
+            raise
+    try:
+        return fetch_stream_partial(keyring, name)
+    except (ObjectNotFound, IntegrityError) as exc:
+        # The daemon stores the whole segment before it deletes its partials: when they
+        # vanished (or are not usable), the segment may have been archived meanwhile.
+        try:
+            return fetch_authenticated(keyring, name)
+        except ObjectNotFound:
+            raise exc from None
+
+
 def open_archived(keyring: WalKeyring, name: str, sealed: bytes) -> WalFile:
     key_id = object_key_id(sealed)
     try:
@@ -354,7 +454,7 @@ def fetch_wal(keyring: WalKeyring, name: str, dest: Path, *, prefetch: int) -> W
         except IntegrityError as exc:
             log.warning("a prefetched copy did not authenticate; fetching again", error=exc.message)
     if wal is None:
-        wal = fetch_authenticated(keyring, name)
+        wal = fetch_segment(keyring, name)
     _write_atomically(dest, wal.data)
     if prefetch and SEGMENT.match(name):
         spool.prune(name)

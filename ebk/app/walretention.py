@@ -90,7 +90,10 @@ def prune_wal(
             if cancel is not None and cancel.is_set():
                 raise Interrupted(f"WAL retention interrupted after {len(deleted)} deletions")
             try:
-                store.delete(name, lease)
+                if name.endswith(".stream"):  # a streamed partial (wal.mode = "stream")
+                    store.delete_stream_partial(name, lease)
+                else:
+                    store.delete(name, lease)
             except ObjectNotFound:
                 continue
             deleted.append(name)
@@ -109,6 +112,8 @@ def _doomed(runtime: Runtime, backups: Sequence[Manifest]) -> list[str]:
     if segment_size is None:
         return []
     cutoff = min(starts) - min(starts) % segment_size
+    # Streamed partials of segments below the cutoff too (e.g. an old timeline's last one).
+    candidates += keyring.store.all_stream_partials()
     return [n for n in candidates if _segment_start(n, segment_size) < cutoff]
 
 

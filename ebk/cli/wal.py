@@ -62,7 +62,9 @@ def wal_fetch(config_path: Path | None, name: str, dest: Path, prefetch: int | N
     makes PostgreSQL stop recovery
     instead of ending it early at a segment it could not trust. The next
     wal.prefetch segments are fetched ahead, still encrypted, into
-    pg_wal/ebk-prefetch/.
+    pg_wal/ebk-prefetch/. A segment the streaming daemon (wal.mode =
+    "stream") has not completed yet comes from its newest authenticated
+    partial, zero-padded (PostgreSQL reads that as the end of WAL).
 
     \b
     Examples:

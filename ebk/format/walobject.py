@@ -45,6 +45,9 @@ SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 PARTIAL = re.compile(r"^[0-9A-F]{24}\.partial$")
 HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")
 BACKUP_LABEL = re.compile(r"^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$")
+# ebk's own: the first OOOOOOOO (hex) bytes of a segment the daemon is still
+# streaming (wal.mode = "stream"); never a PostgreSQL archive name.
+STREAM_PARTIAL = re.compile(r"^([0-9A-F]{24})\.([0-9A-F]{8})\.stream$")
 
 
 def is_wal_name(name: str) -> bool:
@@ -53,7 +56,7 @@ def is_wal_name(name: str) -> bool:
 
 def timeline_of(name: str) -> str:
     """The 8 hex digits of the timeline every WAL file name starts with."""
-    if not is_wal_name(name):
+    if not (is_wal_name(name) or STREAM_PARTIAL.match(name)):
         raise ValueError(f"{name!r} is not a WAL file name")
     return name[:8]
 

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ebk.errors import IntegrityError, KeyProviderError, ObjectNotFound, WrongKey
-from ebk.format.walobject import MAX_WAL_FILE_SIZE, is_wal_name, timeline_of
+from ebk.format.walobject import MAX_WAL_FILE_SIZE, STREAM_PARTIAL, is_wal_name, timeline_of
 from ebk.keys.base import KeyProvider, WrappedKey
 from ebk.manifest import canonical
 from ebk.repository.lease import RepositoryLease
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 WAL = "wal/"
 WAL_KEYS = "wal/keys/"
+WAL_STREAM = "wal/stream/"  # partial segments of the streaming daemon (wal.mode = "stream")
 MAX_WAL_KEY_SIZE = 64 * 1024
 # A WAL object: the stream header, one tag per MiB chunk, the record and at most
 # the WAL file itself (compression only shrinks it; zstd's worst case adds < 0.1 %).
@@ -46,6 +47,10 @@ KEY_ID = re.compile(r"^walk-\d{8}T\d{6}Z-[0-9a-f]{8}$")
 
 def wal_object_name(name: str) -> str:
     return f"{WAL}{timeline_of(name)}/{name}.ebk"
+
+
+def stream_partial_object(name: str) -> str:
+    return f"{WAL_STREAM}{timeline_of(name)}/{name}.ebk"
 
 
 def wal_key_context(repository_id: str, key_id: str) -> dict[str, str]:
@@ -198,6 +203,50 @@ class WalStore:
     def delete(self, name: str, lease: RepositoryLease) -> None:
         lease.check()
         self._storage.delete(wal_object_name(name))
+
+    # -- partial segments of the streaming daemon (docs/format.md, "Streamed partials") --
+
+    def put_stream_partial(self, name: str, sealed: bytes) -> None:
+        """Create ``<segment>.<end offset>.stream``; ObjectExists when taken."""
+        self._storage.put_if_absent(stream_partial_object(name), sealed)
+
+    def stream_partials(self, segment: str) -> list[str]:
+        """Partial names stored for ``segment``, longest first (names only: unauthenticated)."""
+        prefix = f"{WAL_STREAM}{segment[:8]}/{segment}."
+        names = []
+        for info in self._storage.list(prefix):
+            name = info.name[len(WAL_STREAM) + 9 :].removesuffix(".ebk")
+            match = STREAM_PARTIAL.match(name)
+            if match and match.group(1) == segment and info.name.endswith(".ebk"):
+                names.append(name)
+        return sorted(names, reverse=True)
+
+    def stream_files(self, timeline: str) -> list[str]:
+        """Every partial name stored for ``timeline`` (names only: unauthenticated)."""
+        prefix = f"{WAL_STREAM}{timeline}/"
+        names = []
+        for info in self._storage.list(prefix):
+            name = info.name[len(prefix) :].removesuffix(".ebk")
+            if STREAM_PARTIAL.match(name) and name[:8] == timeline and info.name.endswith(".ebk"):
+                names.append(name)
+        return sorted(names)
+
+    def all_stream_partials(self) -> list[str]:
+        """Every partial name stored, all timelines (names only: unauthenticated)."""
+        names = []
+        for info in self._storage.list(WAL_STREAM):
+            tli, _, file = info.name[len(WAL_STREAM) :].partition("/")
+            name = file.removesuffix(".ebk")
+            if STREAM_PARTIAL.match(name) and name[:8] == tli and file.endswith(".ebk"):
+                names.append(name)
+        return sorted(names)
+
+    def read_stream_partial(self, name: str) -> bytes:
+        return self._repo._read_capped(stream_partial_object(name), MAX_WAL_OBJECT_SIZE)
+
+    def delete_stream_partial(self, name: str, lease: RepositoryLease) -> None:
+        lease.check()
+        self._storage.delete(stream_partial_object(name))
 
     def key_ids(self) -> list[str]:
         """WAL key ids present (names only), oldest first."""
