@@ -34,7 +34,11 @@ PREFIX = "verifications/"
 MAX_RECORD_SIZE = 256 * 1024
 MAX_DETAIL = 4000  # characters per check's details
 MAX_CHECKS = 64
-MAX_RECORDS_READ = 20  # per backup: the newest ones (names sort by time)
+MAX_RECORDS_READ = 20  # authentic records per backup: the newest ones (names sort by time)
+# Objects read per backup at most: unauthentic ones do not count against MAX_RECORDS_READ
+# (a bucket writer must not push genuine records out of view with forged newer names),
+# but a flood of them is bounded and reported.
+MAX_OBJECTS_READ = 1000
 LEVELS = ("integrity", "restore")
 OUTCOMES = ("pass", "fail", "warn", "skipped", "incomplete")
 
@@ -233,8 +237,28 @@ class VerificationStore:
     ) -> list[VerificationRecord]:
         """The authentic records of a backup, oldest first; the rest go to ``problems``."""
         infos = self._names(self._prefix(backup_id)).get(backup_id, [])
-        out = [self._read(i, backup_id, problems) for i in infos[-MAX_RECORDS_READ:]]
-        return [r for r in out if r is not None]
+        out: list[VerificationRecord] = []
+        for record in self._newest_first(infos, backup_id, problems):
+            out.append(record)
+            if len(out) == MAX_RECORDS_READ:
+                break
+        return out[::-1]
+
+    def _newest_first(
+        self, infos: list[ObjectInfo], backup_id: str, problems: list[str] | None
+    ) -> Iterable[VerificationRecord]:
+        """Authentic records, newest first; unauthentic ones are reported and skipped."""
+        for read, info in enumerate(reversed(infos)):
+            if read == MAX_OBJECTS_READ:
+                if problems is not None:
+                    problems.append(
+                        f"backup {backup_id}: more than {MAX_OBJECTS_READ} verification record "
+                        "objects; the older ones were not read"
+                    )
+                return
+            record = self._read(info, backup_id, problems)
+            if record is not None:
+                yield record
 
     def latest(
         self, backup_ids: Iterable[str], problems: list[str] | None = None
@@ -252,10 +276,9 @@ class VerificationStore:
             backup_id, infos = item
             found: list[str] = []
             state = Latest()
-            for info in reversed(infos[-MAX_RECORDS_READ:]):
-                record = self._read(info, backup_id, found)
-                if record is None:
-                    continue
+            for authentic, record in enumerate(self._newest_first(infos, backup_id, found)):
+                if authentic == MAX_RECORDS_READ:
+                    break
                 state.newest = state.newest or record
                 if record.passed:
                     state.passed = state.passed or record

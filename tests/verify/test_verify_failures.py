@@ -125,6 +125,22 @@ def test_forged_record_is_refused_and_never_shown_verified(source: VerifySource)
     assert good["backup_id"] not in [r["backup_id"] for r in unverified]
 
 
+def test_forged_newer_records_cannot_hide_a_genuine_one(source: VerifySource) -> None:
+    """A bucket writer floods a verified backup with forged records named after it: the
+    genuine passing record is still found (forged ones do not fill the 20-record window)."""
+    good = _backup(source, "logical")
+    source.env.run("verify", good["backup_id"], "--level", "integrity")
+    records = source.env.repo_dir / "backups" / good["backup_id"] / "verifications"
+    doc = json.loads(next(records.iterdir()).read_text())
+    doc["auth"] = {"sig": "ed25519:wk-0000000000000000:AAAA"}
+    for i in range(25):
+        (records / f"20990101T0000000000{i:02d}Z-cccccc.json").write_text(json.dumps(doc))
+    result = source.env.run("list", "--json")
+    listing = {b["backup_id"]: b for b in json.loads(result.stdout)}
+    assert listing[good["backup_id"]]["verified"]["level"] == "integrity"
+    assert result.stderr.count("verification record") >= 25  # each forgery reported
+
+
 def test_unknown_backup_is_refused(source: VerifySource) -> None:
     result = source.env.run("verify", "20990101T000000000000Z-abcdef", expect=9)
     assert_refused(result, 9, mentions="20990101T000000000000Z-abcdef")
