@@ -205,10 +205,18 @@ def read_wal_fd(fd: int) -> bytes:
     return data
 
 
-def push_wal_bytes(keyring: WalKeyring, name: str, data: bytes, config: WalConfig) -> PushResult:
-    """Archive WAL file ``name`` holding ``data``; durable (or identical) when it returns."""
-    if not is_wal_name(name):
-        raise ConfigError(f"{name!r} is not a WAL file name")
+def _seal_and_store(
+    keyring: WalKeyring,
+    name: str,
+    data: bytes,
+    config: WalConfig,
+    *,
+    put: Callable[[str, bytes], None],
+    read: Callable[[str], bytes],
+    hint: str,
+) -> int:
+    """Seal ``data`` as ``name`` and create it; the stored size, or 0 when an identical copy
+    was there already (a different one under the name is refused: never overwritten)."""
     key_id, dek = keyring.for_push(len(data))
     sealed = seal_wal(
         data,
@@ -219,18 +227,35 @@ def push_wal_bytes(keyring: WalKeyring, name: str, data: bytes, config: WalConfi
         level=config.compression_level,
     )
     try:
-        keyring.store.put(name, sealed)
+        put(name, sealed)
     except ObjectExists:
-        archived = open_archived(keyring, name, keyring.store.read(name))
-        if wal_digest(keyring.for_read(archived.key_id), data) != archived.digest:
+        stored = open_archived(keyring, name, read(name))
+        if wal_digest(keyring.for_read(stored.key_id), data) != stored.digest:
             raise IntegrityError(
                 f"the archive already holds a different {name}; refusing to overwrite it",
-                hint="two clusters may be archiving into one repository, or this cluster was "
-                "restored without a new repository: give each cluster its own repository.url",
+                hint=hint,
             ) from None
+        return 0
+    return len(sealed)
+
+
+def push_wal_bytes(keyring: WalKeyring, name: str, data: bytes, config: WalConfig) -> PushResult:
+    """Archive WAL file ``name`` holding ``data``; durable (or identical) when it returns."""
+    if not is_wal_name(name):
+        raise ConfigError(f"{name!r} is not a WAL file name")
+    stored = _seal_and_store(
+        keyring,
+        name,
+        data,
+        config,
+        put=keyring.store.put,
+        read=keyring.store.read,
+        hint="two clusters may be archiving into one repository, or this cluster was "
+        "restored without a new repository: give each cluster its own repository.url",
+    )
+    if not stored:
         log.info("WAL file was archived before, identical", wal=name)
-        return PushResult(name, len(data), 0, already=True)
-    return PushResult(name, len(data), len(sealed), already=False)
+    return PushResult(name, len(data), stored, already=not stored)
 
 
 def stream_partial_name(segment: str, size: int) -> str:
@@ -241,25 +266,15 @@ def stream_partial_name(segment: str, size: int) -> str:
 def push_stream_partial(keyring: WalKeyring, segment: str, data: bytes, config: WalConfig) -> str:
     """Store the first ``len(data)`` bytes of a segment being streamed; durable on return."""
     name = stream_partial_name(segment, len(data))
-    key_id, dek = keyring.for_push(len(data))
-    sealed = seal_wal(
+    _seal_and_store(
+        keyring,
+        name,
         data,
-        dek,
-        key_id=key_id,
-        repository_id=keyring.repository_id,
-        name=name,
-        level=config.compression_level,
+        config,
+        put=keyring.store.put_stream_partial,
+        read=keyring.store.read_stream_partial,
+        hint="two clusters may be streaming into one repository: give each its own repository.url",
     )
-    try:
-        keyring.store.put_stream_partial(name, sealed)
-    except ObjectExists:
-        stored = open_archived(keyring, name, keyring.store.read_stream_partial(name))
-        if wal_digest(keyring.for_read(stored.key_id), data) != stored.digest:
-            raise IntegrityError(
-                f"the archive already holds a different {name}; refusing to overwrite it",
-                hint="two clusters may be streaming into one repository: give each its own "
-                "repository.url",
-            ) from None
     return name
 
 
