@@ -5,39 +5,17 @@ authentication that only 127.0.0.1 can use, and only while the benchmark runs.""
 
 from __future__ import annotations
 
-import os
-import pwd
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ebk.childenv import child_env
 from ebk.errors import PostgresError
+from ebk.postgres import scratch
+from ebk.postgres.scratch import SERVER_USER, free_port, give_to_server
 
-SERVER_USER = "postgres"
 START_TIMEOUT = 120
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def server_user_argv(argv: list[str]) -> list[str]:
-    """Run ``argv`` as the postgres user when ebk runs as root."""
-    if os.geteuid() == 0:
-        return ["runuser", "-u", SERVER_USER, "--", *argv]
-    return argv
-
-
-def hand_to_server_user(path: Path) -> None:
-    if os.geteuid() == 0:
-        entry = pwd.getpwnam(SERVER_USER)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
 @dataclass
@@ -61,7 +39,7 @@ class BenchCluster:
     def _run(
         self, argv: list[str], what: str, *, as_server: bool = True, timeout: float = 600
     ) -> str:
-        full = server_user_argv(argv) if as_server else argv
+        full = scratch.as_server(argv) if as_server else argv
         try:
             proc = subprocess.run(
                 full,
@@ -87,9 +65,9 @@ class BenchCluster:
 
     def create(self) -> None:
         self.data_dir.mkdir(mode=0o700)
-        hand_to_server_user(self.data_dir)
+        give_to_server(self.data_dir)
         self.log_file.touch()
-        hand_to_server_user(self.log_file)
+        give_to_server(self.log_file)
         self._run(
             [
                 self.tool("initdb"),

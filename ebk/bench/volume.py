@@ -27,10 +27,11 @@ from typing import Any
 
 import structlog
 
-from ebk.bench.cluster import SERVER_USER, BenchCluster, server_user_argv
+from ebk.bench.cluster import BenchCluster
 from ebk.bench.host import host_facts, load_average, ram_bytes
 from ebk.bench.stats import RatioInterval, Spread
 from ebk.errors import BenchTargetError, PostgresError
+from ebk.postgres.scratch import SERVER_USER, as_server
 from ebk.preflight.inspect import Inspector
 from ebk.preflight.model import PathVerdict, Status, Target
 
@@ -168,7 +169,7 @@ def check_directory(path: Path, side: str) -> None:
         ) from None
     if os.geteuid() == 0:
         reach = subprocess.run(
-            server_user_argv(["test", "-x", str(path)]), capture_output=True, check=False
+            as_server(["test", "-x", str(path)]), capture_output=True, check=False
         )
         if reach.returncode != 0:
             raise BenchTargetError(
