@@ -10,7 +10,6 @@ staging area is removed on every path; on failure the target is cleared too.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import structlog
 
 from ebk.chain import authenticated_chain
 from ebk.childenv import child_env
-from ebk.errors import EbkError, IntegrityError, PostgresError, RestoreTargetError
+from ebk.errors import IntegrityError, PostgresError
 from ebk.keys.base import KeyProvider
 from ebk.manifest import Manifest
 from ebk.postgres.tools import find_tool
@@ -30,11 +29,9 @@ from ebk.progress import Progress
 from ebk.repository import Repository
 from ebk.restore.physical import (
     PG_CONTROL,
-    _chown_tree,
-    _clear,
     _extract_object,
-    _prepare_empty_dir,
     _verify_with_pg_tools,
+    restore_targets,
     tablespace_targets,
 )
 from ebk.restore.reader import open_object
@@ -119,39 +116,25 @@ def restore_chain(
     target = target.absolute()
     spaces = tablespace_targets(last, tablespace_map or {})
     tool = find_tool("pg_combinebackup", last.major, bin_dir)
-    created: list[tuple[Path, bool]] = [(target, _prepare_empty_dir(target, "restore target"))]
     bound = log.bind(backup_id=last.backup_id, target=str(target), chain_length=len(chain))
     meter = Progress(f"restore {last.backup_id} (chain of {len(chain)})", enabled=progress)
     staging: Path | None = None
     try:
-        for oid, location in spaces.items():
-            if not location.is_absolute():
-                raise RestoreTargetError(f"tablespace {oid} maps to a relative path {location}")
-            created.append((location, _prepare_empty_dir(location, f"tablespace {oid} target")))
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=staging_parent(target)))
-        members: list[Path] = []
-        for index, member in enumerate(chain):
-            into = staging / f"{index:04d}"
-            position = f"member {index + 1} of {len(chain)}"
-            _decrypt_member(member, into, meter, position)
-            members.append(into)
-            bound.info("chain member decrypted", member=member.backup_id, position=position)
-        if meter.enabled:  # a terminal: say what the quiet part is doing
-            sys.stderr.write(f"\ncombining {len(chain)} backups with pg_combinebackup ...")
-            sys.stderr.flush()
-        _combine(tool, members, target, spaces)
-        if verify:
-            _verify_with_pg_tools(target, last, bin_dir)
-        os.chmod(target, 0o700)
-        if owner is not None:
-            for path, _ in created:
-                _chown_tree(path, *owner)
-    except BaseException as exc:
-        for path, was_created in reversed(created):
-            _clear(path, was_created)
-        if isinstance(exc, EbkError):
-            bound.error("restore failed; the target was cleared", error=exc.message)
-        raise
+        with restore_targets(target, spaces, owner, bound):
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=staging_parent(target)))
+            members: list[Path] = []
+            for index, member in enumerate(chain):
+                into = staging / f"{index:04d}"
+                position = f"member {index + 1} of {len(chain)}"
+                _decrypt_member(member, into, meter, position)
+                members.append(into)
+                bound.info("chain member decrypted", member=member.backup_id, position=position)
+            if meter.enabled:  # a terminal: say what the quiet part is doing
+                sys.stderr.write(f"\ncombining {len(chain)} backups with pg_combinebackup ...")
+                sys.stderr.flush()
+            _combine(tool, members, target, spaces)
+            if verify:
+                _verify_with_pg_tools(target, last, bin_dir)
     finally:
         meter.finish()
         if staging is not None:

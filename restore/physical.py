@@ -12,8 +12,10 @@ import os
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -113,31 +115,50 @@ def restore_physical(
     manifest = backup.manifest
     target = target.absolute()
     spaces = tablespace_targets(manifest, tablespace_map or {})
-    created: list[tuple[Path, bool]] = [(target, _prepare_empty_dir(target, "restore target"))]
     meter = Progress(f"restore {manifest.backup_id}", enabled=progress)
     bound = log.bind(backup_id=manifest.backup_id, target=str(target))
+    try:
+        with restore_targets(target, spaces, owner, bound):
+            held: dict[str, bytes] = {}
+            for stored in manifest.objects:
+                with open_object(backup, stored) as reader:
+                    if stored.role == "backup_manifest":
+                        (target / "backup_manifest").write_bytes(reader.read())
+                    else:
+                        dest = target if stored.role == "base" else spaces[stored.tablespace_oid]
+                        _extract_object(reader, dest, held, spaces, stored.role == "base")
+                    reader.finish()
+                    meter.advance(reader.plain_bytes)
+                bound.info("object restored", object=stored.name)
+            if PG_CONTROL not in held:
+                raise IntegrityError(f"backup {manifest.backup_id} has no {PG_CONTROL}")
+            if verify:
+                _verify_with_pg_tools(target, manifest, bin_dir)
+            (target / PG_CONTROL).write_bytes(held[PG_CONTROL])
+            os.chmod(target / PG_CONTROL, 0o600)
+    finally:
+        meter.finish()
+    bound.info("restore complete", plain_bytes=meter.done)
+
+
+@contextmanager
+def restore_targets(
+    target: Path,
+    spaces: Mapping[str | None, Path],
+    owner: tuple[int, int] | None,
+    bound: Any,
+) -> Iterator[None]:
+    """The target and tablespace directories, created or found empty.  On success the
+    target is made 0700 and everything handed to ``owner``; on any failure what ebk
+    created is removed and what it found empty is emptied again (no half-restored
+    cluster is left for someone to start)."""
+    created: list[tuple[Path, bool]] = [(target, _prepare_empty_dir(target, "restore target"))]
     try:
         for oid, location in spaces.items():
             if not location.is_absolute():
                 raise RestoreTargetError(f"tablespace {oid} maps to a relative path {location}")
             created.append((location, _prepare_empty_dir(location, f"tablespace {oid} target")))
-        held: dict[str, bytes] = {}
-        for stored in manifest.objects:
-            with open_object(backup, stored) as reader:
-                if stored.role == "backup_manifest":
-                    (target / "backup_manifest").write_bytes(reader.read())
-                else:
-                    dest = target if stored.role == "base" else spaces[stored.tablespace_oid]
-                    _extract_object(reader, dest, held, spaces, stored.role == "base")
-                reader.finish()
-                meter.advance(reader.plain_bytes)
-            bound.info("object restored", object=stored.name)
-        if PG_CONTROL not in held:
-            raise IntegrityError(f"backup {manifest.backup_id} has no {PG_CONTROL}")
-        if verify:
-            _verify_with_pg_tools(target, manifest, bin_dir)
-        (target / PG_CONTROL).write_bytes(held[PG_CONTROL])
-        os.chmod(target / PG_CONTROL, 0o600)
+        yield
         os.chmod(target, 0o700)
         if owner is not None:
             for path, _ in created:
@@ -148,9 +169,6 @@ def restore_physical(
         if isinstance(exc, EbkError):
             bound.error("restore failed; the target was cleared", error=exc.message)
         raise
-    finally:
-        meter.finish()
-    bound.info("restore complete", plain_bytes=meter.done)
 
 
 def _extract_object(
